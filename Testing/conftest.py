@@ -48,3 +48,53 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the project)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_guide_dir(tmp_path_factory):
+    """A tiny random DINOv3 (4 register tokens) saved in Hugging Face layout."""
+    from GuiDINOSegmentLib.guide import make_tiny_guide
+
+    return make_tiny_guide(tmp_path_factory.mktemp("guide") / "tiny-dinov3", seed=0)
+
+
+@pytest.fixture
+def tiny_guide(tiny_guide_dir):
+    from GuiDINOSegmentLib.guide import GuideGenerator
+
+    return GuideGenerator.load(str(tiny_guide_dir))
+
+
+def synthetic_slices(count=8, size=64, seed=0):
+    """Bright discs of random size and place on a noisy background: (images (N,1,S,S) in [0,1], labels (N,S,S))."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images, labels = [], []
+    for _ in range(count):
+        cy, cx = (torch.rand(2, generator=g) * size * 0.5 + size * 0.25).tolist()
+        r = float(torch.rand(1, generator=g) * size * 0.15 + size * 0.1)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
+        image = 0.25 + 0.5 * disc.float() + 0.08 * torch.randn(size, size, generator=g)
+        images.append(image.clamp(0, 1)[None])
+        labels.append(disc.to(torch.uint8))
+    return torch.stack(images), torch.stack(labels)
+
+
+def synthetic_volume(shape=(12, 48, 40), seed=0):
+    """An oblique SimpleITK volume with a bright ellipsoid and its label volume."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    centre = np.array(shape) / 2
+    blob = (((k - centre[0]) / (shape[0] * 0.3)) ** 2 + ((j - centre[1]) / (shape[1] * 0.25)) ** 2
+            + ((i - centre[2]) / (shape[2] * 0.2)) ** 2) <= 1
+    voxels = (200 + 600 * blob + rng.normal(0, 40, shape)).astype(np.int16)
+    reference = oblique_image(shape)
+    image = sitk.GetImageFromArray(voxels)
+    image.CopyInformation(reference)
+    labels = sitk.GetImageFromArray(blob.astype(np.uint8))
+    labels.CopyInformation(reference)
+    return image, labels

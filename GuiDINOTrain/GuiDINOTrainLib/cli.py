@@ -1,26 +1,185 @@
-"""The ``guidino`` command line."""
+"""The ``guidino`` command line: train, segment, evaluate, demo (and make-tiny-guide for offline use)."""
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+AXES = ("axial", "coronal", "sagittal")
+
+
+class _Progress:
+    """A tqdm bar fed by the engine's progress callbacks."""
+
+    def __init__(self, description, unit):
+        self.bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def count(self, done, total):
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def training(self, entry):
+        self.bar.total = entry["total"]
+        self.bar.n = entry["step"]
+        val = entry["val_dice"]
+        self.bar.set_postfix(loss=f"{entry['loss']:.3f}", val_dice="-" if val is None else f"{val:.3f}")
+
+    def close(self):
+        self.bar.close()
+
+
+def _make_tiny_guide(args):
+    from GuiDINOSegmentLib.guide import make_tiny_guide
+
+    print(make_tiny_guide(args.out_dir, seed=args.seed))
+    return 0
+
+
+def _train(args):
+    from .commands import train_on_folder
+
+    bar = _Progress("training", "step")
+    try:
+        bundle, result = train_on_folder(args.data, args.out, network=args.network, guide=args.guide, lora=args.lora,
+                                         size=args.size, widths=args.widths, epochs=args.epochs, steps=args.steps,
+                                         max_images=args.max_images, device=args.device, batch_size=args.batch_size,
+                                         optimizer=args.optimizer, lr=args.lr, seed=args.seed,
+                                         progress=bar.training)
+    finally:
+        bar.close()
+    best = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
+    print(f"saved {bundle} ({result.steps} steps, {result.seconds:.1f} s, best validation Dice {best} at model size)")
+    return 0
+
+
+def _segment(args):
+    from GuiDINOSegmentLib.bundle import load_bundle
+    from GuiDINOSegmentLib.volume import segment_file
+
+    model = load_bundle(args.model, guide=args.guide)
+    bar = _Progress("segmenting", "slice")
+    try:
+        result = segment_file(model, args.input, args.output, guide_output=args.guide_output,
+                              probability_output=args.probability_output, axis=args.axis, device=args.device,
+                              batch_size=args.batch_size, progress=bar.count)
+    finally:
+        bar.close()
+    print(f"wrote {args.output} ({int(result.processed.sum())} slices, {result.seconds:.2f} s)")
+    return 0
+
+
+def _evaluate(args):
+    from GuiDINOSegmentLib.bundle import load_bundle, read_bundle_config
+    from GuiDINOSegmentLib.evaluation import evaluate_pairs
+
+    from .datasets import folder_pairs, is_image_folder, volume_label_pairs
+
+    model = load_bundle(args.model, guide=args.guide)
+    pairs = folder_pairs(args.data, args.split) if is_image_folder(args.data) else volume_label_pairs(Path(args.data) / args.split)
+    bar = _Progress(f"evaluating {args.split}", "case")
+    try:
+        summary = evaluate_pairs(model, pairs, axis=args.axis, device=args.device, progress=bar.count)
+    finally:
+        bar.close()
+    guide = read_bundle_config(args.model).get("guide")
+    summary["guide"] = guide
+    if guide is not None and not guide.get("pretrained"):
+        summary["warning"] = "UNTRAINED GUIDE: these numbers are not GuiDINO's accuracy"
+    print(f"{args.split}: n={summary['n']} dice={summary['dice']:.4f} iou={summary['iou']:.4f} "
+          f"hd95={summary['hd95']:.2f} ({summary['units']['hd95']})" + (f"  [{summary['warning']}]" if "warning" in summary else ""))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
 
 
 def _demo(args):
-    print("GuiDINO demo: trains on a few labelled slices of the bundled sample volume, segments the")
-    print("whole volume and writes the segmentation, the guide and a PNG montage. (The engine lands next.)")
-    return 0
+    from .demo import run_demo
+
+    return run_demo(args.out, guide=args.guide, device=args.device, steps=args.steps)
+
+
+def _int_list(text):
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="guidino", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the end-to-end demo on the bundled sample volume")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tiny = commands.add_parser("make-tiny-guide", help="write a tiny random DINOv3 (HF layout) for tests and offline runs")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_make_tiny_guide)
+
+    tr = commands.add_parser("train", help="train a model on a dataset folder and save a bundle")
+    tr.add_argument("--data", required=True, help="2D folder (<split>/images, <split>/masks) or a folder of volumes with labels")
+    tr.add_argument("--out", required=True, help="new bundle folder (never overwritten)")
+    tr.add_argument("--network", choices=("unet", "wnet", "segdino"), default="wnet")
+    tr.add_argument("--guide", default=None, help="hub id, HF folder or official .pth; 'none' for the unguided baseline "
+                                                  "(default: $GUIDINO_GUIDE, else facebook/dinov3-vits16-pretrain-lvd1689m)")
+    tr.add_argument("--lora", action="store_true", help="train LoRA adapters on the guide's attention")
+    tr.add_argument("--size", type=int, default=256)
+    tr.add_argument("--widths", type=_int_list, default=None,
+                    help="channels per network stage, e.g. 8,16,32,64,128 (default: the authors' setup)")
+    length = tr.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=100)
+    length.add_argument("--steps", type=int, default=None)
+    tr.add_argument("--max-images", type=int, default=None)
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tr.set_defaults(run=_train)
+
+    seg = commands.add_parser("segment", help="segment a volume or image slice by slice")
+    seg.add_argument("--model", required=True)
+    seg.add_argument("--input", required=True)
+    seg.add_argument("--output", required=True)
+    seg.add_argument("--guide-output", default=None)
+    seg.add_argument("--probability-output", default=None)
+    seg.add_argument("--axis", choices=AXES, default="axial")
+    seg.add_argument("--batch-size", type=int, default=8)
+    seg.add_argument("--guide", default=None, help="where the bundle's guide weights are, if not where they were")
+    seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    seg.set_defaults(run=_segment)
+
+    ev = commands.add_parser("evaluate", help="IoU / Dice / HD95 of a bundle on a dataset split at native resolution")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--json", default=None)
+    ev.add_argument("--axis", choices=AXES, default="axial")
+    ev.add_argument("--guide", default=None)
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ev.set_defaults(run=_evaluate)
+
+    demo = commands.add_parser("demo", help="train on a few slices of the bundled brain MRI, segment it, write results")
+    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--guide", default=None)
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("guidino: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as error:  # InputError, BundleError, GuideNotFoundError; GUIDINO_DEBUG=1 for a traceback
+        if os.environ.get("GUIDINO_DEBUG"):
+            raise
+        print(f"guidino {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Model bundles: a folder with config.json, model.safetensors, lora/ (when used), metrics.json.
+
+A bundle stores the TokenBook and network weights and *names* the guide (its source and the
+SHA-256 of its base weights); the guide's weights stay where the user keeps them. Saving never
+replaces an existing bundle.
+"""
+
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+
+from . import __version__
+from .guide import GuideGenerator, GuideNotFoundError
+from .lora import add_lora, has_lora, load_lora, save_lora
+from .model import GuiDINOModel, ModelConfig
+
+BUNDLE_FORMAT = 1
+
+
+class BundleError(ValueError):
+    """A missing, corrupt or mismatched bundle; the message says what is wrong and what to do."""
+
+
+def save_bundle(model, out_dir, metrics=None, provenance=None):
+    """Write ``model`` to a new folder ``out_dir`` (refused if it exists) and return its path."""
+    out = Path(out_dir)
+    if out.exists():
+        raise BundleError(f"{out} already exists: a saved model is never replaced; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        guide = model.guide
+        config = {
+            "format": BUNDLE_FORMAT,
+            "guidino_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": model.config.to_dict(),
+            "guide": None if guide is None else {"source": guide.source, "sha256": guide.weights_hash(),
+                                                 "embed_dim": guide.embed_dim, "pretrained": guide.pretrained},
+            "provenance": provenance or {},
+        }
+        (partial / "config.json").write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in model.learned_state_dict().items()}
+        safetensors.torch.save_file(state, str(partial / "model.safetensors"))
+        if guide is not None and has_lora(guide):
+            save_lora(guide, partial / "lora")
+        (partial / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
+        partial.rename(out)  # atomic: a bundle is complete or absent
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def read_bundle_config(bundle):
+    """The parsed config.json of a bundle, checked."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise BundleError(f"model bundle {bundle} not found: give the folder written by `guidino train` or Refine")
+    for name in ("config.json", "model.safetensors"):
+        if not (bundle / name).is_file():
+            raise BundleError(f"model bundle {bundle} is incomplete: {name} is missing")
+    try:
+        config = json.loads((bundle / "config.json").read_text())
+        config["model"] = ModelConfig.from_dict(config["model"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"model bundle {bundle}: config.json is corrupt ({error})") from None
+    if config.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"model bundle {bundle} has format {config.get('format')}, this GuiDINO reads format "
+                          f"{BUNDLE_FORMAT}: update GuiDINO or retrain the model")
+    return config
+
+
+def load_bundle(bundle, guide=None, device="cpu"):
+    """Rebuild the model saved in ``bundle``.
+
+    ``guide``: a GuideGenerator, or a source (hub id, folder, .pth) overriding the recorded one.
+    The guide's base weights must be the ones the bundle was trained with (SHA-256 checked).
+    """
+    bundle = Path(bundle)
+    config = read_bundle_config(bundle)
+    model_config = config["model"]
+    recorded = config.get("guide")
+    guide_model = None
+    if model_config.guided:
+        guide_model = guide if isinstance(guide, GuideGenerator) else _load_guide(guide, recorded, bundle)
+        if guide_model.weights_hash() != recorded["sha256"]:
+            raise BundleError(
+                f"model bundle {bundle} was trained with the guide {recorded['source']} (weights sha256 "
+                f"{recorded['sha256'][:12]}…), but the guide loaded from {guide_model.source} has other weights "
+                f"(sha256 {guide_model.weights_hash()[:12]}…): give the same guide weights with --guide")
+        if model_config.lora_rank:
+            if not (bundle / "lora").is_dir():
+                raise BundleError(f"model bundle {bundle} is incomplete: it was trained with LoRA but lora/ is missing")
+            load_lora(guide_model, bundle / "lora")
+    model = GuiDINOModel(model_config, guide_model)
+    try:
+        state = safetensors.torch.load_file(str(bundle / "model.safetensors"))
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise BundleError(f"model bundle {bundle}: model.safetensors is corrupt ({error})") from None
+    expected = set(model.learned_state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise BundleError(f"model bundle {bundle}: weights do not match its config.json "
+                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise BundleError(f"model bundle {bundle}: weights do not match its config.json ({error})") from None
+    return model.to(device).eval()
+
+
+def _load_guide(source, recorded, bundle):
+    candidates = [source] if source is not None else [recorded["source"], os.environ.get("GUIDINO_GUIDE")]
+    errors = []
+    for candidate in dict.fromkeys(c for c in candidates if c):
+        try:
+            return GuideGenerator.load(candidate)
+        except GuideNotFoundError as error:
+            errors.append(str(error))
+    raise GuideNotFoundError(f"model bundle {bundle} needs its guide {recorded['source']}, which cannot be loaded:\n"
+                             + "\n".join(errors))
+
+
+def bundle_summary(bundle):
+    """One line describing a bundle (network, guide, when trained), for lists and logs."""
+    config = read_bundle_config(bundle)
+    model = config["model"]
+    guide = config.get("guide")
+    guide_text = "no guide" if guide is None else f"guide {guide['source']}" + ("" if guide.get("pretrained") else " (untrained)")
+    return f"{Path(bundle).name}: {model.network}, {guide_text}, {config.get('created', '?')}"
+
+
+def build_model(config, guide=None, device="cpu"):
+    """A new, untrained model for ``config`` (a guided one loads its guide from ``guide``)."""
+    guide_model = None
+    if config.guided:
+        guide_model = guide if isinstance(guide, GuideGenerator) else GuideGenerator.load(guide)
+        if config.lora_rank:
+            add_lora(guide_model, rank=config.lora_rank, alpha=config.lora_alpha)
+    return GuiDINOModel(config, guide_model).to(device)

@@ -1,0 +1,132 @@
+"""GuiDINOModel: frozen guide + TokenBook + gated segmentation network, configured by ModelConfig."""
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import SegDINOHead, build_network
+from .tokenbook import TokenBook
+
+NETWORKS = ("unet", "wnet", "segdino")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; saved as a bundle's ``config.json``."""
+
+    network: str = "wnet"
+    in_channels: int = 1
+    num_classes: int = 2  # including background; 2 is binary (one sigmoid logit)
+    input_size: int = 256
+    guided: bool = True  # False: the network alone (the unguided baseline)
+    gate_stages: Optional[list] = None  # None: every encoder stage
+    widths: Optional[list] = None  # channels per stage; None: the network's default (the authors' setup)
+    num_prototypes: int = 16
+    lora_rank: int = 0  # 0: no LoRA adapters on the guide
+    lora_alpha: int = 16
+    segdino_layers: Optional[list] = None  # None: four evenly spaced blocks ending at the last
+    normalization: dict = field(default_factory=lambda: {"mode": "percentile", "low": 0.5, "high": 99.5})
+
+    def __post_init__(self):
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown network {self.network!r}: choose one of {', '.join(NETWORKS)}")
+        if self.network == "segdino" and not self.guided:
+            raise ValueError("the SegDINO baseline is a head on the DINOv3 guide: it needs a guide")
+        if self.num_classes < 2:
+            raise ValueError("num_classes counts the background: use 2 for a binary segmentation")
+        if self.input_size % 32:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of 32")
+
+    @property
+    def out_channels(self):
+        return 1 if self.num_classes == 2 else self.num_classes
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}: the bundle was made by a newer GuiDINO")
+        return cls(**data)
+
+
+class ModelOutput(NamedTuple):
+    logits: object  # (B, C, H, W) tensor, or a list of them (deep supervision, training only)
+    guide_logits: Optional[torch.Tensor]  # (B, 1, H/16, W/16) or None
+
+
+class GuiDINOModel(nn.Module):
+    """Images (B, C, H, W) in [0, 1] -> segmentation logits and the guide logits."""
+
+    def __init__(self, config, guide=None):
+        super().__init__()
+        if config.guided and guide is None:
+            raise ValueError("a guided model needs a GuideGenerator (or set guided=False for the baseline)")
+        self.config = config
+        self.guide = guide if config.guided else None
+        self.tokenbook = None
+        if config.network == "segdino":
+            from .guide import segdino_layers
+
+            self.layers = list(config.segdino_layers or segdino_layers(guide.num_layers))
+            self.network = SegDINOHead(guide.embed_dim, len(self.layers), config.out_channels)
+        else:
+            self.layers = None
+            sizes = {}
+            if config.widths:
+                sizes["widths"] = tuple(config.widths)
+                if config.network == "wnet":
+                    sizes["global_widths"] = tuple(max(4, w // 2) for w in config.widths)
+            self.network = build_network(config.network, config.in_channels, config.out_channels, config.gate_stages,
+                                         **sizes)
+            if self.guide is not None:
+                self.tokenbook = TokenBook(guide.embed_dim, config.num_prototypes)
+
+    @property
+    def guide_is_trainable(self):
+        return self.guide is not None and any(p.requires_grad for p in self.guide.parameters())
+
+    def guide_features(self, images):
+        """What the frozen guide computes from the images: token grid, or SegDINO's layer grids.
+
+        These depend only on the images while the guide is frozen, so training may cache them.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.guide_is_trainable):
+            return self.guide(images, layers=self.layers)
+
+    def forward(self, images, features=None):
+        if self.guide is None:
+            return ModelOutput(self.network(images), None)
+        if features is None:
+            features = self.guide_features(images)
+        if self.tokenbook is None:  # SegDINO
+            return ModelOutput(self.network(features, images.shape[-2:]), None)
+        guide_logits = self.tokenbook(features)
+        return ModelOutput(self.network(images, torch.sigmoid(guide_logits)), guide_logits)
+
+    @torch.no_grad()
+    def predict(self, images):
+        """Eval-mode probabilities (B, C, H, W) (C = 1 for binary) and guide (B, 1, H, W) or None."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(images)
+        finally:
+            self.train(was_training)
+        logits = out.logits.float()
+        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        guide = None
+        if out.guide_logits is not None:
+            guide = F.interpolate(torch.sigmoid(out.guide_logits.float()), size=images.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+        return probs, guide
+
+    def learned_state_dict(self):
+        """TokenBook and network weights: what a bundle stores (the guide's base weights are not copied)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("guide.")}

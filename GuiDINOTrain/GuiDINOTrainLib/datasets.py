@@ -1,0 +1,118 @@
+"""Training data as model-ready slices: 2D image folders (Kvasir-SEG layout) and labelled volumes."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from GuiDINOSegmentLib.volume import InputError, VolumeSlicer, read_image, read_labels
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
+PHOTO_NORMALIZATION = {"mode": "fixed", "low": 0.0, "high": 255.0}
+
+
+@dataclass
+class SliceSet:
+    """N slices at the model size: images (N, C, S, S) float16 in [0, 1], labels (N, S, S) uint8."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list
+
+    def __len__(self):
+        return len(self.names)
+
+    def subset(self, index):
+        index = list(index)
+        return SliceSet(self.images[index], self.labels[index], [self.names[i] for i in index])
+
+    @classmethod
+    def concat(cls, sets):
+        return cls(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
+                   [n for s in sets for n in s.names])
+
+
+def check_labels(labels, name="labels", allow_empty=False):
+    """Refuse label arrays a segmentation cannot learn from, with the fix in the message."""
+    if labels.size == 0:
+        raise InputError(f"{name}: the label image is empty (no voxels)")
+    if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+        raise InputError(f"{name}: the labels contain NaN values; labels must be integers (0 = background)")
+    foreground = np.count_nonzero(labels)
+    if foreground == 0 and not allow_empty:
+        raise InputError(f"{name}: the labels are all background; label the target in at least one slice")
+    if foreground == labels.size:
+        raise InputError(f"{name}: the labels are all foreground; label the background too (0 = background)")
+    return labels
+
+
+def folder_pairs(root, split):
+    """(image, mask) path pairs of ``root/split/images`` and ``root/split/masks`` with the same stems."""
+    base = Path(root) / split
+    images_dir, masks_dir = base / "images", base / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise InputError(f"{base}: expected folders images/ and masks/ (Kvasir-SEG layout: <split>/images, <split>/masks)")
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    pairs, unmatched = [], []
+    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        (pairs.append((image, masks[image.stem])) if image.stem in masks else unmatched.append(image.name))
+    if unmatched:
+        raise InputError(f"{masks_dir}: no mask for {len(unmatched)} images (e.g. {unmatched[0]}); masks need the image's stem")
+    if not pairs:
+        raise InputError(f"{images_dir}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    return pairs
+
+
+def slices_of(image, labels, config, axis="axial", indices=None, name="volume"):
+    """Slices ``indices`` (None = all) of a volume and its label volume as a SliceSet."""
+    slicer = VolumeSlicer(image, axis, config)
+    index = slicer.check_indices(indices)
+    images = slicer.images(index).to(torch.float16)
+    return SliceSet(images, slicer.labels(labels, index).to(torch.uint8), [f"{name}[{i}]" for i in index])
+
+
+def load_image_folder(root, split, config, max_images=None):
+    """A 2D dataset split (photographs or grey images with masks) as a SliceSet at the model size."""
+    pairs = folder_pairs(root, split)[:max_images]
+    sets = []
+    for image_path, mask_path in pairs:
+        image = read_image(image_path)
+        labels = read_labels(mask_path)
+        if labels.shape[1:3] != image.voxels.shape[1:3]:
+            raise InputError(f"{mask_path}: mask size {labels.shape[1:3]} differs from its image {image.voxels.shape[1:3]}")
+        sets.append(slices_of(image, labels, config, name=image_path.stem))
+    return SliceSet.concat(sets)
+
+
+def volume_label_pairs(root):
+    """(volume, label) pairs in a folder of volumes: ``X_image.ext`` with ``X_label.ext`` (or ``X-label.ext``)."""
+    root = Path(root)
+    files = [p for p in sorted(root.iterdir()) if p.name.lower().endswith(VOLUME_SUFFIXES)]
+    pairs = []
+    for path in files:
+        stem = path.name
+        for suffix in VOLUME_SUFFIXES:
+            if stem.lower().endswith(suffix):
+                stem, ext = stem[: -len(suffix)], stem[-len(suffix):]
+                break
+        if "label" in stem:
+            continue
+        base = stem[: -len("_image")] if stem.endswith("_image") else stem
+        for candidate in (f"{base}_label{ext}", f"{base}-label{ext}", f"{stem}_label{ext}", f"{stem}-label{ext}"):
+            if (root / candidate).exists():
+                pairs.append((path, root / candidate))
+                break
+    if not pairs:
+        raise InputError(f"{root}: no volume/label pairs (name them X_image.nrrd + X_label.nrrd, or X.nrrd + X-label.nrrd)")
+    return pairs
+
+
+def is_image_folder(root):
+    return (Path(root) / "train" / "images").is_dir()
+
+
+def photo_like(image_path):
+    """True for 8-bit photographs (RGB or grey JPEG/PNG), which use a fixed 0..255 normalisation."""
+    return read_image(image_path).voxels.dtype == np.uint8

@@ -1,0 +1,238 @@
+"""Training of a GuiDINOModel on SliceSets: augmentation, poly schedule, best-on-validation, cancel, resume."""
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from GuiDINOSegmentLib.augment import AugmentConfig, augment_batch
+from GuiDINOSegmentLib.lora import has_lora
+from GuiDINOSegmentLib.losses import GuiDINOLoss
+from GuiDINOSegmentLib.volume import resolve_device
+
+PARTS = ("tokenbook", "network", "lora")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    steps: Optional[int] = None  # total optimiser steps; overrides epochs
+    batch_size: int = 4
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov, momentum 0.99)
+    lr: Optional[float] = None  # default 1e-4 (AdamW) or 1e-2 (SGD)
+    lora_lr: float = 5e-4
+    weight_decay: Optional[float] = None  # default 1e-4 (AdamW) or 3e-5 (SGD)
+    poly_power: float = 0.9
+    guide_weight: float = 0.1
+    boundary_weight: float = 0.0
+    augment: bool = True
+    parts: tuple = PARTS  # what learns: any of tokenbook, network, lora
+    seed: int = 0
+    device: str = "auto"
+    validate_every: int = 0  # steps between validations; 0 = once per epoch
+    patience: Optional[int] = None  # stop after this many validations without improvement
+    time_budget: Optional[float] = None  # seconds
+    cache_guide: bool = True  # frozen guide: compute its tokens once per image
+
+    def __post_init__(self):
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
+        unknown = set(self.parts) - set(PARTS)
+        if unknown or not self.parts:
+            raise ValueError(f"parts to train must be among {', '.join(PARTS)}; got {sorted(self.parts)}")
+
+
+@dataclass
+class TrainResult:
+    best_val_dice: Optional[float]
+    steps: int
+    seconds: float
+    history: list = field(default_factory=list)
+    stopped: str = "finished"  # finished | cancelled | time budget | early stopping
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def learned_state(model):
+    """Everything training changes: TokenBook, network and LoRA adapter weights (copied)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("guide.") or "lora_" in k}
+
+
+def _set_trainable(model, parts):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = {"network": model.network, "tokenbook": model.tokenbook}
+    for part in parts:
+        if part == "lora":
+            if model.guide is not None and has_lora(model.guide):
+                for name, p in model.guide.named_parameters():
+                    if "lora_" in name:
+                        p.requires_grad_(True)
+        elif groups[part] is not None:
+            groups[part].requires_grad_(True)
+
+
+def _optimizer(model, config):
+    lora, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (lora if "lora_" in name else rest).append(p)
+    if not lora and not rest:
+        raise ValueError(f"nothing to train: the model has no trainable {', '.join(config.parts)}")
+    if config.optimizer == "sgd":
+        lr, wd = config.lr or 1e-2, 3e-5 if config.weight_decay is None else config.weight_decay
+        groups = [{"params": rest, "lr": lr}, {"params": lora, "lr": config.lora_lr}]
+        return torch.optim.SGD([g for g in groups if g["params"]], momentum=0.99, nesterov=True, weight_decay=wd)
+    lr, wd = config.lr or 1e-4, 1e-4 if config.weight_decay is None else config.weight_decay
+    groups = [{"params": rest, "lr": lr}, {"params": lora, "lr": config.lora_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=wd)
+
+
+@torch.no_grad()
+def compute_guide_features(model, images, device, batch_size=32):
+    """The frozen guide's features for every image, kept on ``device`` in float16."""
+    out = []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    for first in range(0, len(images), batch_size):
+        with autocast:
+            feats = model.guide_features(images[first:first + batch_size].to(device).float())
+        out.append([f.half() for f in feats] if isinstance(feats, list) else feats.half())
+    if isinstance(out[0], list):
+        return [torch.cat([o[i] for o in out]) for i in range(len(out[0]))]
+    return torch.cat(out)
+
+
+def _index_features(features, index):
+    if features is None:
+        return None
+    return [f[index].float() for f in features] if isinstance(features, list) else features[index].float()
+
+
+@torch.no_grad()
+def validation_dice(model, val_set, device, batch_size=16, features=None):
+    """Mean per-slice Dice of the foreground at the model size (empty truth and prediction score 1)."""
+    from monai.metrics import compute_dice  # slow import: on first use
+
+    model.eval()
+    scores = []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    for first in range(0, len(val_set), batch_size):
+        index = slice(first, first + batch_size)
+        images = val_set.images[index].to(device).float()
+        with autocast:
+            logits = model(images, _index_features(features, index)).logits.float()
+        labels = val_set.labels[index].to(device).long()
+        if logits.shape[1] == 1:
+            pred, truth = (logits >= 0), (labels > 0)[:, None]
+        else:
+            classes = logits.shape[1]
+            pred = torch.nn.functional.one_hot(logits.argmax(1), classes).permute(0, 3, 1, 2)[:, 1:]
+            truth = torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2)[:, 1:]
+        dice = compute_dice(pred.float(), truth.float(), include_background=True, ignore_empty=False)
+        scores.append(dice.nanmean(dim=1))
+    return float(torch.cat(scores).mean())
+
+
+def train(model, train_set, val_set=None, config=None, progress=None, cancel=None, checkpoint=None, resume=False):
+    """Train ``model`` in place on ``train_set``; keep the best weights on ``val_set``.
+
+    ``progress(dict)`` gets step, total, epoch, loss, val_dice, seconds after each validation.
+    ``cancel`` (threading.Event) stops after the current step; the best weights so far are kept.
+    ``checkpoint``: a file rewritten at each validation; with ``resume=True`` training continues from it.
+    Returns a TrainResult; the model ends holding the best weights (the last ones without validation).
+    """
+    config = config or TrainConfig()
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    order_rng = np.random.default_rng(config.seed)
+    model.to(device)
+    _set_trainable(model, config.parts)
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
+    total = config.steps or config.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total) ** config.poly_power)
+    loss_fn = GuiDINOLoss(guide_weight=config.guide_weight, boundary_weight=config.boundary_weight)
+    augment = AugmentConfig() if config.augment else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    validate_every = config.validate_every or steps_per_epoch
+
+    cached = model.guide is not None and not model.guide_is_trainable and config.cache_guide
+    train_features = compute_guide_features(model, train_set.images, device) if cached else None
+    val_features = compute_guide_features(model, val_set.images, device) if cached and val_set else None
+
+    step, best, best_state, history, stale = 0, None, None, [], 0
+    if resume and checkpoint and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["state"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        step, best, best_state, history = saved["step"], saved["best"], saved["best_state"], saved["history"]
+        order_rng = np.random.default_rng(config.seed + step)
+        generator.manual_seed(config.seed + step)
+    stopped, running, seen = "finished", torch.zeros((), device=device), 0
+    order = np.empty(0, int)
+    while step < total:
+        if cancel is not None and cancel.is_set():
+            stopped = "cancelled"
+            break
+        if config.time_budget is not None and time.perf_counter() - start > config.time_budget:
+            stopped = "time budget"
+            break
+        if len(order) < config.batch_size:
+            order = np.concatenate([order, order_rng.permutation(len(train_set))])
+        index, order = order[:config.batch_size], order[config.batch_size:]
+        images = train_set.images[index].to(device).float()
+        labels = train_set.labels[index].to(device).long()
+        features = _index_features(train_features, index)
+        if augment is not None and features is None:
+            images, labels = augment_batch(images, labels, augment, generator)
+        elif augment is not None:
+            images, labels, features = augment_batch(images, labels, augment, generator, features=features)
+        model.train()
+        with autocast:
+            out = model(images, features)
+            loss, _ = loss_fn(out.logits, labels, out.guide_logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        running += loss.detach().float()
+        seen += 1
+        if step % validate_every == 0 or step == total:
+            val = validation_dice(model, val_set, device, features=val_features) if val_set else None
+            entry = {"step": step, "total": total, "epoch": step / steps_per_epoch, "loss": float(running / seen),
+                     "val_dice": val, "seconds": time.perf_counter() - start}
+            history.append(entry)
+            running, seen = torch.zeros((), device=device), 0
+            if val is not None and (best is None or val > best):
+                best, best_state, stale = val, learned_state(model), 0
+            elif val is not None:
+                stale += 1
+            if checkpoint:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, step, best, best_state, history)
+            if progress is not None:
+                progress(entry)
+            if config.patience is not None and stale >= config.patience:
+                stopped = "early stopping"
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    model.eval()
+    return TrainResult(best, step, time.perf_counter() - start, history, stopped)
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, step, best, best_state, history):
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"state": learned_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "best": best, "best_state": best_state, "history": history}, partial)
+    partial.replace(path)

@@ -1,0 +1,90 @@
+"""Training learns for real, keeps the guide frozen, caches guide tokens, cancels and resumes."""
+
+import threading
+
+import pytest
+import torch
+from conftest import SHARED_DATA, synthetic_slices
+
+from GuiDINOSegmentLib.bundle import build_model
+from GuiDINOSegmentLib.model import ModelConfig
+from GuiDINOTrainLib.datasets import SliceSet, load_image_folder
+from GuiDINOTrainLib.training import TrainConfig, compute_guide_features, train, validation_dice
+
+
+SMALL = [8, 16, 32, 64, 128]  # light widths keep CPU tests fast
+
+
+def _sets():
+    images, labels = synthetic_slices(count=12, size=64)
+    data = SliceSet(images.half(), labels, [f"disc{i}" for i in range(12)])
+    return data.subset(range(8)), data.subset(range(8, 12))
+
+
+def test_guided_training_learns_and_keeps_the_guide_frozen(tiny_guide):
+    train_set, val_set = _sets()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(network="unet", input_size=64, widths=SMALL), tiny_guide)
+    frozen = {k: v.clone() for k, v in model.guide.state_dict().items()}
+    result = train(model, train_set, val_set, TrainConfig(steps=120, batch_size=4, lr=2e-3, device="cpu",
+                                                          validate_every=40))
+    assert validation_dice(model, train_set, torch.device("cpu")) > 0.9
+    assert result.best_val_dice > 0.85 and result.stopped == "finished" and result.steps == 120
+    assert [h["step"] for h in result.history] == [40, 80, 120]
+    for k, v in model.guide.state_dict().items():
+        assert torch.equal(v, frozen[k]), f"guide weight {k} changed"
+    assert not model.guide.backbone.training
+
+
+def test_cached_guide_features_match_the_guide(tiny_guide):
+    train_set, _ = _sets()
+    model = build_model(ModelConfig(network="wnet", input_size=64), tiny_guide).eval()
+    images = train_set.images[:3].float()
+    cached = compute_guide_features(model, images, torch.device("cpu"))
+    assert cached.dtype == torch.float16
+    with torch.no_grad():
+        direct = model(images).logits
+        from_cache = model(images, cached[:3].float()).logits
+    torch.testing.assert_close(from_cache, direct, atol=2e-2, rtol=0)
+
+
+def test_cancel_keeps_the_best_weights(tiny_guide):
+    train_set, val_set = _sets()
+    model = build_model(ModelConfig(network="unet", input_size=64, widths=SMALL), tiny_guide)
+    cancel, seen = threading.Event(), []
+
+    def progress(entry):
+        seen.append(entry["step"])
+        cancel.set()
+
+    result = train(model, train_set, val_set, TrainConfig(steps=50, batch_size=4, device="cpu", validate_every=5),
+                   progress=progress, cancel=cancel)
+    assert result.stopped == "cancelled" and result.steps == 5 and seen == [5]
+    assert validation_dice(model, val_set, torch.device("cpu")) == pytest.approx(result.best_val_dice)
+
+
+def test_resume_continues_from_the_checkpoint(tiny_guide, tmp_path):
+    train_set, val_set = _sets()
+    checkpoint = tmp_path / "train.ckpt"
+    model = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
+    cancel = threading.Event()
+    first = train(model, train_set, val_set, TrainConfig(steps=20, batch_size=4, device="cpu", validate_every=5),
+                  progress=lambda e: e["step"] >= 10 and cancel.set(), cancel=cancel, checkpoint=checkpoint)
+    assert first.steps == 10 and checkpoint.exists()
+    fresh = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
+    second = train(fresh, train_set, val_set, TrainConfig(steps=20, batch_size=4, device="cpu", validate_every=5),
+                   checkpoint=checkpoint, resume=True)
+    assert second.steps == 20
+    assert [h["step"] for h in second.history] == [5, 10, 15, 20]
+
+
+def test_real_kvasir_images_are_learned(tiny_guide):
+    if not (SHARED_DATA / "kvasir-seg").is_dir():
+        pytest.skip(f"Kvasir-SEG not found in {SHARED_DATA}")
+    config = ModelConfig(network="unet", in_channels=3, input_size=64, widths=SMALL,
+                         normalization={"mode": "fixed", "low": 0, "high": 255})
+    data = load_image_folder(SHARED_DATA / "kvasir-seg", "train", config, max_images=6)
+    torch.manual_seed(0)
+    model = build_model(config, tiny_guide)
+    train(model, data, None, TrainConfig(steps=200, batch_size=6, lr=2e-3, augment=False, device="cpu"))
+    assert validation_dice(model, data, torch.device("cpu")) > 0.9

@@ -1,0 +1,130 @@
+"""Slice-by-slice inference: exact geometry, three axes, bounded work, cancel, and clear errors on bad input."""
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import oblique_image, synthetic_volume
+
+from GuiDINOSegmentLib.bundle import build_model
+from GuiDINOSegmentLib.geometry import Geometry
+from GuiDINOSegmentLib.model import ModelConfig
+from GuiDINOSegmentLib.volume import (InputError, VolumeSlicer, image_data_from_sitk, read_image, segment_file,
+                                      segment_volume, slice_axis)
+
+
+@pytest.fixture
+def model(tiny_guide):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(network="unet", input_size=64), tiny_guide).eval()
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    image, labels = synthetic_volume()
+    path = tmp_path / "volume.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_outputs_keep_the_input_geometry_exactly(model, volume_file, tmp_path):
+    outputs = {name: tmp_path / f"{name}.nrrd" for name in ("labels", "guide", "probability")}
+    segment_file(model, volume_file, outputs["labels"], guide_output=outputs["guide"],
+                 probability_output=outputs["probability"], device="cpu")
+    source = sitk.ReadImage(str(volume_file))
+    for name, path in outputs.items():
+        written = sitk.ReadImage(str(path))
+        assert written.GetSize() == source.GetSize(), name
+        assert Geometry.from_sitk(written).is_close(Geometry.from_sitk(source), tol=1e-9), name
+    guide = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs["guide"])))
+    assert 0 <= guide.min() and guide.max() <= 1 and guide.std() > 0
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_every_axis_segments_every_slice(model, volume_file, axis):
+    image = read_image(volume_file)
+    result = segment_volume(model, image, axis=axis, batch_size=5, device="cpu")
+    assert result.labels.shape == image.voxels.shape
+    assert result.processed.all() and len(result.processed) == image.voxels.shape[result.axis]
+    # each slice's result is the model's prediction for that slice alone
+    slicer = VolumeSlicer(image, axis, model.config)
+    k = slicer.count // 2
+    probs, _ = model.predict(slicer.images([k]))
+    expected = slicer.restore(probs)[0, 0].numpy()
+    np.testing.assert_allclose(np.take(result.probability, k, axis=result.axis), expected, atol=1e-5)
+
+
+def test_axis_follows_anatomy_not_array_order():
+    # voxel axis i points superior, j anterior-posterior, k left-right: axial slices are taken along i
+    image = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(6, 5, 4))
+    image.SetDirection((0, 0, 1, 0, 1, 0, 1, 0, 0))
+    geometry = image_data_from_sitk(image).geometry
+    assert slice_axis(geometry, "axial") == 2  # numpy axis of i
+    assert slice_axis(geometry, "sagittal") == 0  # numpy axis of k
+    assert slice_axis(geometry, "coronal") == 1
+    with pytest.raises(InputError, match="unknown axis"):
+        slice_axis(geometry, "oblique")
+
+
+def test_letterbox_keeps_physical_aspect(model):
+    image = sitk.GetImageFromArray(np.arange(2400, dtype=np.int16).reshape(3, 40, 20))
+    image.SetSpacing((2.0, 1.0, 1.0))  # 20 columns of 2 mm = 40 mm, 40 rows of 1 mm: square
+    slicer = VolumeSlicer(image_data_from_sitk(image), "axial", model.config)
+    assert slicer.fitted == (64, 64)
+
+
+def test_selected_slices_only_and_cancel_keeps_processed(model, volume_file):
+    image = read_image(volume_file)
+    result = segment_volume(model, image, slices=[2, 5], device="cpu")
+    assert result.processed.nonzero()[0].tolist() == [2, 5]
+    untouched = [k for k in range(image.voxels.shape[0]) if k not in (2, 5)]
+    assert not result.probability[untouched].any()
+
+    cancel, calls = threading.Event(), []
+
+    def progress(done, total):
+        calls.append((done, total))
+        cancel.set()
+
+    result = segment_volume(model, image, batch_size=4, device="cpu", progress=progress, cancel=cancel)
+    assert result.cancelled and calls == [(4, image.voxels.shape[0])]
+    assert result.processed.sum() == 4 and result.probability[4:].max() == 0 and result.probability[:4].max() > 0
+
+
+def test_2d_rgb_image(tmp_path, tiny_guide):
+    model = build_model(ModelConfig(network="wnet", in_channels=3, input_size=64,
+                                    normalization={"mode": "fixed", "low": 0, "high": 255}), tiny_guide)
+    rgb = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "photo.png"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
+    out = tmp_path / "mask.png"
+    segment_file(model, path, out, device="cpu")
+    mask = sitk.ReadImage(str(out))
+    assert mask.GetSize() == (70, 50) and mask.GetNumberOfComponentsPerPixel() == 1
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 255}
+
+
+def test_bad_inputs_are_refused_clearly(tmp_path, model):
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "missing.nrrd")
+    junk = tmp_path / "junk.nrrd"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(InputError, match="cannot be read"):
+        read_image(junk)
+    with pytest.raises(InputError, match="4D"):
+        image_data_from_sitk(sitk.Image([3, 3, 3, 2], sitk.sitkFloat32))
+    with pytest.raises(InputError, match="vector volume"):
+        image_data_from_sitk(sitk.Image([3, 3, 3], sitk.sitkVectorFloat32, 3))
+    nan = sitk.GetArrayFromImage(oblique_image()).astype(np.float32)
+    nan[1, 2, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        image_data_from_sitk(sitk.GetImageFromArray(nan))
+    with pytest.raises(InputError, match="nothing to segment"):
+        image_data_from_sitk(sitk.Image([4, 4, 4], sitk.sitkInt16))
+    with pytest.raises(InputError, match="slice indices"):
+        segment_volume(model, image_data_from_sitk(oblique_image()), slices=[99], device="cpu")
+    rgb_model = build_model(ModelConfig(network="unet", in_channels=3, input_size=64, guided=False))
+    grey = image_data_from_sitk(oblique_image())
+    assert segment_volume(rgb_model, grey, device="cpu").processed.all()  # grey goes to 3 channels
