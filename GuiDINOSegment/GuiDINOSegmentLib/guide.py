@@ -191,6 +191,20 @@ def _hub_offline():
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _hub_reachable():
+    """Whether the hub's host name resolves (a failed lookup answers at once; downloads would retry)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
+
+
 def _load_pretrained(source, local_files_only):
     """A Hugging Face model from a local folder or a hub id (through the local cache)."""
     folder = Path(source).expanduser()
@@ -204,13 +218,16 @@ def _load_pretrained(source, local_files_only):
         except Exception as error:
             raise ValueError(f"Cannot load the guide from {folder}: {error}") from error
     offline = _hub_offline() if local_files_only is None else local_files_only
+    if not offline and not _hub_reachable():
+        offline = True  # no network: answer from the cache at once instead of retrying for half a minute
     try:
         # adapter_kwargs: transformers' adapter lookup ignores local_files_only and would reach the network
         return AutoModel.from_pretrained(source, local_files_only=offline, adapter_kwargs={"local_files_only": offline})
     except OSError as error:
         from huggingface_hub import constants
 
-        where = "the local Hugging Face cache" if offline else "the Hugging Face hub or the local cache"
+        where = "the local Hugging Face cache (the hub is offline or unreachable)" if offline else \
+            "the Hugging Face hub or the local cache"
         raise GuideNotFoundError(
             f"Cannot get the guide {source!r} from {where} ({constants.HF_HUB_CACHE}): {error}\n{_how_to_provide()}"
         ) from error

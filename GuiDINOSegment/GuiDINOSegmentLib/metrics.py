@@ -27,13 +27,30 @@ import numpy as np
 import torch
 
 
-def case_metrics(pred, truth, spacing=None):
-    """Dice, IoU and HD95 of one binary prediction against its ground truth (see module docstring)."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou  # slow import: on first use
+def _binary_pair(pred, truth):
     pred = np.asarray(pred).astype(bool)
     truth = np.asarray(truth).astype(bool)
     if pred.shape != truth.shape:
         raise ValueError(f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}")
+    return pred, truth
+
+
+def dice_score(pred, truth):
+    """Dice of binary masks of any shape (MONAI's ``compute_dice``); both empty scores 1."""
+    from monai.metrics import compute_dice  # slow import: on first use
+
+    pred, truth = _binary_pair(pred, truth)
+    if not pred.any() and not truth.any():
+        return 1.0
+    p, t = (torch.from_numpy(a).reshape(1, 1, -1).float() for a in (pred, truth))
+    return float(compute_dice(p, t, include_background=True, ignore_empty=False))
+
+
+def case_metrics(pred, truth, spacing=None):
+    """Dice, IoU and HD95 of one binary prediction against its ground truth (see module docstring)."""
+    from monai.metrics import compute_hausdorff_distance, compute_iou  # slow import: on first use
+
+    pred, truth = _binary_pair(pred, truth)
     if pred.ndim not in (2, 3):
         raise ValueError(f"expected a 2D or 3D mask, got shape {pred.shape}")
     if spacing is not None:
@@ -55,7 +72,7 @@ def case_metrics(pred, truth, spacing=None):
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
         hd95 = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
     return {
-        "dice": float(compute_dice(p, t, include_background=True, ignore_empty=False)),
+        "dice": dice_score(pred, truth),
         "iou": float(compute_iou(p, t, include_background=True, ignore_empty=False)),
         "hd95": float(hd95),
     }

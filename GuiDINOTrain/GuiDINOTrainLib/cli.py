@@ -97,10 +97,67 @@ def _evaluate(args):
     return 0
 
 
+def _refine_settings(args):
+    from .refine import DEFAULT_NEW_MODEL, RefineSettings
+
+    new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
+    return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
+                          device=args.device, new_model=new_model)
+
+
+def _refine(args):
+    from GuiDINOSegmentLib.volume import read_image, read_labels
+
+    from .refine import load_starting_model, refine_model, save_refined
+
+    image = read_image(args.volume)
+    labels = read_labels(args.labels, like=image)
+    model = load_starting_model(args.model, guide=args.guide)
+    bar = _Progress("refining", "step")
+    try:
+        result = refine_model(image, labels, args.slices, model=model, guide=args.guide, axis=args.axis,
+                              settings=_refine_settings(args), progress=bar.training)
+    finally:
+        bar.close()
+    parent = None if model is None else args.model
+    bundle = save_refined(result, args.out, parent=parent, volume=str(Path(args.volume).resolve()), axis=args.axis)
+    dice = "n/a" if result.val_dice is None else f"{result.val_dice:.4f}"
+    print(f"saved {bundle} (slices {result.slices}, {result.steps} steps, {result.seconds:.1f} s, "
+          f"held-out Dice {dice})")
+    return 0
+
+
+def _simulate(args):
+    from GuiDINOSegmentLib.volume import read_image, read_labels
+
+    from .refine import load_starting_model, simulate
+
+    image = read_image(args.volume)
+    truth = read_labels(args.label, like=image)
+    model = load_starting_model(args.model, guide=args.guide)
+
+    def report(entry):
+        unreviewed = "n/a" if entry["dice_unreviewed"] is None else f"{entry['dice_unreviewed']:.4f}"
+        print(f"round {entry['round']}: corrected {entry['corrected_slices']} dice_all {entry['dice_all']:.4f} "
+              f"dice_unreviewed {unreviewed} refine {entry['refine_seconds']:.1f} s "
+              f"segment {entry['segment_seconds']:.1f} s", flush=True)
+
+    summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
+                       settings=_refine_settings(args), device=args.device, progress=report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
 def _demo(args):
     from .demo import run_demo
 
-    return run_demo(args.out, guide=args.guide, device=args.device, steps=args.steps)
+    bar = _Progress("training", "step")
+    try:
+        return run_demo(args.out, guide=args.guide, device=args.device, steps=args.steps, progress=bar.training)
+    finally:
+        bar.close()
 
 
 def _int_list(text):
@@ -159,10 +216,35 @@ def build_parser():
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.set_defaults(run=_evaluate)
 
+    for name, helptext in (("refine", "fine-tune a model on corrected slices of a volume; writes a new bundle"),
+                           ("simulate", "a robot user correcting the worst slice each round: the interactive curve")):
+        cmd = commands.add_parser(name, help=helptext)
+        cmd.add_argument("--volume", required=True)
+        if name == "refine":
+            cmd.add_argument("--model", required=True, help="bundle to refine, or 'none' to start from nothing")
+            cmd.add_argument("--labels", required=True, help="label volume holding the corrections")
+            cmd.add_argument("--slices", required=True, type=_int_list, help="corrected slice indices, e.g. 3,10,17")
+            cmd.add_argument("--out", required=True, help="new bundle folder (never overwritten)")
+        else:
+            cmd.add_argument("--label", required=True, help="the true label volume the robot corrects from")
+            cmd.add_argument("--model", default=None, help="starting bundle (default: start from nothing)")
+            cmd.add_argument("--rounds", type=int, required=True)
+            cmd.add_argument("--json", default=None)
+        cmd.add_argument("--axis", choices=AXES, default="axial")
+        cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")
+        cmd.add_argument("--lora", action="store_true")
+        cmd.add_argument("--steps", type=int, default=150)
+        cmd.add_argument("--time-budget", type=float, default=None, help="seconds of training per refine")
+        cmd.add_argument("--size", type=int, default=256, help="input size of a model started from nothing")
+        cmd.add_argument("--widths", type=_int_list, default=None, help="network widths of a model started from nothing")
+        cmd.add_argument("--guide", default=None)
+        cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        cmd.set_defaults(run=_refine if name == "refine" else _simulate)
+
     demo = commands.add_parser("demo", help="train on a few slices of the bundled brain MRI, segment it, write results")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--guide", default=None)
-    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--steps", type=int, default=200)
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     demo.set_defaults(run=_demo)
     return parser

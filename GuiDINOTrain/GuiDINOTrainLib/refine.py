@@ -1,0 +1,199 @@
+"""Refine from corrections: fine-tune on the slices a user corrected, as a new model version.
+
+Works on engine objects (ImageData, label arrays, GuiDINOModel); the GuiDINOTrain Logic feeds it
+from MRML, the ``guidino refine`` / ``guidino simulate`` commands from files.
+"""
+
+import copy
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from GuiDINOSegmentLib.bundle import build_model, load_bundle, read_bundle_config, save_bundle
+from GuiDINOSegmentLib.lora import add_lora, has_lora
+from GuiDINOSegmentLib.metrics import dice_score
+from GuiDINOSegmentLib.model import ModelConfig
+from GuiDINOSegmentLib.volume import InputError, VolumeSlicer, segment_volume, slice_axis
+
+from .commands import load_guide, seed_tokenbook
+from .datasets import slices_of
+from .training import TrainConfig, learned_state, train
+
+# A new model (no bundle yet): the product's default network at its default size.
+DEFAULT_NEW_MODEL = {"network": "wnet", "input_size": 256}
+
+
+@dataclass
+class RefineSettings:
+    train: str = "tokenbook+network"  # parts joined by '+': tokenbook, network, lora
+    lora: bool = False  # add LoRA adapters to the guide (when the model has none) and train them
+    steps: int = 150
+    time_budget: Optional[float] = None  # seconds of training
+    batch_size: int = 4
+    lr: float = 1e-3
+    lora_lr: float = 5e-4
+    augment: bool = True
+    device: str = "auto"
+    seed: int = 0
+    keep_on_cancel: bool = True  # cancelled: keep the best model so far (True) or discard the round (False)
+    new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
+
+    def parts(self):
+        parts = tuple(p.strip() for p in self.train.split("+") if p.strip())
+        return parts + ("lora",) if self.lora and "lora" not in parts else parts
+
+
+@dataclass
+class RefineResult:
+    model: object  # the refined GuiDINOModel (None when a cancelled round was discarded)
+    slices: list
+    held_out: Optional[int]  # the corrected slice used for early stopping, when there were three or more
+    steps: int
+    seconds: float
+    val_dice: Optional[float]
+    stopped: str
+    bundle: Optional[Path] = None
+    settings: dict = field(default_factory=dict)
+
+
+def corrections_check(labels, slices, axis_index, starting_fresh):
+    """Refuse corrections that cannot teach the model, with what the user should do."""
+    if len(slices) == 0:
+        raise InputError("no corrected slices: correct the segment on at least one slice (or mark a slice "
+                         "reviewed), then press Refine from corrections")
+    corrected = np.take(labels, list(slices), axis=axis_index)
+    if starting_fresh and not corrected.any():
+        raise InputError("the corrected slices contain no target: label the structure on at least one slice "
+                         "before refining a new model")
+    if corrected.all():
+        raise InputError("the corrected slices are all foreground: label the background too")
+
+
+def refine_model(image, labels, slices, model=None, guide=None, axis="axial", settings=None, progress=None,
+                 cancel=None):
+    """Fine-tune ``model`` (a GuiDINOModel, or None to start a new one from ``guide``) on slices ``slices``.
+
+    ``labels``: the user's label volume (only the listed slices are read). With three or more
+    corrected slices one is held out for early stopping. The input model is not modified.
+    """
+    settings = settings or RefineSettings()
+    start = time.perf_counter()
+    slices = sorted(set(int(s) for s in slices))
+    if model is None:
+        model = build_model(ModelConfig(**{**settings.new_model, "in_channels": image.channels}), load_guide(guide))
+        fresh = True
+    else:
+        model = copy.deepcopy(model)
+        fresh = False
+    corrections_check(labels, slices, VolumeSlicer(image, axis, model.config).axis, fresh)
+    parts = settings.parts()
+    if "lora" in parts and model.guide is not None and not has_lora(model.guide):
+        add_lora(model.guide, rank=8)
+        model.config.lora_rank = 8
+    data = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
+    held_out = slices[len(slices) // 2] if len(slices) >= 3 else None
+    train_index = [i for i, s in enumerate(slices) if s != held_out]
+    train_set = data.subset(train_index)
+    val_set = data.subset([slices.index(held_out)]) if held_out is not None else None
+    if fresh:
+        seed_tokenbook(model, train_set)
+    before = learned_state(model)
+    config = TrainConfig(steps=settings.steps, batch_size=min(settings.batch_size, max(1, len(train_set))),
+                         lr=settings.lr, lora_lr=settings.lora_lr, augment=settings.augment, parts=parts,
+                         device=settings.device, seed=settings.seed, time_budget=settings.time_budget,
+                         validate_every=max(1, settings.steps // 10) if val_set is not None else 0,
+                         patience=4 if val_set is not None else None)
+    result = train(model, train_set, val_set, config, progress=progress, cancel=cancel)
+    kept = model
+    if result.stopped == "cancelled" and not settings.keep_on_cancel:
+        model.load_state_dict(before, strict=False)
+        kept = None
+    return RefineResult(kept, slices, held_out, result.steps, time.perf_counter() - start, result.best_val_dice,
+                        result.stopped, settings=asdict(settings))
+
+
+def next_version_path(folder, stem):
+    """``folder/stem-v001``, ``-v002``, …: the first version number not used yet."""
+    folder = Path(folder)
+    stem = re.sub(r"-v\d{3}$", "", stem)
+    used = [int(m.group(1)) for p in folder.glob(f"{stem}-v*") if (m := re.fullmatch(re.escape(stem) + r"-v(\d{3})", p.name))]
+    return folder / f"{stem}-v{max(used, default=0) + 1:03d}"
+
+
+def save_refined(result, out, parent=None, volume=None, axis="axial"):
+    """Save a refine result as a new bundle recording its parent, the volume, slices, settings and time."""
+    provenance = {"kind": "refine", "parent": None if parent is None else str(Path(parent).resolve()),
+                  "volume": volume, "axis": axis, "slices": result.slices, "held_out": result.held_out,
+                  "settings": result.settings, "steps": result.steps, "seconds": round(result.seconds, 3),
+                  "stopped": result.stopped}
+    metrics = {"held_out_dice_at_model_size": result.val_dice}
+    result.bundle = save_bundle(result.model, out, metrics=metrics, provenance=provenance)
+    return result.bundle
+
+
+def list_versions(folder):
+    """Bundles in ``folder``, oldest first: dicts with path, created, parent, slices."""
+    versions = []
+    for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if (path / "config.json").is_file():
+            config = read_bundle_config(path)
+            provenance = config.get("provenance", {})
+            versions.append({"path": path, "created": config.get("created"), "parent": provenance.get("parent"),
+                             "slices": provenance.get("slices", [])})
+    return sorted(versions, key=lambda v: (v["created"] or "", str(v["path"])))
+
+
+def simulate(image, truth, rounds, model=None, guide=None, axis="axial", settings=None, device="auto",
+             progress=None):
+    """A robot user: each round it corrects the unreviewed slice with the largest error, refines, re-segments.
+
+    Starting from nothing (``model`` None), round 1 labels the slice with the largest true area.
+    Returns ``{"rounds": [{"round", "corrected_slices", "dice_all", "dice_unreviewed",
+    "refine_seconds", "segment_seconds"}, ...]}``: Dice over the whole volume (corrected slices
+    hold the truth) and over the slices the robot has not corrected.
+    """
+    settings = settings or RefineSettings(device=device)
+    truth = (np.asarray(truth) > 0).astype(np.uint8)
+    axis_index = None
+    reviewed, history = [], []
+    current = None if model is None else segment_volume(model, image, axis=axis, device=device).labels
+    for number in range(1, rounds + 1):
+        if axis_index is None:
+            axis_index = 0 if image.is_2d else slice_axis(image.geometry, axis)
+        truth_slices = np.moveaxis(truth, axis_index, 0)
+        candidates = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
+        if not candidates:
+            break
+        if current is None:
+            pick = max(candidates, key=lambda k: int(truth_slices[k].sum()))
+        else:
+            error = np.moveaxis(current != truth, axis_index, 0)
+            pick = max(candidates, key=lambda k: int(error[k].sum()))
+        reviewed.append(pick)
+        refined = refine_model(image, truth, reviewed, model=model, guide=guide, axis=axis, settings=settings)
+        model = refined.model
+        todo = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
+        seg = segment_volume(model, image, axis=axis, slices=todo, device=device)
+        current = seg.labels.copy()
+        np.moveaxis(current, axis_index, 0)[reviewed] = truth_slices[reviewed]
+        predicted_unreviewed = np.moveaxis(current, axis_index, 0)[todo]
+        entry = {"round": number, "corrected_slices": sorted(reviewed),
+                 "dice_all": dice_score(current, truth),
+                 "dice_unreviewed": dice_score(predicted_unreviewed, truth_slices[todo]) if todo else None,
+                 "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
+                 "steps": refined.steps}
+        history.append(entry)
+        if progress is not None:
+            progress(entry)
+    return {"rounds": history}
+
+
+def load_starting_model(bundle, guide=None, device="cpu"):
+    """``none`` or None -> None (start from nothing); otherwise the bundle's model."""
+    if bundle is None or str(bundle).lower() == "none":
+        return None
+    return load_bundle(bundle, guide=guide, device=device)

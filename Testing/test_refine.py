@@ -1,0 +1,97 @@
+"""Refine from corrections (engine side): clear refusals, versioned bundles, and a robot user that learns."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import synthetic_volume
+from test_cli import guidino
+
+from GuiDINOSegmentLib.bundle import load_bundle, read_bundle_config
+from GuiDINOSegmentLib.volume import InputError, image_data_from_sitk
+from GuiDINOTrainLib.refine import (RefineSettings, list_versions, next_version_path, refine_model, save_refined,
+                                    simulate)
+
+LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
+
+
+@pytest.fixture
+def volume():
+    image, labels = synthetic_volume(shape=(12, 48, 40))
+    return image_data_from_sitk(image), sitk.GetArrayFromImage(labels)
+
+
+def _settings(**kw):
+    return RefineSettings(**{"steps": 40, "device": "cpu", "new_model": dict(LIGHT), **kw})
+
+
+def test_no_or_useless_corrections_are_refused(volume, tiny_guide_dir):
+    image, labels = volume
+    with pytest.raises(InputError, match="no corrected slices"):
+        refine_model(image, labels, [], guide=str(tiny_guide_dir), settings=_settings())
+    with pytest.raises(InputError, match="contain no target"):
+        refine_model(image, labels, [0], guide=str(tiny_guide_dir), settings=_settings())  # slice 0 is background
+    with pytest.raises(InputError, match="all foreground"):
+        refine_model(image, np.ones_like(labels), [5], guide=str(tiny_guide_dir), settings=_settings())
+
+
+def test_each_refine_is_a_new_version_with_its_parent(volume, tiny_guide_dir, tmp_path):
+    image, labels = volume
+    first = refine_model(image, labels, [4, 6, 8], guide=str(tiny_guide_dir), settings=_settings())
+    assert first.held_out == 6 and first.steps > 0 and first.val_dice is not None
+    v1 = save_refined(first, next_version_path(tmp_path, "volume"), volume="volume.nrrd")
+    assert v1.name == "volume-v001"
+
+    parent_state = {k: v.clone() for k, v in first.model.learned_state_dict().items()}
+    second = refine_model(image, labels, [4, 6, 8, 10], model=load_bundle(v1), settings=_settings(steps=10))
+    v2 = save_refined(second, next_version_path(tmp_path, v1.name), parent=v1, volume="volume.nrrd")
+    assert v2.name == "volume-v002"
+    provenance = read_bundle_config(v2)["provenance"]
+    assert provenance["parent"] == str(v1.resolve()) and provenance["slices"] == [4, 6, 8, 10]
+    assert [v["path"] for v in list_versions(tmp_path)] == [v1, v2]
+    # the parent model in memory and on disk is untouched by the second round
+    for k, v in load_bundle(v1).learned_state_dict().items():
+        assert np.array_equal(v.numpy(), parent_state[k].numpy())
+
+
+def test_cancel_can_discard_or_keep(volume, tiny_guide_dir):
+    image, labels = volume
+    cancel = threading.Event()
+    cancel.set()
+    kept = refine_model(image, labels, [5, 6], guide=str(tiny_guide_dir), settings=_settings(), cancel=cancel)
+    assert kept.stopped == "cancelled" and kept.model is not None and kept.steps == 0
+    dropped = refine_model(image, labels, [5, 6], guide=str(tiny_guide_dir),
+                           settings=_settings(keep_on_cancel=False), cancel=cancel)
+    assert dropped.model is None
+
+
+def test_robot_user_improves_unreviewed_slices(volume, tiny_guide_dir):
+    image, labels = volume
+    summary = simulate(image, labels, rounds=4, guide=str(tiny_guide_dir), settings=_settings(steps=60),
+                       device="cpu")
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert len(rounds[-1]["corrected_slices"]) == 4
+    first_pick = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+    assert rounds[0]["corrected_slices"] == [first_pick]  # starts from the slice with the largest true area
+    assert rounds[-1]["dice_unreviewed"] > rounds[0]["dice_unreviewed"] + 0.1
+    assert all(r["refine_seconds"] > 0 and r["segment_seconds"] > 0 for r in rounds)
+
+
+def test_simulate_and_refine_commands(tmp_path, tiny_guide_dir):
+    image, labels = synthetic_volume(shape=(10, 40, 32))
+    sitk.WriteImage(image, str(tmp_path / "v.nrrd"))
+    sitk.WriteImage(labels, str(tmp_path / "v-label.nrrd"))
+    light = ["--size", 64, "--widths", "8,16,32,64,128", "--device", "cpu"]
+    run = guidino("simulate", "--volume", tmp_path / "v.nrrd", "--label", tmp_path / "v-label.nrrd", "--guide",
+                  tiny_guide_dir, "--rounds", 2, "--steps", 10, "--json", tmp_path / "sim.json", *light)
+    assert run.returncode == 0, run.stderr
+    rounds = json.loads((tmp_path / "sim.json").read_text())["rounds"]
+    assert [set(r) >= {"round", "corrected_slices", "dice_all", "dice_unreviewed", "refine_seconds",
+                       "segment_seconds"} for r in rounds] == [True, True]
+    run = guidino("refine", "--model", "none", "--volume", tmp_path / "v.nrrd", "--labels", tmp_path / "v-label.nrrd",
+                  "--slices", "4,5", "--out", tmp_path / "refined", "--guide", tiny_guide_dir, "--steps", 5, *light)
+    assert run.returncode == 0, run.stderr
+    assert read_bundle_config(tmp_path / "refined")["provenance"]["slices"] == [4, 5]
