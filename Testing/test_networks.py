@@ -1,9 +1,10 @@
 """Gated segmentation networks: shapes, where the guide acts, errors, and that they can learn."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 from GuiDINOSegmentLib.networks import (
     PoolFormerBlock,
     SegDINOHead,
@@ -14,7 +15,7 @@ from GuiDINOSegmentLib.networks import (
     deep_supervision_weights,
 )
 
-SMALL = {"unet": dict(widths=(8, 16, 32, 64)), "wnet": dict(widths=(8, 16, 32, 64), global_widths=(4, 8, 8, 16))}
+SMALL = {"unet": {"widths": (8, 16, 32, 64)}, "wnet": {"widths": (8, 16, 32, 64), "global_widths": (4, 8, 8, 16)}}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,7 +77,7 @@ def test_wnet_deep_supervision_follows_flag_and_depth():
 def test_deep_supervision_weights_halve_and_sum_to_one():
     w = deep_supervision_weights(5)
     assert sum(w) == pytest.approx(1.0)
-    assert [a / b for a, b in zip(w, w[1:])] == pytest.approx([2.0] * 4)
+    assert [a / b for a, b in itertools.pairwise(w)] == pytest.approx([2.0] * 4)
     assert deep_supervision_weights(1) == [1.0]
     with pytest.raises(ValueError):
         deep_supervision_weights(0)

@@ -1,10 +1,10 @@
 """Segmentation networks gated by a GuiDINO guide, and the SegDINO baseline head.
 
 Every network maps an image ``x`` (B, in_channels, H, W) and an optional guide (B, 1, h, w) in
-[0, 1], at any resolution (a batch of 1 is broadcast), to logits (B, out_channels, H, W). At each encoder stage listed in
-``gate_stages`` (0 = the full-resolution stage) the stage's output feature map is multiplied by
-the guide resized bilinearly to that map's size. The image itself is never gated. With
-``guide=None`` a network is the plain, ungated baseline.
+[0, 1], at any resolution (a guide batch of 1 is broadcast), to logits (B, out_channels, H, W).
+At each encoder stage listed in ``gate_stages`` (0 = the full-resolution stage) the stage's
+output feature map is multiplied by the guide resized bilinearly to that map's size. The image
+itself is never gated. With ``guide=None`` a network is the plain, ungated baseline.
 """
 
 from functools import partial
@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "SegDINOHead",
     "UNet",
     "WNet",
-    "SegDINOHead",
     "build_network",
     "count_parameters",
     "deep_supervision_weights",
@@ -167,9 +167,7 @@ class PoolFormerBlock(nn.Module):
         self.norm1 = nn.GroupNorm(1, dim)
         self.pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
         self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(dim, dim * mlp_ratio, 1), nn.GELU(), nn.Conv2d(dim * mlp_ratio, dim, 1)
-        )
+        self.mlp = nn.Sequential(nn.Conv2d(dim, dim * mlp_ratio, 1), nn.GELU(), nn.Conv2d(dim * mlp_ratio, dim, 1))
 
     def forward(self, x):
         y = self.norm1(x)
