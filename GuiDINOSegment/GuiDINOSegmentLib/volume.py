@@ -54,9 +54,8 @@ def read_image(path):
     return image_data_from_sitk(image, name=str(path))
 
 
-def image_data_from_sitk(image, name="input"):
-    """Check and convert a SimpleITK image: 2D (grey or RGB) or 3D scalar."""
-    dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+def check_shape(name, dim, components):
+    """Refuse 4D, vector and odd-channel images, with the fix in the message."""
     if dim == 4:
         raise InputError(f"{name}: a 4D image (time series or multi-volume); extract one 3D volume first")
     if dim not in (2, 3):
@@ -66,12 +65,13 @@ def image_data_from_sitk(image, name="input"):
                          "volume first (in Slicer: Vector to Scalar Volume)")
     if dim == 2 and components not in (1, 3, 4):
         raise InputError(f"{name}: a 2D image with {components} channels; give a grey or RGB image")
-    voxels = sitk.GetArrayFromImage(image)
-    if voxels.size == 0:
-        raise InputError(f"{name}: the image is empty (no voxels)")
-    if voxels.min() == voxels.max():
-        raise InputError(f"{name}: every voxel has the value {voxels.flat[0]}, so there is nothing to segment; "
-                         "check that the right volume was loaded")
+
+
+def image_data_from_sitk(image, name="input"):
+    """Check and convert a SimpleITK image: 2D (grey or RGB) or 3D scalar."""
+    dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    check_shape(name, dim, components)
+    voxels = check_voxels(sitk.GetArrayFromImage(image), name)
     if dim == 2:
         if components == 4:
             voxels = voxels[..., :3]  # drop alpha
@@ -102,10 +102,15 @@ def read_labels(path, like=None):
 
 
 def check_voxels(voxels, name="input"):
-    """Refuse NaN / infinite voxels with a clear message; return the array."""
+    """Refuse empty, NaN / infinite and constant voxel arrays with a clear message; return the array."""
+    if voxels.size == 0:
+        raise InputError(f"{name}: the image is empty (no voxels)")
     if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
         count = int((~np.isfinite(voxels)).sum())
         raise InputError(f"{name}: {count} voxels are NaN or infinite; replace them (e.g. with the minimum) first")
+    if voxels.min() == voxels.max():
+        raise InputError(f"{name}: every voxel has the value {voxels.flat[0]}, so there is nothing to segment; "
+                         "check that the right volume was loaded")
     return voxels
 
 

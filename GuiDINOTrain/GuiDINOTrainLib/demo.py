@@ -20,7 +20,7 @@ from .datasets import check_labels, slices_of
 from .training import TrainConfig
 
 SAMPLE = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
-TRAIN_SLICES = (4, 12, 14, 16, 21)  # three slices through the tumour, two without it
+TRAIN_SLICES = (4, 11, 13, 15, 17, 21)  # four slices through the tumour, two without it
 
 
 def _banner(text):
@@ -72,7 +72,7 @@ def run_demo(out="demo-output", guide=None, device="auto", steps=200, progress=N
     print(f"training a light nnWNet-style network ({config.input_size} px) on slices {list(TRAIN_SLICES)} of brain1",
           file=sys.stderr)
     bundle, result = train_bundle(model, train_set, None, run_dir / "model",
-                                  TrainConfig(steps=steps, batch_size=5, lr=2e-3, device=device, validate_every=10),
+                                  TrainConfig(steps=steps, batch_size=5, lr=3e-3, device=device, validate_every=10),
                                   provenance={"data": "Resources/SampleData/brain1", "slices": list(TRAIN_SLICES)},
                                   progress=progress)
     seg = segment_volume(model, image, device=device)

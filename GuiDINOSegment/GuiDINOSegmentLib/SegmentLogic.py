@@ -1,0 +1,356 @@
+"""GuiDINOSegmentLogic: the engine on MRML nodes (scalar volume in; segment, raw prediction and guide out).
+
+Usable without the widget (scripts, batch, tests)::
+
+    logic = GuiDINOSegmentLogic()
+    result = logic.process(volumeNode, segmentationNode, model="/path/to/bundle", axis="axial")
+
+The raw prediction of every processed voxel is kept in a hidden labelmap volume referenced from the
+segmentation node, so that later edits of the segment are recognised as corrections (reviewed slices).
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import slicer
+import vtk
+
+from .bundle import BundleError, load_bundle
+from .geometry import Geometry
+from .model import GuiDINOModel
+from .volume import (AXES, ImageData, InputError, SegmentationResult, check_shape, check_voxels, segment_volume,
+                     slice_axis)
+
+NOT_PREDICTED = 255  # stored-prediction value of voxels no run has predicted yet
+PREDICTION_ROLE = "GuiDINOPrediction_"  # + segment id: segmentation node -> raw prediction labelmap
+REVIEWED_ATTRIBUTE = "GuiDINO.Reviewed."  # + segment id: JSON {"axis": ..., "slices": [...]} of marked slices
+GUIDE_INPUT_ROLE = "GuiDINOInput"  # guide volume -> the volume it was computed from
+GUIDE_COLOR_NAME = "GuiDINO guide"
+GUIDE_COLORS = ((0.0, (0.0, 0.0, 0.5)), (0.25, (0.0, 0.4, 1.0)), (0.6, (1.0, 1.0, 0.0)), (1.0, (1.0, 0.0, 0.0)))
+GUIDE_THRESHOLD = 0.05  # guide values below it are transparent in the slice views
+
+
+@dataclass
+class ProcessResult:
+    segmentId: str
+    guideVolumeNode: Optional[object]  # None when showGuide is off or the model has no guide
+    slicesProcessed: int
+    seconds: float
+    cancelled: bool
+    prediction: SegmentationResult
+
+
+class GuiDINOSegmentLogic:
+    """Runs GuiDINO models on MRML nodes; ``segmenter`` and ``bundleLoader`` are injectable for tests."""
+
+    def __init__(self, segmenter=segment_volume, bundleLoader=load_bundle):
+        self.segmenter = segmenter
+        self.bundleLoader = bundleLoader
+        self.defaultModelPath = os.environ.get("GUIDINO_MODEL") or None
+        self.guideSource = None  # hub id, folder or .pth overriding the guide a bundle names
+        self.guideOpacity = 0.4
+        self._cachedModel = (None, None)  # (key, model): one model at a time, a ViT is large
+
+    # -- models ----------------------------------------------------------------------------
+    def loadModel(self, path=None):
+        """The model of bundle ``path`` (default: ``defaultModelPath``), cached while the bundle is unchanged."""
+        path = path or self.defaultModelPath
+        if not path:
+            raise BundleError("no model bundle chosen: select a model folder in GuiDINO Segment, "
+                              "or set the GUIDINO_MODEL environment variable to one")
+        bundle = Path(path).expanduser().resolve()
+        config = bundle / "config.json"
+        key = (bundle, config.stat().st_mtime_ns if config.is_file() else None, self.guideSource)
+        if self._cachedModel[0] != key:
+            self._cachedModel = (None, None)  # release the old model before loading the new one
+            self._cachedModel = (key, self.bundleLoader(bundle, guide=self.guideSource))
+        return self._cachedModel[1]
+
+    def _model(self, model):
+        return model if isinstance(model, GuiDINOModel) else self.loadModel(model)
+
+    # -- segmentation ----------------------------------------------------------------------
+    def computePrediction(self, inputVolume, model=None, axis="axial", sliceRange=None, device="auto",
+                          progressCallback=None, cancelEvent=None):
+        """The engine's SegmentationResult for ``inputVolume``; the scene is not changed."""
+        return self.segmenter(self._model(model), imageDataFromVolume(inputVolume), axis=axis,
+                              slices=sliceIndices(sliceRange), device=device, progress=progressCallback,
+                              cancel=cancelEvent)
+
+    def process(self, inputVolume, outputSegmentation, segmentName="GuiDINO", model=None, axis="axial",
+                sliceRange=None, device="auto", showGuide=True, progressCallback=None, cancelEvent=None):
+        """Segment ``inputVolume`` into segment ``segmentName``, leaving reviewed slices as they are.
+
+        ``sliceRange``: None (all slices), one index, or (first, last) inclusive, along ``axis``.
+        ``cancelEvent`` (threading.Event) stops between slice batches; processed slices are kept.
+        """
+        start = time.perf_counter()
+        image = imageDataFromVolume(inputVolume)
+        checkSegmentation(outputSegmentation, inputVolume)
+        model = self._model(model)
+        slices = sliceIndices(sliceRange)
+        segmentId = outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
+        reviewed = self.reviewedSlices(outputSegmentation, segmentId) if segmentId else None
+        if reviewed and reviewed["axis"] == axis and reviewed["slices"]:
+            count = image.voxels.shape[slice_axis(image.geometry, axis)]
+            slices = np.setdiff1d(np.arange(count) if slices is None else slices, reviewed["slices"])
+        prediction = self.segmenter(model, image, axis=axis, slices=slices, device=device,
+                                    progress=progressCallback, cancel=cancelEvent)
+        result = self.applyPrediction(inputVolume, outputSegmentation, prediction, segmentName, axis, showGuide)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def applyPrediction(self, inputVolume, outputSegmentation, prediction, segmentName="GuiDINO", axis="axial",
+                        showGuide=True):
+        """Write a ``computePrediction`` result (made along ``axis``) as ``process`` does; main thread only."""
+        start = time.perf_counter()
+        image = imageDataFromVolume(inputVolume)
+        checkSegmentation(outputSegmentation, inputVolume)
+        geometry, shape = image.geometry, image.voxels.shape
+        if prediction.labels.shape != shape or not prediction.geometry.is_close(geometry, tol=1e-4) \
+                or slice_axis(geometry, axis) != prediction.axis:
+            raise InputError(f"this prediction was not computed on {inputVolume.GetName()} along the {axis} axis")
+        segmentation = outputSegmentation.GetSegmentation()
+        segmentId = segmentation.GetSegmentIdBySegmentName(segmentName) or segmentation.AddEmptySegment("", segmentName)
+        reviewed = self.reviewedSlices(outputSegmentation, segmentId)
+        protected = sliceMask(shape, slice_axis(geometry, reviewed["axis"]), reviewed["slices"])
+        write = sliceMask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
+        if write.any():
+            current = slicer.util.arrayFromSegmentBinaryLabelmap(outputSegmentation, segmentId, inputVolume) > 0
+            labels = np.where(write, prediction.labels > 0, current).astype(np.uint8)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(labels, outputSegmentation, segmentId, inputVolume)
+            stored = self._storedPrediction(outputSegmentation, segmentId, inputVolume)
+            raw = slicer.util.arrayFromVolume(stored)
+            raw[write] = labels[write]
+            slicer.util.arrayFromVolumeModified(stored)
+        if not reviewed["slices"]:  # the reviewed axis follows the runs until a slice is reviewed
+            self._storeMarked(outputSegmentation, segmentId, axis, [])
+        guide = None
+        if showGuide and prediction.guide is not None:
+            guide = self._updateGuide(inputVolume, prediction)
+            self.showGuideVolume(guide)
+        return ProcessResult(segmentId, guide, int(prediction.processed.sum()),
+                             prediction.seconds + time.perf_counter() - start, prediction.cancelled, prediction)
+
+    # -- reviewed slices -------------------------------------------------------------------
+    def reviewedSlices(self, segmentation, segmentId):
+        """{"axis", "slices"}: slices marked reviewed plus slices edited since their last prediction."""
+        axis, marked = self._marked(segmentation, segmentId)
+        stored, edited = self._editedMask(segmentation, segmentId)
+        if stored is not None:
+            edited = np.moveaxis(edited, slice_axis(volumeGeometry(stored), axis), 0)
+            marked = set(marked) | set(np.flatnonzero(edited.reshape(len(edited), -1).any(1)).tolist())
+        return {"axis": axis, "slices": sorted(marked)}
+
+    def markSliceReviewed(self, segmentation, segmentId, sliceIndex, axis="axial", reviewed=True):
+        """Mark (or unmark) one slice as reviewed; unmarking also accepts its edits as the new baseline."""
+        if axis not in AXES:
+            raise InputError(f"unknown axis {axis!r}: choose one of {', '.join(AXES)}")
+        state = self.reviewedSlices(segmentation, segmentId)
+        if axis != state["axis"] and state["slices"]:
+            raise InputError(f"slices of this segment are reviewed along the {state['axis']} axis: review along "
+                             f"that axis, or unmark slices {state['slices']} first")
+        stored = self.predictionVolume(segmentation, segmentId)
+        count = None if stored is None else slicer.util.arrayFromVolume(stored).shape[
+            slice_axis(volumeGeometry(stored), axis)]
+        if sliceIndex < 0 or (count is not None and sliceIndex >= count):
+            upper = "" if count is None else f"..{count - 1}"
+            raise InputError(f"slice {sliceIndex} does not exist: slice indices are 0{upper} along the {axis} axis")
+        marked = set(self._marked(segmentation, segmentId)[1]) if axis == state["axis"] else set()
+        if reviewed:
+            marked.add(int(sliceIndex))
+        else:
+            marked.discard(int(sliceIndex))
+            self._acceptEdits(segmentation, segmentId, axis, sliceIndex)
+        self._storeMarked(segmentation, segmentId, axis, marked)
+
+    def predictionVolume(self, segmentation, segmentId):
+        """The hidden labelmap holding the segment's raw prediction (255 = not predicted), or None."""
+        return segmentation.GetNodeReference(PREDICTION_ROLE + segmentId)
+
+    def _marked(self, segmentation, segmentId):
+        if segmentation.GetSegmentation().GetSegment(segmentId) is None:
+            raise InputError(f"{segmentation.GetName()} has no segment {segmentId!r}")
+        text = segmentation.GetAttribute(REVIEWED_ATTRIBUTE + segmentId)
+        state = json.loads(text) if text else {"axis": "axial", "slices": []}
+        return state["axis"], [int(i) for i in state["slices"]]
+
+    def _storeMarked(self, segmentation, segmentId, axis, slices):
+        segmentation.SetAttribute(REVIEWED_ATTRIBUTE + segmentId,
+                                  json.dumps({"axis": axis, "slices": sorted(int(i) for i in slices)}))
+
+    def _editedMask(self, segmentation, segmentId):
+        """(raw-prediction node, voxels whose segment content differs from it), or (None, None)."""
+        stored = self.predictionVolume(segmentation, segmentId)
+        if stored is None or stored.GetImageData() is None:
+            return None, None
+        raw = slicer.util.arrayFromVolume(stored)
+        current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, stored) > 0
+        return stored, (raw != NOT_PREDICTED) & (raw != current)
+
+    def _acceptEdits(self, segmentation, segmentId, axis, sliceIndex):
+        stored, edited = self._editedMask(segmentation, segmentId)
+        if stored is None:
+            return
+        raw = slicer.util.arrayFromVolume(stored)
+        accept = edited & sliceMask(raw.shape, slice_axis(volumeGeometry(stored), axis), [sliceIndex])
+        raw[accept] = 1 - raw[accept]  # edited voxels of a binary prediction are its complement
+        slicer.util.arrayFromVolumeModified(stored)
+
+    def _storedPrediction(self, segmentation, segmentId, inputVolume):
+        """The raw-prediction node, created (or reset) on the input's grid when needed."""
+        stored = self.predictionVolume(segmentation, segmentId)
+        if stored is None:
+            name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
+            stored = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                                        f"{segmentation.GetName()} {name} GuiDINO prediction")
+            stored.SetHideFromEditors(True)
+            segmentation.SetNodeReferenceID(PREDICTION_ROLE + segmentId, stored.GetID())
+        _matchGrid(stored, inputVolume, NOT_PREDICTED, np.uint8)
+        return stored
+
+    # -- guide -----------------------------------------------------------------------------
+    def guideVolume(self, inputVolume):
+        """The guide volume computed for ``inputVolume``, or None."""
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.GetNodeReferenceID(GUIDE_INPUT_ROLE) == inputVolume.GetID():
+                return node
+        return None
+
+    def _updateGuide(self, inputVolume, prediction):
+        guide = self.guideVolume(inputVolume)
+        if guide is None:
+            guide = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                       f"{inputVolume.GetName()} GuiDINO guide")
+            guide.SetNodeReferenceID(GUIDE_INPUT_ROLE, inputVolume.GetID())
+        values = _matchGrid(guide, inputVolume, 0.0, np.float32)
+        processed = sliceMask(values.shape, prediction.axis, np.flatnonzero(prediction.processed))
+        values[processed] = prediction.guide[processed]
+        slicer.util.arrayFromVolumeModified(guide)
+        if guide.GetDisplayNode() is None:
+            guide.CreateDefaultDisplayNodes()
+        display = guide.GetDisplayNode()
+        display.SetAndObserveColorNodeID(guideColorNode().GetID())
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        display.AutoThresholdOff()
+        display.SetThreshold(GUIDE_THRESHOLD, 1.0)
+        display.ApplyThresholdOn()
+        return guide
+
+    def showGuideVolume(self, guideNode, show=True):
+        """Show the guide as the foreground of every slice view (or remove it from where it is shown)."""
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            if show:
+                composite.SetForegroundVolumeID(guideNode.GetID())
+                composite.SetForegroundOpacity(self.guideOpacity)
+            elif composite.GetForegroundVolumeID() == guideNode.GetID():
+                composite.SetForegroundVolumeID(None)
+
+    def setGuideOpacity(self, opacity):
+        """Foreground opacity (0..1) of every slice view, used for the guide from now on."""
+        self.guideOpacity = float(min(max(opacity, 0.0), 1.0))
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            composite.SetForegroundOpacity(self.guideOpacity)
+
+
+# -- MRML <-> engine -------------------------------------------------------------------------
+def volumeGeometry(volumeNode):
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return Geometry.from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix))
+
+
+def imageDataFromVolume(volumeNode):
+    """The engine's ImageData of a scalar volume node (voxels shared, not copied); InputError if unusable."""
+    if volumeNode is None:
+        raise InputError("no input volume: select the scalar volume to segment")
+    name = volumeNode.GetName()
+    if volumeNode.IsA("vtkMRMLMultiVolumeNode") or _isSequenceItem(volumeNode):
+        check_shape(name, 4, 1)
+    image = volumeNode.GetImageData() if volumeNode.IsA("vtkMRMLVolumeNode") else None
+    components = image.GetNumberOfScalarComponents() if image is not None else 1
+    check_shape(name, 3, 3 if volumeNode.IsA("vtkMRMLTensorVolumeNode") else components)
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"{name}: a {volumeNode.GetClassName()} is not a scalar volume; select a scalar volume")
+    if image is None or 0 in image.GetDimensions():
+        raise InputError(f"{name}: the volume has no voxels; load its image data first")
+    voxels = check_voxels(slicer.util.arrayFromVolume(volumeNode), name)
+    return ImageData(voxels, volumeGeometry(volumeNode))
+
+
+def _isSequenceItem(volumeNode):
+    return any(browser.IsProxyNodeID(volumeNode.GetID())
+               for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"))
+
+
+def checkSegmentation(segmentationNode, volumeNode):
+    """Refuse a segmentation that cannot hold ``volumeNode``'s voxels; bind an unbound one to its geometry."""
+    if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+        raise InputError("no output segmentation: select or create a segmentation")
+    names = f"{segmentationNode.GetName()} and {volumeNode.GetName()}"
+    if segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+        raise InputError(f"{names} are under different transforms: put both under the same transform "
+                         "(or none) in the Transforms or Data module")
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    serialized = segmentationNode.GetSegmentation().GetConversionParameter(parameter)
+    if not serialized:
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        return
+    matrix, extent = vtk.vtkMatrix4x4(), [0] * 6
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, matrix, extent)
+    if tuple(extent) != tuple(volumeNode.GetImageData().GetExtent()) or not np.allclose(
+            slicer.util.arrayFromVTKMatrix(matrix), volumeGeometry(volumeNode).ijk_to_ras(), atol=1e-4):
+        raise InputError(f"{segmentationNode.GetName()} is bound to another geometry than {volumeNode.GetName()}: "
+                         "segment into a new segmentation, or set its geometry from this volume "
+                         "(Segment Editor > Specify geometry)")
+
+
+def sliceIndices(sliceRange):
+    """None (all slices), an index, or an inclusive (first, last) range -> the engine's slice list."""
+    if sliceRange is None:
+        return None
+    if isinstance(sliceRange, (int, np.integer)):
+        return [int(sliceRange)]
+    first, last = (int(i) for i in sliceRange)
+    if first > last:
+        raise InputError(f"slice range ({first}, {last}) is empty: give (first, last) with first <= last")
+    return list(range(first, last + 1))
+
+
+def sliceMask(shape, axis, indices):
+    """A boolean voxel mask selecting slices ``indices`` along numpy axis ``axis``."""
+    mask = np.zeros(shape, bool)
+    np.moveaxis(mask, axis, 0)[np.asarray(list(indices), dtype=int)] = True
+    return mask
+
+
+def _matchGrid(node, like, fill, dtype):
+    """Give ``node`` the grid and transform of ``like`` (refilling it with ``fill`` if they differed); its array."""
+    matrix = vtk.vtkMatrix4x4()
+    like.GetIJKToRASMatrix(matrix)
+    shape = slicer.util.arrayFromVolume(like).shape
+    if node.GetImageData() is None or slicer.util.arrayFromVolume(node).shape != shape \
+            or not volumeGeometry(node).is_close(volumeGeometry(like), tol=1e-6):
+        node.SetIJKToRASMatrix(matrix)
+        slicer.util.updateVolumeFromArray(node, np.full(shape, fill, dtype))
+    node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
+    return slicer.util.arrayFromVolume(node)
+
+
+def guideColorNode():
+    """The guide's colour map (dark blue at 0 through yellow to red at 1), created once per scene."""
+    node = slicer.mrmlScene.GetFirstNode(GUIDE_COLOR_NAME, "vtkMRMLProceduralColorNode")
+    if node is None:
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLProceduralColorNode", GUIDE_COLOR_NAME)
+        colors = vtk.vtkColorTransferFunction()
+        for value, rgb in GUIDE_COLORS:
+            colors.AddRGBPoint(value, *rgb)
+        node.SetAndObserveColorTransferFunction(colors)
+        node.SetAttribute("Category", "GuiDINO")
+    return node

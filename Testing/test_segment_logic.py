@@ -1,0 +1,366 @@
+"""GuiDINOSegmentLogic on a real headless MRML scene with an oblique volume."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicer.util
+import vtk
+from conftest import synthetic_volume
+from slicer_harness import HeadlessSlicer
+
+from GuiDINOSegmentLib import GuiDINOSegmentLogic
+from GuiDINOSegmentLib.bundle import BundleError, build_model, load_bundle, save_bundle
+from GuiDINOSegmentLib.geometry import Geometry
+from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED, sliceMask
+from GuiDINOSegmentLib.guide import GuideGenerator, GuideNotFoundError
+from GuiDINOSegmentLib.model import GuiDINOModel, ModelConfig
+from GuiDINOSegmentLib.volume import InputError, segment_volume
+
+SMALL = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
+
+
+class ThresholdSegmenter:
+    """The real engine run, its labels replaced by ``voxels > threshold`` on the processed slices.
+
+    An untrained model's answer is arbitrary; this one is known and follows the oblique grid.
+    """
+
+    def __init__(self, threshold=500):
+        self.threshold = threshold
+
+    def __call__(self, model, image, **options):
+        result = segment_volume(model, image, **options)
+        processed = sliceMask(image.voxels.shape, result.axis, np.flatnonzero(result.processed))
+        result.labels = ((image.voxels > self.threshold) & processed).astype(np.uint8)
+        return result
+
+
+@pytest.fixture(scope="module")
+def model(tiny_guide_dir):
+    return GuiDINOModel(ModelConfig(**SMALL), GuideGenerator.load(str(tiny_guide_dir)))
+
+
+@pytest.fixture
+def scene(headless_slicer, tmp_path):
+    image, _ = synthetic_volume()
+    path = tmp_path / "oblique.nrrd"
+    sitk.WriteImage(image, str(path))
+    mrml = headless_slicer.scene
+    segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    return SimpleNamespace(app=headless_slicer, mrml=mrml, path=path, volume=headless_slicer.load_volume(path),
+                           segmentation=segmentation,
+                           views=[mrml.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)])
+
+
+@pytest.fixture
+def segmenter():
+    return ThresholdSegmenter()
+
+
+@pytest.fixture
+def logic(segmenter):
+    return GuiDINOSegmentLogic(segmenter=segmenter)
+
+
+def ijk_to_ras(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def segment_array(scene, segment_id):
+    return slicer.util.arrayFromSegmentBinaryLabelmap(scene.segmentation, segment_id, scene.volume)
+
+
+def set_segment_array(scene, segment_id, array):
+    slicer.util.updateSegmentBinaryLabelmapFromArray(array, scene.segmentation, segment_id, scene.volume)
+
+
+def blob(scene, threshold=500):
+    return (slicer.util.arrayFromVolume(scene.volume) > threshold).astype(np.uint8)
+
+
+def test_package_exports_the_logic_lazily():
+    from GuiDINOSegmentLib.SegmentLogic import GuiDINOSegmentLogic as by_module
+
+    assert isinstance(GuiDINOSegmentLogic, type) and GuiDINOSegmentLogic is by_module
+    code = "import sys, GuiDINOSegmentLib; assert 'slicer' not in sys.modules, 'import GuiDINOSegmentLib imported slicer'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_process_writes_the_segment_in_the_input_geometry(scene, logic, model, tmp_path):
+    done = []
+    result = logic.process(scene.volume, scene.segmentation, model=model,
+                           progressCallback=lambda *progress: done.append(progress))
+    segmentation = scene.segmentation.GetSegmentation()
+    assert segmentation.GetSegment(result.segmentId).GetName() == "GuiDINO"
+    assert (result.slicesProcessed, result.cancelled) == (12, False) and result.seconds > 0
+    assert done[-1] == (12, 12)
+    np.testing.assert_array_equal(segment_array(scene, result.segmentId), blob(scene))
+
+    matrix, extent = vtk.vtkMatrix4x4(), [0] * 6
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(segmentation.GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), matrix, extent)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), ijk_to_ras(scene.volume), atol=1e-9)
+
+    # saved as .seg.nrrd, it reloads equal, on the input's oblique grid
+    path = tmp_path / "result.seg.nrrd"
+    scene.app.save_segmentation(scene.segmentation, path)
+    reloaded = scene.app.load_segmentation(path)
+    reloaded_id = reloaded.GetSegmentation().GetSegmentIdBySegmentName("GuiDINO")
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(reloaded, reloaded_id, scene.volume),
+                                  blob(scene))
+    assert Geometry.from_sitk(sitk.ReadImage(str(path))).is_close(
+        Geometry.from_sitk(sitk.ReadImage(str(scene.path))), tol=1e-6)
+
+
+def test_slice_range_and_compute_prediction(scene, logic, model):
+    nodes = scene.mrml.GetNumberOfNodes()
+    preview = logic.computePrediction(scene.volume, model=model, sliceRange=(3, 5))
+    assert scene.mrml.GetNumberOfNodes() == nodes  # no scene change
+    assert np.flatnonzero(preview.processed).tolist() == [3, 4, 5]
+
+    result = logic.process(scene.volume, scene.segmentation, segmentName="tumour", model=model, sliceRange=4)
+    written = segment_array(scene, result.segmentId)
+    assert result.slicesProcessed == 1 and written[4].any()
+    np.testing.assert_array_equal(written[4], blob(scene)[4])
+    assert not np.delete(written, 4, axis=0).any()
+    with pytest.raises(InputError, match="slice indices must be in 0..11"):
+        logic.process(scene.volume, scene.segmentation, model=model, sliceRange=(10, 12))
+    with pytest.raises(InputError, match="first <= last"):
+        logic.computePrediction(scene.volume, model=model, sliceRange=(5, 3))
+
+
+def test_guide_volume_has_the_input_geometry_and_probability_display(scene, logic, model):
+    result = logic.process(scene.volume, scene.segmentation, model=model)
+    guide = result.guideVolumeNode
+    assert guide.GetName() == "oblique GuiDINO guide" and guide.IsA("vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(ijk_to_ras(guide), ijk_to_ras(scene.volume))
+    values = slicer.util.arrayFromVolume(guide)
+    assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 1
+    np.testing.assert_array_equal(values, result.prediction.guide)
+
+    display = guide.GetDisplayNode()
+    color = display.GetColorNode()
+    assert color.IsA("vtkMRMLProceduralColorNode") and color.GetName() == "GuiDINO guide"
+    low, high = color.GetColorTransferFunction().GetColor(0.0), color.GetColorTransferFunction().GetColor(1.0)
+    assert low[2] > low[0] and high[0] == 1 and high[2] == 0  # blue at 0, red at 1
+    assert not display.GetAutoWindowLevel()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0, 1)
+    assert display.GetApplyThreshold() and 0 < display.GetLowerThreshold() < 0.5  # 0 is not shown
+    assert all(view.GetForegroundVolumeID() == guide.GetID() for view in scene.views)
+    assert all(view.GetForegroundOpacity() == pytest.approx(0.4) for view in scene.views)
+
+    logic.setGuideOpacity(0.7)
+    assert all(view.GetForegroundOpacity() == pytest.approx(0.7) for view in scene.views)
+    logic.showGuideVolume(guide, show=False)
+    assert all(view.GetForegroundVolumeID() is None for view in scene.views)
+
+    again = logic.process(scene.volume, scene.segmentation, model=model, sliceRange=2)  # updates, keeps the rest
+    assert again.guideVolumeNode is guide and guide.GetDisplayNode().GetColorNode() is color
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(guide), result.prediction.guide, atol=1e-6)
+    assert [n.GetName() for n in slicer.util.getNodesByClass("vtkMRMLProceduralColorNode")].count("GuiDINO guide") == 1
+    assert all(view.GetForegroundOpacity() == pytest.approx(0.7) for view in scene.views)
+
+    unguided = GuiDINOModel(ModelConfig(guided=False, **SMALL))
+    assert logic.process(scene.volume, scene.segmentation, model=unguided).guideVolumeNode is None
+
+
+def test_edited_and_marked_slices_are_reviewed(scene, logic, model):
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "axial", "slices": []}
+    prediction = logic.predictionVolume(scene.segmentation, segment_id)
+    assert prediction.GetHideFromEditors() and prediction.GetName() == "seg GuiDINO GuiDINO prediction"
+    np.testing.assert_array_equal(ijk_to_ras(prediction), ijk_to_ras(scene.volume))
+
+    edited = segment_array(scene, segment_id)
+    edited[2, 10:20, 10:20] = 1 - edited[2, 10:20, 10:20]
+    set_segment_array(scene, segment_id, edited)
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [2]
+
+    logic.markSliceReviewed(scene.segmentation, segment_id, 5)
+    assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "axial", "slices": [2, 5]}
+    assert json.loads(scene.segmentation.GetAttribute(f"GuiDINO.Reviewed.{segment_id}")) == {
+        "axis": "axial", "slices": [5]}
+    with pytest.raises(InputError, match="reviewed along the axial axis"):
+        logic.markSliceReviewed(scene.segmentation, segment_id, 3, axis="coronal")
+    with pytest.raises(InputError, match="slice 12 does not exist"):
+        logic.markSliceReviewed(scene.segmentation, segment_id, 12)
+
+    logic.markSliceReviewed(scene.segmentation, segment_id, 2, reviewed=False)  # the edit becomes the baseline
+    logic.markSliceReviewed(scene.segmentation, segment_id, 5, reviewed=False)
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == []
+    np.testing.assert_array_equal(segment_array(scene, segment_id), edited)
+    logic.markSliceReviewed(scene.segmentation, segment_id, 3, axis="coronal")  # nothing reviewed: axis may change
+    assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "coronal", "slices": [3]}
+
+
+def test_reviewed_slices_are_untouched_across_runs(scene, logic, segmenter, model):
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    user = segment_array(scene, segment_id)
+    user[3, 5:25, 5:25] = 1  # an edited slice
+    set_segment_array(scene, segment_id, user)
+    logic.markSliceReviewed(scene.segmentation, segment_id, 8)  # a slice accepted as predicted
+
+    segmenter.threshold = -10**6  # the next runs predict every voxel
+    result = logic.process(scene.volume, scene.segmentation, model=model)
+    assert result.slicesProcessed == 10  # reviewed slices are not even computed along their own axis
+    after = segment_array(scene, segment_id)
+    np.testing.assert_array_equal(after[[3, 8]], user[[3, 8]])
+    assert np.delete(after, [3, 8], axis=0).all()
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [3, 8]
+
+    # along another axis every slice crosses the reviewed ones: their voxels are protected by a mask
+    result = logic.process(scene.volume, scene.segmentation, model=model, axis="coronal", sliceRange=(10, 30))
+    assert result.slicesProcessed == 21
+    after = segment_array(scene, segment_id)
+    np.testing.assert_array_equal(after[[3, 8]], user[[3, 8]])
+    assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "axial", "slices": [3, 8]}
+
+
+def test_cancel_midway_keeps_processed_slices_and_a_consistent_scene(scene, logic, model):
+    segment_id = scene.segmentation.GetSegmentation().AddEmptySegment("", "GuiDINO")
+    user = np.zeros_like(blob(scene))
+    user[10:, 20:30, 20:30] = 1  # drawn before any prediction
+    set_segment_array(scene, segment_id, user)
+    cancel = threading.Event()
+
+    result = logic.process(scene.volume, scene.segmentation, model=model, cancelEvent=cancel,
+                           progressCallback=lambda done, total: cancel.set())
+    assert result.cancelled and result.segmentId == segment_id
+    done = result.slicesProcessed
+    assert 0 < done < 12  # one batch of slices, then the cancel
+    written = segment_array(scene, segment_id)
+    np.testing.assert_array_equal(written[:done], blob(scene)[:done])
+    np.testing.assert_array_equal(written[done:], user[done:])
+    stored = slicer.util.arrayFromVolume(logic.predictionVolume(scene.segmentation, segment_id))
+    assert (stored[done:] == NOT_PREDICTED).all() and (stored[:done] != NOT_PREDICTED).all()
+    assert not slicer.util.arrayFromVolume(result.guideVolumeNode)[done:].any()
+    assert scene.mrml.GetFirstNodeByName("__temp__") is None
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == []
+
+    result = logic.process(scene.volume, scene.segmentation, model=model)  # the rest can be done afterwards
+    assert not result.cancelled
+    np.testing.assert_array_equal(segment_array(scene, segment_id), blob(scene))
+    assert len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")) == 1
+    assert len([n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                if n.GetName().endswith("GuiDINO guide")]) == 1
+
+
+def test_bad_inputs_raise_clear_errors(scene, logic, model, tiny_guide, tmp_path):
+    def process(volume=scene.volume, segmentation=scene.segmentation, **options):
+        return logic.process(volume, segmentation, **{"model": model, **options})
+
+    with pytest.raises(InputError, match="no input volume"):
+        process(volume=None)
+    with pytest.raises(InputError, match="no output segmentation"):
+        process(segmentation=scene.volume)
+
+    vector = scene.mrml.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(vector, np.random.default_rng(0).random((4, 6, 5, 3)).astype(np.float32))
+    with pytest.raises(InputError, match="rgb: a vector volume with 3 components"):
+        process(volume=vector)
+
+    scene.mrml.RegisterNodeClass(slicer.vtkMRMLSequenceBrowserNode())
+    sequence = scene.mrml.AddNewNodeByClass("vtkMRMLSequenceNode", "time series")
+    sequence.SetDataNodeAtValue(scene.volume, "0")
+    browser = scene.mrml.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    frame = scene.mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
+    slicer.util.updateVolumeFromArray(frame, slicer.util.arrayFromVolume(scene.volume))
+    browser.AddProxyNode(frame, sequence, False)
+    with pytest.raises(InputError, match="frame: a 4D image"):
+        process(volume=frame)
+
+    flat = scene.mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "flat")
+    slicer.util.updateVolumeFromArray(flat, np.full((4, 6, 5), 7, np.int16))
+    with pytest.raises(InputError, match="nothing to segment"):
+        process(volume=flat)
+    nan = scene.mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "nan")
+    slicer.util.updateVolumeFromArray(nan, np.where(np.eye(5)[None, :4], np.nan, 1.0).astype(np.float32))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        process(volume=nan)
+
+    other = scene.mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", "other")
+    other.SetReferenceImageGeometryParameterFromVolumeNode(flat)
+    with pytest.raises(InputError, match="other is bound to another geometry than oblique"):
+        process(segmentation=other)
+    transform = scene.mrml.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    scene.segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(InputError, match="different transforms"):
+        process()
+    scene.segmentation.SetAndObserveTransformNodeID(None)
+
+    with pytest.raises(BundleError, match="not found"):
+        process(model=str(tmp_path / "no-such-bundle"))
+    logic.defaultModelPath = None
+    with pytest.raises(BundleError, match="no model bundle chosen"):
+        process(model=None)
+    bundle = save_bundle(build_model(ModelConfig(**SMALL), guide=tiny_guide), tmp_path / "guided")
+    logic.guideSource = str(tmp_path / "no-such-guide")
+    with pytest.raises(GuideNotFoundError, match="no-such-guide"):
+        process(model=str(bundle))
+    assert isinstance(InputError("x"), ValueError) and isinstance(BundleError("x"), ValueError)
+    assert scene.segmentation.GetSegmentation().GetNumberOfSegments() == 0  # nothing was written
+
+
+def test_models_are_cached_until_the_bundle_changes(tmp_path, monkeypatch):
+    bundle = save_bundle(build_model(ModelConfig(guided=False, **SMALL)), tmp_path / "bundle")
+    loads = []
+    logic = GuiDINOSegmentLogic(bundleLoader=lambda *args, **kwargs: loads.append(args) or load_bundle(*args, **kwargs))
+    first = logic.loadModel(str(bundle))
+    assert logic.loadModel(bundle / "." / "") is first and len(loads) == 1
+    logic.defaultModelPath = str(bundle)
+    assert logic.loadModel() is first
+    stat = (bundle / "config.json").stat()
+    os.utime(bundle / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert logic.loadModel() is not first and len(loads) == 2
+
+    monkeypatch.setenv("GUIDINO_MODEL", str(bundle))
+    assert GuiDINOSegmentLogic().defaultModelPath == str(bundle)
+    monkeypatch.delenv("GUIDINO_MODEL")
+    with pytest.raises(BundleError, match="no model bundle chosen: .*GUIDINO_MODEL"):
+        GuiDINOSegmentLogic().loadModel()
+
+
+def test_reviewed_state_and_prediction_survive_a_scene_save_and_reload(scene, logic, model, tmp_path):
+    result = logic.process(scene.volume, scene.segmentation, model=model)
+    edited = segment_array(scene, result.segmentId)
+    edited[4] = 0
+    set_segment_array(scene, result.segmentId, edited)
+    logic.markSliceReviewed(scene.segmentation, result.segmentId, 9)
+    prediction = logic.predictionVolume(scene.segmentation, result.segmentId)
+    for node, name in [(scene.volume, "oblique.nrrd"), (scene.segmentation, "seg.seg.nrrd"),
+                       (prediction, "prediction.nrrd"), (result.guideVolumeNode, "guide.nrrd")]:
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+        node.GetStorageNode().SetFileName(str(tmp_path / name))
+        assert node.GetStorageNode().WriteData(node)
+    scene.mrml.SetRootDirectory(str(tmp_path))
+    scene.mrml.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.mrml.Commit()
+
+    reloaded = HeadlessSlicer()
+    try:
+        reloaded.scene.SetURL(str(tmp_path / "scene.mrml"))
+        assert reloaded.scene.Import()
+        segmentation = reloaded.scene.GetFirstNode("seg", "vtkMRMLSegmentationNode")
+        assert logic.reviewedSlices(segmentation, result.segmentId) == {"axis": "axial", "slices": [4, 9]}
+        stored = logic.predictionVolume(segmentation, result.segmentId)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(stored), slicer.util.arrayFromVolume(prediction))
+        volume = reloaded.scene.GetFirstNode("oblique", "vtkMRMLScalarVolumeNode")
+        guide = logic.guideVolume(volume)
+        assert guide.GetDisplayNode().GetColorNode().GetName() == "GuiDINO guide"
+        np.testing.assert_array_equal(ijk_to_ras(guide), ijk_to_ras(volume))
+    finally:
+        reloaded.close()
+
