@@ -45,6 +45,9 @@ class ProcessResult:
     prediction: SegmentationResult
 
 
+ACTIVE_MODEL_ATTRIBUTE = "GuiDINO.Model"
+
+
 class GuiDINOSegmentLogic:
     """Runs GuiDINO models on MRML nodes; ``segmenter`` and ``bundleLoader`` are injectable for tests."""
 
@@ -74,6 +77,14 @@ class GuiDINOSegmentLogic:
     def _model(self, model):
         return model if isinstance(model, GuiDINOModel) else self.loadModel(model)
 
+    def activeModel(self, segmentation):
+        """The bundle a segmentation was last refined to (saved with the scene), or None."""
+        return segmentation.GetAttribute(ACTIVE_MODEL_ATTRIBUTE) if segmentation is not None else None
+
+    def setActiveModel(self, segmentation, bundle):
+        """Make ``bundle`` the model later runs on this segmentation use when none is given."""
+        segmentation.SetAttribute(ACTIVE_MODEL_ATTRIBUTE, str(bundle))
+
     # -- segmentation ----------------------------------------------------------------------
     def computePrediction(self, inputVolume, model=None, axis="axial", sliceRange=None, device="auto",
                           progressCallback=None, cancelEvent=None):
@@ -92,7 +103,7 @@ class GuiDINOSegmentLogic:
         start = time.perf_counter()
         image = imageDataFromVolume(inputVolume)
         checkSegmentation(outputSegmentation, inputVolume)
-        model = self._model(model)
+        model = self._model(model if model is not None else self.activeModel(outputSegmentation))
         slices = sliceIndices(sliceRange)
         segmentId = outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
         reviewed = self.reviewedSlices(outputSegmentation, segmentId) if segmentId else None

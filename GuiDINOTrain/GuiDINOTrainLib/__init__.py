@@ -1,4 +1,13 @@
 """GuiDINO training: training loops, refine from corrections, and the ``guidino`` command line.
 
-Plain Python on numpy / torch; it never imports ``slicer``.
+Plain Python on numpy / torch; it never imports ``slicer``. The Slicer bridge,
+``GuiDINOTrainLogic`` (in ``TrainLogic.py``), is exported lazily.
 """
+
+
+def __getattr__(name):
+    if name == "GuiDINOTrainLogic":
+        from .TrainLogic import GuiDINOTrainLogic
+
+        return GuiDINOTrainLogic
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""GuiDINOTrainLogic: refine from corrections on MRML nodes (the only bridge from GuiDINOTrainLib to Slicer)."""
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import slicer
+
+from GuiDINOSegmentLib import GuiDINOSegmentLogic
+from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
+from GuiDINOSegmentLib.volume import InputError
+
+from .refine import RefineSettings, list_versions, load_starting_model, next_version_path, refine_model, save_refined
+
+
+def defaultModelsFolder():
+    """Where refined bundles go: ``$GUIDINO_MODELS`` or the user's cache (never the extension folder)."""
+    return Path(os.environ.get("GUIDINO_MODELS") or Path.home() / ".cache" / "GuiDINO" / "models")
+
+
+@dataclass
+class RefineFromCorrectionsResult:
+    bundle: Optional[Path]  # the new version; None when a cancelled round was discarded
+    slices: list
+    steps: int
+    seconds: float
+    valDice: Optional[float]
+    stopped: str
+    voxelsChanged: int  # by the re-segmentation of the slices the user has not reviewed
+
+
+class GuiDINOTrainLogic:
+    """Refines the model of a segmentation from the user's corrections, as new bundle versions."""
+
+    def __init__(self, segmentLogic=None, modelsFolder=None):
+        self.segmentLogic = segmentLogic or GuiDINOSegmentLogic()
+        self.modelsFolder = Path(modelsFolder) if modelsFolder else defaultModelsFolder()
+
+    def corrections(self, segmentation, segmentId):
+        """The reviewed slices of a segment (edited after the last prediction, or marked): the corrections."""
+        return self.segmentLogic.reviewedSlices(segmentation, segmentId)
+
+    def refineFromCorrections(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network",
+                              lora=False, timeBudgetSeconds=None, resegment=True, progressCallback=None,
+                              cancelEvent=None, keepOnCancel=True, settings=None):
+        """Fine-tune on the corrected slices, save a new version, make it active, re-segment the rest.
+
+        ``model``: a bundle, or None for the segmentation's active model, then the default model, then
+        a new model built from the guide (few-shot from one or two labelled slices).
+        ``settings`` (RefineSettings) overrides ``train``/``lora``/``timeBudgetSeconds`` when given.
+        """
+        start = time.perf_counter()
+        image = imageDataFromVolume(inputVolume)
+        reviewed = self.corrections(segmentation, segmentId)
+        if not reviewed["slices"]:
+            raise InputError("no corrections yet: correct the segment on a few slices with the Segment Editor "
+                             "(or press Mark slice reviewed on slices that are right), then Refine")
+        labels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
+        parent = model or self.segmentLogic.activeModel(segmentation) or self.segmentLogic.defaultModelPath
+        starting = load_starting_model(parent, guide=self.segmentLogic.guideSource) if parent else None
+        settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
+                                              keep_on_cancel=keepOnCancel)
+        result = refine_model(image, labels, reviewed["slices"], model=starting, guide=self.segmentLogic.guideSource,
+                              axis=reviewed["axis"], settings=settings, progress=progressCallback, cancel=cancelEvent)
+        if result.model is None:
+            return RefineFromCorrectionsResult(None, result.slices, result.steps, time.perf_counter() - start,
+                                               result.val_dice, result.stopped, 0)
+        stem = _safeName(inputVolume.GetName())
+        bundle = save_refined(result, next_version_path(self.modelsFolder, stem), parent=parent,
+                              volume=inputVolume.GetName(), axis=reviewed["axis"])
+        self.segmentLogic.setActiveModel(segmentation, bundle)
+        changed = self._resegment(inputVolume, segmentation, segmentId, bundle, reviewed["axis"]) if resegment else 0
+        return RefineFromCorrectionsResult(bundle, result.slices, result.steps, time.perf_counter() - start,
+                                           result.val_dice, result.stopped, changed)
+
+    def versions(self):
+        """The bundles in the models folder, oldest first (path, created, parent, slices)."""
+        return list_versions(self.modelsFolder)
+
+    def rollback(self, inputVolume, segmentation, segmentId, bundle, resegment=True):
+        """Make an earlier version active again and re-segment the slices the user has not reviewed."""
+        bundle = Path(bundle)
+        if not (bundle / "config.json").is_file():
+            raise InputError(f"{bundle} is not a model version: choose one from the versions list")
+        self.segmentLogic.setActiveModel(segmentation, bundle)
+        return self._resegment(inputVolume, segmentation, segmentId, bundle, None) if resegment else 0
+
+    def _resegment(self, inputVolume, segmentation, segmentId, bundle, axis):
+        before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
+        name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
+        axis = axis or self.corrections(segmentation, segmentId)["axis"]
+        self.segmentLogic.process(inputVolume, segmentation, segmentName=name, model=str(bundle), axis=axis,
+                                  showGuide=True)
+        after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
+        return int(np.count_nonzero((before > 0) != (after > 0)))
+
+
+def _safeName(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "volume"
