@@ -88,3 +88,28 @@ def test_real_kvasir_images_are_learned(tiny_guide):
     model = build_model(config, tiny_guide)
     train(model, data, None, TrainConfig(steps=200, batch_size=6, lr=2e-3, augment=False, device="cpu"))
     assert validation_dice(model, data, torch.device("cpu")) > 0.9
+
+
+def test_labels_become_classes():
+    import numpy as np
+
+    from GuiDINOSegmentLib.volume import InputError
+    from GuiDINOTrainLib.datasets import class_labels
+
+    labels = np.array([[0, 1, 7], [8, 9, 0]])
+    np.testing.assert_array_equal(class_labels(labels, 2), [[0, 1, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(class_labels(np.array([0, 1, 2]), 3), [0, 1, 2])
+    with pytest.raises(InputError, match="relabel them 0..2"):
+        class_labels(labels, 3)
+
+
+def test_multiclass_training_learns(tiny_guide):
+    images, discs = synthetic_slices(count=8, size=64)
+    labels = discs.clone()
+    labels[:, :, 32:] *= 2  # the right half of each disc is class 2
+    data = SliceSet(images.half(), labels, [str(i) for i in range(8)])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(network="wnet", input_size=64, num_classes=3, widths=SMALL), tiny_guide)
+    train(model, data, None, TrainConfig(steps=120, batch_size=4, lr=3e-3, augment=False, device="cpu"))
+    assert model.predict(data.images.float())[0].shape[1] == 3
+    assert validation_dice(model, data, torch.device("cpu")) > 0.8

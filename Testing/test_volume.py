@@ -128,3 +128,15 @@ def test_bad_inputs_are_refused_clearly(tmp_path, model):
     rgb_model = build_model(ModelConfig(network="unet", in_channels=3, input_size=64, guided=False))
     grey = image_data_from_sitk(oblique_image())
     assert segment_volume(rgb_model, grey, device="cpu").processed.all()  # grey goes to 3 channels
+
+
+def test_intensity_normalisation_modes():
+    from GuiDINOSegmentLib.volume import IntensityNormalizer
+
+    voxels = np.arange(-1000, 1001, dtype=np.int16)
+    window = IntensityNormalizer({"mode": "window", "center": 40, "width": 400}, voxels)
+    np.testing.assert_allclose(window(torch.tensor([-500, -160, 40, 240, 900])).numpy(), [0, 0, 0.5, 1, 1])
+    robust = IntensityNormalizer({"mode": "percentile", "low": 1, "high": 99}, voxels)
+    assert robust.low == pytest.approx(-980) and robust.high == pytest.approx(980)
+    with pytest.raises(ValueError, match="unknown normalization"):
+        IntensityNormalizer({"mode": "zscore"}, voxels)

@@ -276,7 +276,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device
     """
     start = time.perf_counter()
     device = resolve_device(device)
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     slicer = VolumeSlicer(image, axis, model.config)
     todo = slicer.check_indices(slices)
     grid = image.voxels.shape[:3]
@@ -292,7 +292,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device
             break
         index = todo[first:first + batch_size]
         with autocast:
-            probs, guide_map = model.predict(slicer.images(index, device))
+            probs, guide_map = model.predict(slicer.images(index, device).contiguous(memory_format=torch.channels_last))
         probs = slicer.restore(probs)
         if probs.shape[1] == 1:
             foreground, predicted = probs[:, 0], (probs[:, 0] >= 0.5).to(torch.uint8)

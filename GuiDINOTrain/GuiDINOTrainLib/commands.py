@@ -25,14 +25,19 @@ def load_guide(source):
     return GuideGenerator.load(source)
 
 
-def model_config_for(data, network="wnet", guided=True, lora=False, size=256, widths=None):
-    """The ModelConfig that suits a dataset folder: channels and intensity normalisation from its images."""
+def model_config_for(data, network="wnet", guided=True, lora=False, size=256, widths=None, window=None):
+    """The ModelConfig that suits a dataset folder: channels and intensity normalisation from its images.
+
+    ``window``: (center, width) of a CT window, instead of the per-volume robust percentiles.
+    """
     if is_image_folder(data):
         first = read_image(folder_pairs(data, "train")[0][0])
         normalization = PHOTO_NORMALIZATION if first.voxels.dtype == np.uint8 else {"mode": "percentile", "low": 0.5, "high": 99.5}
         in_channels = first.channels
     else:
         normalization, in_channels = {"mode": "percentile", "low": 0.5, "high": 99.5}, 1
+    if window is not None:
+        normalization = {"mode": "window", "center": float(window[0]), "width": float(window[1])}
     return ModelConfig(network=network, in_channels=in_channels, input_size=size, guided=guided, widths=widths,
                        lora_rank=8 if lora else 0, normalization=normalization)
 
@@ -84,12 +89,14 @@ def train_bundle(model, train_set, val_set, out, train_config, provenance=None, 
     return save_bundle(model, out, metrics=metrics, provenance=provenance), result
 
 
-def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256, widths=None, epochs=100, steps=None,
+def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256, widths=None, window=None,
+                    epochs=100, steps=None,
                     max_images=None, device="auto", batch_size=4, optimizer="adamw", lr=None, seed=0,
                     progress=None, cancel=None):
     """``guidino train``: train on a dataset folder and write a bundle."""
     guide_model = load_guide(guide)
-    config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths)
+    config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths,
+                              window=window)
     train_set, val_set = load_training_data(data, config, max_images)
     model = build_model(config, guide_model)
     train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,

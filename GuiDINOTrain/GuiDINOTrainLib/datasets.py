@@ -65,11 +65,22 @@ def folder_pairs(root, split):
     return pairs
 
 
+def class_labels(labels, num_classes, name="labels"):
+    """Labels as class indices: any value > 0 is foreground for a binary model; 0..C-1 otherwise."""
+    if num_classes == 2:
+        return (labels > 0).astype(np.uint8)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise InputError(f"{name}: label values {sorted(np.unique(labels).tolist())[:8]} do not fit a {num_classes}-class "
+                         f"model; relabel them 0..{num_classes - 1} (0 = background)")
+    return labels.astype(np.uint8)
+
+
 def slices_of(image, labels, config, axis="axial", indices=None, name="volume"):
     """Slices ``indices`` (None = all) of a volume and its label volume as a SliceSet."""
     slicer = VolumeSlicer(image, axis, config)
     index = slicer.check_indices(indices)
     images = slicer.images(index).to(torch.float16)
+    labels = class_labels(np.asarray(labels), config.num_classes, name)
     return SliceSet(images, slicer.labels(labels, index).to(torch.uint8), [f"{name}[{i}]" for i in index])
 
 
