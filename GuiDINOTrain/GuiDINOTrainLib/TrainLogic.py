@@ -12,7 +12,7 @@ import slicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
-from GuiDINOSegmentLib.volume import InputError
+from GuiDINOSegmentLib.volume import ImageData, InputError
 
 from .refine import RefineSettings, list_versions, load_starting_model, next_version_path, refine_model, save_refined
 
@@ -20,6 +20,22 @@ from .refine import RefineSettings, list_versions, load_starting_model, next_ver
 def defaultModelsFolder():
     """Where refined bundles go: ``$GUIDINO_MODELS`` or the user's cache (never the extension folder)."""
     return Path(os.environ.get("GUIDINO_MODELS") or Path.home() / ".cache" / "GuiDINO" / "models")
+
+
+@dataclass
+class PreparedRefine:
+    """What a refine needs, copied out of the scene on the main thread."""
+
+    inputVolume: object
+    segmentation: object
+    segmentId: str
+    image: ImageData  # a copy of the voxels: the user may edit the scene while training runs
+    labels: np.ndarray
+    corrections: dict  # {"axis", "slices"}
+    parent: Optional[str]  # the starting bundle, None to start from nothing
+    settings: RefineSettings
+    resegment: bool
+    started: float
 
 
 @dataclass
@@ -51,30 +67,52 @@ class GuiDINOTrainLogic:
 
         ``model``: a bundle, or None for the segmentation's active model, then the default model, then
         a new model built from the guide (few-shot from one or two labelled slices).
-        ``settings`` (RefineSettings) overrides ``train``/``lora``/``timeBudgetSeconds`` when given.
+        ``settings`` (RefineSettings) overrides ``train``/``lora``/``timeBudgetSeconds``/``keepOnCancel``.
+        The three phases (``prepareRefine`` on the main thread, ``runRefine`` anywhere, ``finishRefine``
+        on the main thread) let a GUI train off its main thread.
         """
-        start = time.perf_counter()
-        image = imageDataFromVolume(inputVolume)
-        reviewed = self.corrections(segmentation, segmentId)
-        if not reviewed["slices"]:
+        prepared = self.prepareRefine(inputVolume, segmentation, segmentId, model=model, train=train, lora=lora,
+                                      timeBudgetSeconds=timeBudgetSeconds, resegment=resegment,
+                                      keepOnCancel=keepOnCancel, settings=settings)
+        return self.finishRefine(prepared, self.runRefine(prepared, progressCallback, cancelEvent))
+
+    def prepareRefine(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network", lora=False,
+                      timeBudgetSeconds=None, resegment=True, keepOnCancel=True, settings=None):
+        """Main thread: copy what training needs out of the scene (voxels, the user's labels, corrections)."""
+        started = time.perf_counter()
+        source = imageDataFromVolume(inputVolume)
+        corrections = self.corrections(segmentation, segmentId)
+        if not corrections["slices"]:
             raise InputError("no corrections yet: correct the segment on a few slices with the Segment Editor "
                              "(or press Mark slice reviewed on slices that are right), then Refine")
-        labels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
+        labels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
         parent = model or self.segmentLogic.activeModel(segmentation) or self.segmentLogic.defaultModelPath
-        starting = load_starting_model(parent, guide=self.segmentLogic.guideSource) if parent else None
         settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
                                               keep_on_cancel=keepOnCancel)
-        result = refine_model(image, labels, reviewed["slices"], model=starting, guide=self.segmentLogic.guideSource,
-                              axis=reviewed["axis"], settings=settings, progress=progressCallback, cancel=cancelEvent)
+        return PreparedRefine(inputVolume, segmentation, segmentId, ImageData(source.voxels.copy(), source.geometry),
+                              labels, corrections, parent, settings, resegment, started)
+
+    def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
+        """Any thread, no scene access: load the starting model and fine-tune it (``refine.RefineResult``)."""
+        guide = self.segmentLogic.guideSource
+        starting = load_starting_model(prepared.parent, guide=guide) if prepared.parent else None
+        return refine_model(prepared.image, prepared.labels, prepared.corrections["slices"], model=starting,
+                            guide=guide, axis=prepared.corrections["axis"], settings=prepared.settings,
+                            progress=progressCallback, cancel=cancelEvent)
+
+    def finishRefine(self, prepared, result):
+        """Main thread: save the new version, make it active, re-segment the slices the user has not reviewed."""
         if result.model is None:
-            return RefineFromCorrectionsResult(None, result.slices, result.steps, time.perf_counter() - start,
-                                               result.val_dice, result.stopped, 0)
-        stem = _safeName(inputVolume.GetName())
-        bundle = save_refined(result, next_version_path(self.modelsFolder, stem), parent=parent,
-                              volume=inputVolume.GetName(), axis=reviewed["axis"])
-        self.segmentLogic.setActiveModel(segmentation, bundle)
-        changed = self._resegment(inputVolume, segmentation, segmentId, bundle, reviewed["axis"]) if resegment else 0
-        return RefineFromCorrectionsResult(bundle, result.slices, result.steps, time.perf_counter() - start,
+            return RefineFromCorrectionsResult(None, result.slices, result.steps,
+                                               time.perf_counter() - prepared.started, result.val_dice,
+                                               result.stopped, 0)
+        name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
+        bundle = save_refined(result, next_version_path(self.modelsFolder, _safeName(name)), parent=prepared.parent,
+                              volume=name, axis=axis)
+        self.segmentLogic.setActiveModel(prepared.segmentation, bundle)
+        changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
+                                  axis) if prepared.resegment else 0
+        return RefineFromCorrectionsResult(bundle, result.slices, result.steps, time.perf_counter() - prepared.started,
                                            result.val_dice, result.stopped, changed)
 
     def versions(self):

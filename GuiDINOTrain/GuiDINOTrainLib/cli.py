@@ -48,7 +48,8 @@ def _train(args):
                                          size=args.size, widths=args.widths, window=args.window, epochs=args.epochs, steps=args.steps,
                                          max_images=args.max_images, device=args.device, batch_size=args.batch_size,
                                          optimizer=args.optimizer, lr=args.lr, seed=args.seed,
-                                         progress=bar.training)
+                                         progress=bar.training, checkpoint=args.checkpoint,
+                                         resume=args.resume)
     finally:
         bar.close()
     best = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
@@ -194,6 +195,8 @@ def build_parser():
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tr.add_argument("--checkpoint", default=None, help="training state file, rewritten at each validation")
+    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint (same data and settings)")
     tr.set_defaults(run=_train)
 
     seg = commands.add_parser("segment", help="segment a volume or image slice by slice")

@@ -73,11 +73,16 @@ def seed_tokenbook(model, slices, count=64):
     model.tokenbook.initialize_from(tokens.cpu(), target.cpu())
 
 
-def train_bundle(model, train_set, val_set, out, train_config, provenance=None, progress=None, cancel=None):
-    """Train ``model`` and save it as a new bundle at ``out``; returns (bundle path, TrainResult)."""
+def train_bundle(model, train_set, val_set, out, train_config, provenance=None, progress=None, cancel=None,
+                 checkpoint=None, resume=False):
+    """Train ``model`` and save it as a new bundle at ``out``; returns (bundle path, TrainResult).
+
+    ``checkpoint``: a file rewritten at each validation; ``resume=True`` continues from it.
+    """
     model.to(resolve_device(train_config.device))
     seed_tokenbook(model, train_set)
-    result = train(model, train_set, val_set, train_config, progress=progress, cancel=cancel)
+    result = train(model, train_set, val_set, train_config, progress=progress, cancel=cancel, checkpoint=checkpoint,
+                   resume=resume)
     guide = model.guide
     metrics = {"val_dice_at_model_size": result.best_val_dice, "steps": result.steps,
                "train_seconds": round(result.seconds, 2), "stopped": result.stopped,
@@ -92,7 +97,7 @@ def train_bundle(model, train_set, val_set, out, train_config, provenance=None, 
 def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256, widths=None, window=None,
                     epochs=100, steps=None,
                     max_images=None, device="auto", batch_size=4, optimizer="adamw", lr=None, seed=0,
-                    progress=None, cancel=None):
+                    progress=None, cancel=None, checkpoint=None, resume=False):
     """``guidino train``: train on a dataset folder and write a bundle."""
     guide_model = load_guide(guide)
     config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths,
@@ -102,4 +107,4 @@ def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256,
     train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
                                seed=seed, device=device)
     return train_bundle(model, train_set, val_set, out, train_config, {"data": str(Path(data).resolve())},
-                        progress, cancel)
+                        progress, cancel, checkpoint=checkpoint, resume=resume)
