@@ -1,33 +1,106 @@
 """GuiDINO Segment: slice-by-slice segmentation of a volume, gated by a DINOv3 guide.
 
-The module file only wires the GUI; the work happens in ``GuiDINOSegmentLib``.
+The module file only wires the GUI. The work is in ``GuiDINOSegmentLib`` (``GuiDINOSegmentLogic``,
+imported on first use because it imports torch; ``DependencyLogic`` installs the packages), the
+panel's small decisions in ``SegmentEditorGuiDINOLib/WidgetHelpers.py``, and the Segment Editor
+effect in ``SegmentEditorGuiDINOLib/SegmentEditorEffect.py``.
 """
 
+import logging
+import os
+import pathlib
+import traceback
+from typing import Annotated
+
+import qt
+import vtk
+
 import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+
+from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
 
 
 class GuiDINOSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "GuiDINO Segment"
+        self.parent.title = _("GuiDINO Segment")
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["GuiDINO developers"]
-        self.parent.helpText = (
-            "Segment a structure slice by slice: a frozen DINOv3 guide gates a UNet / nnWNet-style "
-            "network. The guide is shown as a colour overlay, the result as a segment."
+        self.parent.helpText = _(
+            "Segment a structure slice by slice: a frozen DINOv3 guide gates a UNet / nnWNet-style network. "
+            "The guide is shown as a colour overlay, the result as a segment. Slices you mark reviewed (or edit) "
+            "are never overwritten. The <b>GuiDINO</b> Segment Editor effect previews the same model before "
+            "applying it."
         )
-        self.parent.acknowledgementText = (
-            "Method: Liang et al., GuiDINO (arXiv 2603.01115); DINOv3 (Meta AI)."
-        )
+        self.parent.acknowledgementText = _("Method: Liang et al., GuiDINO (arXiv 2603.01115); DINOv3 (Meta AI).")
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
 
 
-class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget):
+def registerEditorEffect():
+    """Register the GuiDINO Segment Editor effect; Slicer runs its Python source for every editor."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    source = os.path.join(os.path.dirname(__file__), "SegmentEditorGuiDINOLib", "SegmentEditorEffect.py")
+    instance.setPythonSource(source.replace("\\", "/"))
+    instance.self().register()
+
+
+def __getattr__(name):
+    """``GuiDINOSegment.GuiDINOSegmentLogic``, imported when first asked for (it imports torch)."""
+    if name == "GuiDINOSegmentLogic":
+        return helpers.segmentLogicClass()
+    raise AttributeError(name)
+
+
+@parameterNodeWrapper
+class GuiDINOSegmentParameterNode:
+    """The panel's settings, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    segmentName: str = "GuiDINO"
+    modelPath: pathlib.Path  # bundle folder; empty: the Logic's default ($GUIDINO_MODEL)
+    guideSource: str = ""  # hub id or folder overriding the guide the bundle names
+    axis: Annotated[str, Choice(list(helpers.AXES))] = "axial"
+    sliceMode: Annotated[str, Choice(list(helpers.SLICE_MODES))] = "all"
+    sliceFirst: Annotated[int, Minimum(0)] = 0
+    sliceLast: Annotated[int, Minimum(0)] = 0
+    device: Annotated[str, Choice(list(helpers.DEVICES))] = "auto"
+    showGuide: bool = True
+    guideOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+
+
+def getParameterNode():
+    """The scene's (singleton) GuiDINOSegment parameter node."""
+    parameters = ScriptedLoadableModuleLogic()
+    parameters.moduleName = "GuiDINOSegment"
+    return GuiDINOSegmentParameterNode(parameters.getParameterNode())
+
+
+class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None  # GuiDINOSegmentLogic, created when first needed
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None  # the running helpers.PredictionJob
+        self._request = None  # where its result goes; None once the scene was closed
+        self._timer = None
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/GuiDINOSegment.ui"))
@@ -35,8 +108,219 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onJobTimer)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.runButton.connect("clicked(bool)", self.onRunButton)
+        self.ui.markReviewedButton.connect("clicked(bool)", lambda checked: self.onMarkReviewed(True))
+        self.ui.unmarkReviewedButton.connect("clicked(bool)", lambda checked: self.onMarkReviewed(False))
+        self.ui.showGuideCheckBox.connect("toggled(bool)", self.onGuideDisplay)
+        self.ui.guideOpacitySlider.connect("valueChanged(double)", self.onGuideDisplay)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        if self._job is not None:
+            self._job.cancel()
+            self._request = None
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+
+    def onSceneStartClose(self, caller, event):
+        if self._job is not None:
+            self._job.cancel()
+            self._request = None  # its nodes are going away: nothing to apply
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self.updateGui()
+
+    def updateGui(self, caller=None, event=None):
+        p = self._parameterNode
+        running = self._job is not None
+        ready = bool(p and p.inputVolume)
+        self.ui.runButton.text = _("Cancel") if running else _("Run")
+        self.ui.runButton.enabled = running or ready
+        self.ui.runButton.toolTip = (_("Stop after the current batch of slices; the slices done are kept") if running
+                                     else _("Segment the input volume") if ready else _("Select an input volume"))
+        self.ui.settingsWidget.enabled = not running
+        self.ui.progressBar.visible = running
+        self.ui.markReviewedButton.enabled = self.ui.unmarkReviewedButton.enabled = bool(
+            not running and ready and p.outputSegmentation)
+        rangeMode = bool(p and p.sliceMode == "range")
+        self.ui.sliceFirstSpinBox.enabled = self.ui.sliceLastSpinBox.enabled = rangeMode
+        if ready and p.inputVolume.GetImageData() is not None:
+            last = helpers.sliceCountNode(p.inputVolume, p.axis) - 1
+            self.ui.sliceFirstSpinBox.maximum = self.ui.sliceLastSpinBox.maximum = max(last, 0)
+
+    # -- actions -------------------------------------------------------------------------------
+    def ensureLogic(self, install=True):
+        """Create the Logic once its Python packages are there (asking to install them if ``install``)."""
+        if self.logic is not None:
+            return True
+        dependencies = DependencyLogic()
+        if not (dependencies.ensureDependencies(parent=slicer.util.mainWindow()) if install
+                else not dependencies.missing()):
+            self.setStatus(_("GuiDINO needs these Python packages: {packages}").format(
+                packages=", ".join(dependencies.missing())))
+            return False
+        self.logic = helpers.segmentLogicClass()()
+        return True
+
+    def onRunButton(self):
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.runButton.text = _("Cancelling...")
+            self.ui.runButton.enabled = False
+            return
+        if not self.ensureLogic():
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(waitCursor=True):
+            if p.outputSegmentation is None:
+                segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                  f"{p.inputVolume.GetName()} GuiDINO")
+                segmentation.CreateDefaultDisplayNodes()
+                p.outputSegmentation = segmentation
+            self.logic.checkInputs(p.inputVolume, p.outputSegmentation)
+            current = self.currentSliceIndex(p.inputVolume, p.axis) if p.sliceMode == "current" else None
+            sliceRange = helpers.sliceRangeFor(p.sliceMode, p.sliceFirst, p.sliceLast, current)
+            self.logic.guideSource = helpers.optionalText(p.guideSource)
+            # As the Logic's process: the chosen bundle, else the one this segmentation was refined to.
+            model = helpers.optionalText(p.modelPath) or self.logic.activeModel(p.outputSegmentation)
+            axis, device = p.axis, p.device
+            volume = helpers.detachedVolumeCopyNode(p.inputVolume)  # the worker never reads the scene's nodes
+
+            def compute(progressCallback, cancelEvent):  # worker thread
+                return self.logic.computePrediction(volume, model=model, axis=axis, sliceRange=sliceRange,
+                                                    device=device, progressCallback=progressCallback,
+                                                    cancelEvent=cancelEvent)
+
+            self._request = dict(inputVolume=p.inputVolume, outputSegmentation=p.outputSegmentation,
+                                 segmentName=p.segmentName or "GuiDINO", axis=axis, showGuide=p.showGuide)
+            self._job = helpers.PredictionJob(compute).start()
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.format = _("Loading the model...")
+            self.setStatus("")
+            self._timer.start()
+            self.updateGui()
+
+    def onJobTimer(self):
+        state = self._job.poll()
+        self.ui.progressBar.value = state.percent
+        self.ui.progressBar.format = state.text
+        if not state.finished:
+            return
+        self._timer.stop()
+        request, self._job, self._request = self._request, None, None
+        self.updateGui()
+        if state.error is not None:
+            self.showError(str(state.error), state.errorDetails)
+        elif request is None:
+            self.setStatus(_("Cancelled: the scene was closed."))
+        elif not all(slicer.mrmlScene.IsNodePresent(request[n]) for n in ("inputVolume", "outputSegmentation")):
+            self.setStatus(_("Nothing written: the input volume or the segmentation was removed while GuiDINO ran."))
+        else:
+            try:
+                result = self.logic.applyPrediction(request["inputVolume"], request["outputSegmentation"],
+                                                    prediction=state.result, segmentName=request["segmentName"],
+                                                    axis=request["axis"], showGuide=request["showGuide"])
+            except Exception as error:
+                self.showError(str(error), traceback.format_exc())
+                return
+            status = _("{slices} segmented in {time}.").format(
+                slices=helpers.slicesText(result.slicesProcessed), time=helpers.formatDuration(result.seconds))
+            if getattr(result, "cancelled", state.cancelRequested):
+                status += " " + _("Cancelled: the slices done were kept.")
+            self.setStatus(status)
+            self.onGuideDisplay()
+
+    def onMarkReviewed(self, reviewed):
+        if not self.ensureLogic():
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(waitCursor=True):
+            segmentId = p.outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName(p.segmentName)
+            if not segmentId:
+                raise ValueError(_("{segmentation} has no segment named {name!r}: run GuiDINO first, or type the "
+                                   "segment's name.").format(segmentation=p.outputSegmentation.GetName(),
+                                                             name=p.segmentName))
+            index = self.currentSliceIndex(p.inputVolume, p.axis)
+            if index is None:
+                raise ValueError(_("The slice view is outside {volume}.").format(volume=p.inputVolume.GetName()))
+            self.logic.markSliceReviewed(p.outputSegmentation, segmentId, index, axis=p.axis, reviewed=reviewed)
+            state = self.logic.reviewedSlices(p.outputSegmentation, segmentId)
+            self.setStatus(_("Slice {index} {what}. Reviewed {axis} slices: {slices}.").format(
+                index=index, what=_("marked reviewed") if reviewed else _("unmarked"), axis=state["axis"],
+                slices=helpers.formatSlices(state["slices"])))
+
+    def onGuideDisplay(self, *unused):
+        p = self._parameterNode
+        if not (p and p.inputVolume) or not self.ensureLogic(install=False):
+            return
+        self.logic.setGuideOpacity(self.ui.guideOpacitySlider.value)
+        guide = self.logic.guideVolume(p.inputVolume)
+        if guide is not None:
+            self.logic.showGuideVolume(guide, self.ui.showGuideCheckBox.checked)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def currentSliceIndex(self, volume, axis):
+        """Index along ``axis`` of the slice shown in the slice view that looks along ``axis``."""
+        sliceNode = helpers.viewLookingAlongNode(helpers.shownSliceNodes(), axis)
+        if sliceNode is None:
+            raise ValueError(_("No slice view is open."))
+        return helpers.sliceIndexAtViewNode(volume, sliceNode, axis)
+
+    def setStatus(self, text):
+        self.ui.statusLabel.text = text
+
+    def showError(self, message, details):
+        logging.error(f"GuiDINO: {message}\n{details}")
+        self.setStatus(message)
+        slicer.util.errorDisplay(message, windowTitle="GuiDINO", detailedText=details or None)
+
 
 class GuiDINOSegmentTest(ScriptedLoadableModuleTest):
+    """Smoke test run by Slicer's module tests; the application tests are in Testing/Slicer/."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
     def runTest(self):
         self.setUp()
-        self.delayDisplay("GuiDINOSegment module loads")
+        self.test_widget_and_effect()
+
+    def test_widget_and_effect(self):
+        widget = slicer.modules.guidinosegment.widgetRepresentation().self()
+        self.assertEqual(widget.ui.runButton.text, "Run")
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(slicer.mrmlScene)
+        self.assertIsNotNone(editor.effectByName("GuiDINO"), "the GuiDINO effect is not registered")
+        self.delayDisplay("GuiDINOSegment widget and effect load")

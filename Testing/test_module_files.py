@@ -28,8 +28,8 @@ def test_every_python_file_is_listed(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_resource_is_listed(module):
-    resources = ROOT / module / "Resources"
-    on_disk = {p.relative_to(ROOT / module).as_posix() for p in resources.rglob("*") if p.is_file()}
+    on_disk = {p.relative_to(ROOT / module).as_posix() for p in (ROOT / module).rglob("*")
+               if p.is_file() and p.suffix not in (".py", ".pyc") and p.name != "CMakeLists.txt"}
     listed = _cmake_list(module, "MODULE_PYTHON_RESOURCES")
     assert on_disk - listed == set(), "add these to MODULE_PYTHON_RESOURCES"
     assert listed - on_disk == set(), "listed in MODULE_PYTHON_RESOURCES but missing on disk"

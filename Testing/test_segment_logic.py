@@ -364,3 +364,32 @@ def test_reviewed_state_and_prediction_survive_a_scene_save_and_reload(scene, lo
     finally:
         reloaded.close()
 
+
+
+def test_prediction_written_by_another_writer_is_recorded_not_reviewed(scene, logic, model):
+    """The Segment Editor effect writes through the editor, then records the prediction as the baseline."""
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId  # baseline: > 500
+    logic.markSliceReviewed(scene.segmentation, segment_id, 4)
+    other = GuiDINOSegmentLogic(segmenter=ThresholdSegmenter(threshold=700))
+    prediction = other.computePrediction(scene.volume, model=model)
+    current = segment_array(scene, segment_id)
+    mine = current[4].copy()
+    written = np.where(sliceMask(current.shape, 0, [4]), current, prediction.labels)
+    assert not np.array_equal(written, current)
+    set_segment_array(scene, segment_id, written)  # what an editor Apply does, reviewed slice 4 kept
+    assert len(logic.reviewedSlices(scene.segmentation, segment_id)["slices"]) > 1  # looks like user edits
+    logic.recordPrediction(scene.volume, scene.segmentation, segment_id, prediction)
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4]
+    np.testing.assert_array_equal(segment_array(scene, segment_id)[4], mine)
+
+    edited = segment_array(scene, segment_id)  # a user edit after the apply still counts as a correction
+    edited[7, :5, :5] = 1 - edited[7, :5, :5]
+    set_segment_array(scene, segment_id, edited)
+    logic.recordPrediction(scene.volume, scene.segmentation, segment_id, prediction)
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4, 7]
+
+    logic.checkInputs(scene.volume, scene.segmentation)
+    with pytest.raises(InputError, match="no output segmentation"):
+        logic.checkInputs(scene.volume, None)
+    guide = logic.updateGuideVolume(scene.volume, prediction)
+    np.testing.assert_array_equal(ijk_to_ras(guide), ijk_to_ras(scene.volume))

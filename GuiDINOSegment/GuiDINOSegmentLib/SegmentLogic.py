@@ -116,37 +116,65 @@ class GuiDINOSegmentLogic:
         result.seconds = time.perf_counter() - start
         return result
 
+    def checkInputs(self, inputVolume, outputSegmentation):
+        """Refuse unusable inputs before any work (main thread); binds an unbound segmentation to the volume."""
+        imageDataFromVolume(inputVolume)
+        checkSegmentation(outputSegmentation, inputVolume)
+
     def applyPrediction(self, inputVolume, outputSegmentation, prediction, segmentName="GuiDINO", axis="axial",
                         showGuide=True):
         """Write a ``computePrediction`` result (made along ``axis``) as ``process`` does; main thread only."""
         start = time.perf_counter()
-        image = imageDataFromVolume(inputVolume)
-        checkSegmentation(outputSegmentation, inputVolume)
-        geometry, shape = image.geometry, image.voxels.shape
-        if prediction.labels.shape != shape or not prediction.geometry.is_close(geometry, tol=1e-4) \
-                or slice_axis(geometry, axis) != prediction.axis:
-            raise InputError(f"this prediction was not computed on {inputVolume.GetName()} along the {axis} axis")
+        self.checkInputs(inputVolume, outputSegmentation)
         segmentation = outputSegmentation.GetSegmentation()
         segmentId = segmentation.GetSegmentIdBySegmentName(segmentName) or segmentation.AddEmptySegment("", segmentName)
         reviewed = self.reviewedSlices(outputSegmentation, segmentId)
-        protected = sliceMask(shape, slice_axis(geometry, reviewed["axis"]), reviewed["slices"])
-        write = sliceMask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
+        write = self._writable(inputVolume, outputSegmentation, segmentId, prediction, axis)
         if write.any():
             current = slicer.util.arrayFromSegmentBinaryLabelmap(outputSegmentation, segmentId, inputVolume) > 0
             labels = np.where(write, prediction.labels > 0, current).astype(np.uint8)
             slicer.util.updateSegmentBinaryLabelmapFromArray(labels, outputSegmentation, segmentId, inputVolume)
-            stored = self._storedPrediction(outputSegmentation, segmentId, inputVolume)
-            raw = slicer.util.arrayFromVolume(stored)
-            raw[write] = labels[write]
-            slicer.util.arrayFromVolumeModified(stored)
+            self._record(inputVolume, outputSegmentation, segmentId, prediction, write)
         if not reviewed["slices"]:  # the reviewed axis follows the runs until a slice is reviewed
             self._storeMarked(outputSegmentation, segmentId, axis, [])
         guide = None
         if showGuide and prediction.guide is not None:
-            guide = self._updateGuide(inputVolume, prediction)
+            guide = self.updateGuideVolume(inputVolume, prediction)
             self.showGuideVolume(guide)
         return ProcessResult(segmentId, guide, int(prediction.processed.sum()),
                              prediction.seconds + time.perf_counter() - start, prediction.cancelled, prediction)
+
+    def recordPrediction(self, inputVolume, outputSegmentation, segmentId, prediction, axis="axial"):
+        """After another writer applied ``prediction`` (the Segment Editor effect), store it as the raw baseline.
+
+        Recorded are the processed voxels, outside explicitly marked slices, where the segment now equals the
+        prediction: what the writer put there. Voxels it did not write (the user's reviewed content, masked or
+        non-editable areas) keep their baseline, so the user's edits still count as corrections.
+        """
+        axisMarked, marked = self._marked(outputSegmentation, segmentId)
+        write = self._writable(inputVolume, outputSegmentation, segmentId, prediction, axis,
+                               {"axis": axisMarked, "slices": marked})
+        current = slicer.util.arrayFromSegmentBinaryLabelmap(outputSegmentation, segmentId, inputVolume) > 0
+        write &= current == (prediction.labels > 0)
+        if write.any():
+            self._record(inputVolume, outputSegmentation, segmentId, prediction, write)
+
+    def _writable(self, inputVolume, segmentation, segmentId, prediction, axis, reviewed=None):
+        """Voxels a prediction may write: its processed slices minus the reviewed ones (default: all reviewed)."""
+        image = imageDataFromVolume(inputVolume)
+        geometry, shape = image.geometry, image.voxels.shape
+        if prediction.labels.shape != shape or not prediction.geometry.is_close(geometry, tol=1e-4) \
+                or slice_axis(geometry, axis) != prediction.axis:
+            raise InputError(f"this prediction was not computed on {inputVolume.GetName()} along the {axis} axis")
+        reviewed = reviewed or self.reviewedSlices(segmentation, segmentId)
+        protected = sliceMask(shape, slice_axis(geometry, reviewed["axis"]), reviewed["slices"])
+        return sliceMask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
+
+    def _record(self, inputVolume, segmentation, segmentId, prediction, write):
+        stored = self._storedPrediction(segmentation, segmentId, inputVolume)
+        raw = slicer.util.arrayFromVolume(stored)
+        raw[write] = prediction.labels[write] > 0
+        slicer.util.arrayFromVolumeModified(stored)
 
     # -- reviewed slices -------------------------------------------------------------------
     def reviewedSlices(self, segmentation, segmentId):
@@ -233,7 +261,8 @@ class GuiDINOSegmentLogic:
                 return node
         return None
 
-    def _updateGuide(self, inputVolume, prediction):
+    def updateGuideVolume(self, inputVolume, prediction):
+        """Create or update "<volume> GuiDINO guide" from a prediction's processed slices; returns the node."""
         guide = self.guideVolume(inputVolume)
         if guide is None:
             guide = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",

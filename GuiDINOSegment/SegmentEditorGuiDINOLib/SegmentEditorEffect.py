@@ -1,0 +1,334 @@
+"""GuiDINO Segment Editor effect: preview the model's segmentation of the selected segment, then Apply or Cancel.
+
+Registered by the GuiDINOSegment module at startup. It is one of Slicer's auto-complete effects:
+their preview node, preview opacity, Cancel, and Apply (``saveStateForUndo`` then
+``modifySegmentByLabelmap``, so the editable area, masking and overwrite settings hold and Ctrl+Z
+restores the segment). Seed-growing effects derive their preview from drawn segments; GuiDINO needs
+none, so ``preview`` makes the preview node itself and ``computePreviewLabelmap`` runs the model.
+"""
+
+import logging
+import os
+import threading
+
+import ctk
+import qt
+import vtk
+
+import slicer
+
+from SegmentEditorEffects import AbstractScriptedSegmentEditorAutoCompleteEffect
+from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
+
+from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+
+SCOPE_LABELS = (("current", "Current slice"), ("visible", "Visible range"), ("all", "All slices"))
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
+    """Fills the selected segment with GuiDINO's prediction, previewed before it is applied."""
+
+    def __init__(self, scriptedEffect):
+        AbstractScriptedSegmentEditorAutoCompleteEffect.__init__(self, scriptedEffect)
+        scriptedEffect.name = "GuiDINO"  # modules find effects by name: not translated
+        scriptedEffect.title = "GuiDINO"
+        self.logic = None  # GuiDINOSegmentLogic, created on first preview (it imports torch)
+        self._previewed = None  # (sourceVolume, segmentationNode, segmentId, axis, prediction) of the preview
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        iconPath = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
+
+    def helpText(self):
+        return """<html>Fill the selected segment with a GuiDINO model's segmentation.<p>
+<ul style="margin: 0">
+<li>Select the segment, a model bundle, the axis and the slices (scope), then click <dfn>Initialize</dfn>.
+<li><dfn>Apply</dfn> writes the preview into the segment (editable area, masking and overwrite settings
+hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
+<li>Reviewed slices (marked in GuiDINO Segment, or edited by you) and slices outside the scope keep their content.
+</ul></html>"""
+
+    # -- options -------------------------------------------------------------------------------
+    def setupOptionsFrame(self):
+        self.modelPathEdit = ctk.ctkPathLineEdit()
+        self.modelPathEdit.filters = (ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Drives
+                                      | ctk.ctkPathLineEdit.Readable)
+        self.modelPathEdit.options = ctk.ctkPathLineEdit.ShowDirsOnly
+        self.modelPathEdit.settingKey = "GuiDINO/ModelBundle"
+        self.modelPathEdit.toolTip = "GuiDINO model bundle folder. Empty: the GUIDINO_MODEL environment variable."
+        self.scriptedEffect.addLabeledOptionsWidget("Model bundle:", self.modelPathEdit)
+
+        self.axisComboBox = qt.QComboBox()
+        for axis in helpers.AXES:
+            self.axisComboBox.addItem(axis, axis)
+        self.axisComboBox.toolTip = "Direction the volume is cut into slices."
+        self.scopeComboBox = qt.QComboBox()
+        for scope, label in SCOPE_LABELS:
+            self.scopeComboBox.addItem(label, scope)
+        self.scopeComboBox.toolTip = ("Current slice: the one shown in the view that looks along the axis. Visible "
+                                      "range: the slices the slice views show. All slices: the whole volume.")
+        slicesLayout = qt.QHBoxLayout()
+        slicesLayout.addWidget(self.axisComboBox)
+        slicesLayout.addWidget(self.scopeComboBox)
+        self.scriptedEffect.addLabeledOptionsWidget("Slices:", slicesLayout)
+
+        self.showGuideCheckBox = qt.QCheckBox("Show guide overlay")
+        self.showGuideCheckBox.toolTip = "Show the DINOv3 guide of the previewed slices as a colour overlay."
+        self.refineButton = qt.QPushButton("Refine from corrections")
+        guideLayout = qt.QHBoxLayout()
+        guideLayout.addWidget(self.showGuideCheckBox)
+        guideLayout.addWidget(self.refineButton)
+        self.scriptedEffect.addOptionsWidget(guideLayout)
+
+        AbstractScriptedSegmentEditorAutoCompleteEffect.setupOptionsFrame(self)  # Initialize, opacity, Cancel, Apply
+
+        self.modelPathEdit.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
+        self.axisComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.scopeComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.showGuideCheckBox.connect("toggled(bool)", self.onShowGuide)
+        self.refineButton.connect("clicked()", self.onRefine)
+        self.refineButton.enabled = False  # checked on activation: importing the Train logic imports torch
+        self.refineButton.toolTip = helpers.REFINE_UNAVAILABLE_TOOLTIP
+
+    def setMRMLDefaults(self):
+        self.scriptedEffect.setParameterDefault("AutoUpdate", "0")  # a model run is too slow to follow each edit
+        AbstractScriptedSegmentEditorAutoCompleteEffect.setMRMLDefaults(self)
+        self.scriptedEffect.setParameterDefault("ModelPath", "")
+        self.scriptedEffect.setParameterDefault("Axis", "axial")
+        self.scriptedEffect.setParameterDefault("Scope", "all")
+        self.scriptedEffect.setParameterDefault("ShowGuide", "1")
+
+    def updateGUIFromMRML(self):
+        AbstractScriptedSegmentEditorAutoCompleteEffect.updateGUIFromMRML(self)
+        widgets = (self.modelPathEdit, self.axisComboBox, self.scopeComboBox, self.showGuideCheckBox)
+        blocked = [widget.blockSignals(True) for widget in widgets]
+        self.modelPathEdit.currentPath = self.scriptedEffect.parameter("ModelPath")
+        self.axisComboBox.currentIndex = max(0, self.axisComboBox.findData(self.scriptedEffect.parameter("Axis")))
+        self.scopeComboBox.currentIndex = max(0, self.scopeComboBox.findData(self.scriptedEffect.parameter("Scope")))
+        self.showGuideCheckBox.checked = self.scriptedEffect.integerParameter("ShowGuide") != 0
+        for widget, wasBlocked in zip(widgets, blocked):
+            widget.blockSignals(wasBlocked)
+
+    def updateMRMLFromGUI(self):
+        AbstractScriptedSegmentEditorAutoCompleteEffect.updateMRMLFromGUI(self)
+        self.scriptedEffect.setParameter("ModelPath", self.modelPathEdit.currentPath)
+        self.scriptedEffect.setParameter("Axis", self.axisComboBox.currentData)
+        self.scriptedEffect.setParameter("Scope", self.scopeComboBox.currentData)
+        self.scriptedEffect.setParameter("ShowGuide", 1 if self.showGuideCheckBox.checked else 0)
+
+    def updateRefineButton(self):
+        available = not DependencyLogic().missing() and helpers.trainLogicClass() is not None
+        self.refineButton.enabled = available
+        self.refineButton.toolTip = ("Fine-tune the model on the slices you corrected (GuiDINO Train)" if available
+                                     else helpers.REFINE_UNAVAILABLE_TOOLTIP)
+
+    def activate(self):
+        qt.QTimer.singleShot(0, self.onActivated)  # once the effect is shown; never in a constructor
+
+    def onActivated(self):
+        """The user opened the effect: offer the Python packages (once per session), then check Refine."""
+        try:
+            DependencyLogic().offerOnce(parent=slicer.util.mainWindow())
+        except Exception as error:
+            logging.exception("GuiDINO: installing the Python packages failed")
+            slicer.util.errorDisplay(f"Installing GuiDINO's Python packages failed: {error}")
+        self.updateRefineButton()
+
+    def ensureLogic(self):
+        if self.logic is None:
+            dependencies = DependencyLogic()
+            if not dependencies.ensureDependencies(parent=slicer.util.mainWindow()):
+                raise RuntimeError(f"GuiDINO needs these Python packages: {', '.join(dependencies.missing())}")
+            self.logic = helpers.segmentLogicClass()()
+        return self.logic
+
+    # -- preview -> apply ------------------------------------------------------------------------
+    def preview(self):
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        sourceVolume = parameterSetNode.GetSourceVolumeNode()
+        segmentId = parameterSetNode.GetSelectedSegmentID()
+        if not segmentId:
+            raise ValueError("Select the segment GuiDINO should fill.")
+        if sourceVolume is None:
+            raise ValueError("Select a source volume.")
+        self.ensureLogic()
+        previewNode = self.getPreviewNode()
+        if previewNode is not None and (self.selectedSegmentIds is None
+                                        or self.selectedSegmentIds.GetValue(0) != segmentId):
+            self.reset()  # the preview was of another segment
+            previewNode = None
+        opacity, show3D = self.getPreviewOpacity(), self.getPreviewShow3D()
+        self.selectedSegmentIds = vtk.vtkStringArray()
+        self.selectedSegmentIds.InsertNextValue(segmentId)
+
+        current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, sourceVolume) > 0
+        mergedImage = helpers.orientedImageFromArrayNode(current, sourceVolume, segmentationNode)
+        outputLabelmap = slicer.vtkOrientedImageData()
+        self.computePreviewLabelmap(mergedImage, outputLabelmap)
+
+        if previewNode is None:
+            previewNode = self.createPreviewNode(segmentationNode, segmentId)
+        previewNode.RemoveClosedSurfaceRepresentation()
+        previewSegment = previewNode.GetSegmentation().GetSegment(segmentId)
+        binaryLabelmap = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        previewSegment.AddRepresentation(binaryLabelmap, outputLabelmap)
+        previewSegment.SetLabelValue(1)
+        self.setPreviewOpacity(opacity)
+        self.setPreviewShow3D(show3D)
+        self.updateGUIFromMRML()
+
+    def createPreviewNode(self, segmentationNode, segmentId):
+        """A preview segmentation with one segment like ``segmentId``, registered as the auto-complete effects do."""
+        previewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                         f"{segmentationNode.GetName()} preview")
+        previewNode.CreateDefaultDisplayNodes()
+        previewNode.GetDisplayNode().SetVisibility2DOutline(False)
+        if segmentationNode.GetParentTransformNode():
+            previewNode.SetAndObserveTransformNodeID(segmentationNode.GetParentTransformNode().GetID())
+        self.scriptedEffect.setCommonNodeReference(ResultPreviewNodeReferenceRole, previewNode)
+        self.scriptedEffect.setCommonParameter("SegmentationResultPreviewOwnerEffect", self.scriptedEffect.name)
+        source = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        segment = slicer.vtkSegment()
+        segment.SetName(source.GetName())
+        segment.SetColor(source.GetColor())
+        previewNode.GetSegmentation().AddSegment(segment, segmentId)
+        return previewNode
+
+    def computePreviewLabelmap(self, mergedImage, outputLabelmap):
+        """Run the model over the scope; ``mergedImage``: the segment now (source volume grid).
+
+        ``outputLabelmap`` receives the prediction on the unreviewed slices it covers and the segment's
+        current content elsewhere, on the grid of the editor's source image.
+        """
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        sourceVolume = parameterSetNode.GetSourceVolumeNode()
+        segmentId = self.selectedSegmentIds.GetValue(0)
+        axis = self.scriptedEffect.parameter("Axis") or "axial"
+        sliceRange = self.sliceRange(sourceVolume, axis, self.scriptedEffect.parameter("Scope") or "all")
+        reviewed = self.logic.reviewedSlices(segmentationNode, segmentId)
+        model = (helpers.optionalText(self.scriptedEffect.parameter("ModelPath"))
+                 or self.logic.activeModel(segmentationNode))
+        volume = helpers.detachedVolumeCopyNode(sourceVolume)  # the worker never reads the scene's nodes
+        prediction = self.runInBackground(lambda progressCallback, cancelEvent: self.logic.computePrediction(
+            volume, model=model, axis=axis, sliceRange=sliceRange, progressCallback=progressCallback,
+            cancelEvent=cancelEvent))
+
+        ijkToRas = helpers.ijkToRasNode(sourceVolume)
+        labels = helpers.mergePreview(prediction.labels, helpers.arrayFromOrientedImage(mergedImage),
+                                      helpers.numpyAxisFor(ijkToRas, axis), prediction.processed,
+                                      helpers.numpyAxisFor(ijkToRas, reviewed["axis"]), reviewed["slices"])
+        image = helpers.orientedImageFromArrayNode(labels, sourceVolume, segmentationNode)
+        outputLabelmap.DeepCopy(helpers.resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
+        self._previewed = (sourceVolume, segmentationNode, segmentId, axis, prediction)
+        if self.scriptedEffect.integerParameter("ShowGuide") and prediction.guide is not None:
+            self.logic.showGuideVolume(self.logic.updateGuideVolume(sourceVolume, prediction), True)
+
+    def sliceRange(self, volume, axis, scope):
+        sliceNodes = helpers.shownSliceNodes()
+        current = visible = None
+        if scope == "current":
+            view = helpers.viewLookingAlongNode(sliceNodes, axis)
+            current = None if view is None else helpers.sliceIndexAtViewNode(volume, view, axis)
+        elif scope == "visible":
+            visible = helpers.visibleSliceRangeNode(volume, sliceNodes, axis)
+        return helpers.sliceRangeForScope(scope, current, visible)
+
+    @staticmethod
+    def progressDialog():
+        """A modal progress dialog: the editor cannot change under a running computation."""
+        return slicer.util.createProgressDialog(windowTitle="GuiDINO", labelText="Loading the model...", maximum=100,
+                                                autoClose=False, autoReset=False,
+                                                windowModality=qt.Qt.ApplicationModal)
+
+    def runInBackground(self, compute):
+        """Run ``compute`` on a worker thread behind a modal progress dialog whose Cancel keeps the slices done."""
+        job = helpers.PredictionJob(compute).start()
+        dialog = self.progressDialog()
+        try:
+            state = job.poll()
+            while not state.finished:
+                if dialog.wasCanceled:
+                    job.cancel()
+                    dialog.labelText = "Cancelling: finishing the current slices..."
+                else:
+                    dialog.value, dialog.labelText = state.percent, state.text
+                slicer.app.processEvents()
+                state = job.wait(0.05)
+        finally:
+            dialog.close()
+        if state.error is not None:
+            raise state.error
+        return state.result
+
+    def onApply(self):
+        previewed = self._previewed if self.getPreviewNode() is not None else None
+        AbstractScriptedSegmentEditorAutoCompleteEffect.onApply(self)
+        if previewed is not None:
+            sourceVolume, segmentationNode, segmentId, axis, prediction = previewed
+            try:  # after the editor wrote it: the Logic records what now equals the prediction
+                self.logic.recordPrediction(sourceVolume, segmentationNode, segmentId, prediction, axis=axis)
+            except Exception as error:
+                logging.warning(f"GuiDINO: the prediction was applied but not recorded ({error}); slices it changed "
+                                "may count as reviewed for GuiDINO Segment")
+
+    def reset(self):
+        self._previewed = None
+        AbstractScriptedSegmentEditorAutoCompleteEffect.reset(self)
+
+    # -- guide and refinement ------------------------------------------------------------------
+    def onShowGuide(self, show):
+        self.updateMRMLFromGUI()
+        sourceVolume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        if self.logic is None or sourceVolume is None:
+            return
+        guide = self.logic.guideVolume(sourceVolume)
+        if guide is not None:
+            self.logic.showGuideVolume(guide, show)
+
+    def onRefine(self):
+        """Fine-tune on the corrected slices (GuiDINO Train), then preview the refined model: Apply writes it.
+
+        The Train Logic is asked not to re-segment by itself: that would write into the segment around the
+        editor (no undo, no masking); the preview goes through Apply instead.
+        """
+        trainLogicClass = helpers.trainLogicClass()
+        if trainLogicClass is None:
+            self.updateRefineButton()
+            return
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        sourceVolume, segmentId = parameterSetNode.GetSourceVolumeNode(), parameterSetNode.GetSelectedSegmentID()
+        dialog, cancelEvent = self.progressDialog(), threading.Event()
+
+        def progress(entry):  # training runs on this (the main) thread: keep the dialog alive
+            if dialog.wasCanceled:
+                cancelEvent.set()
+            dialog.value, dialog.labelText = helpers.refineProgress(entry)
+            slicer.app.processEvents()
+
+        try:
+            with slicer.util.tryWithErrorDisplay(waitCursor=True):
+                if not segmentId or sourceVolume is None:
+                    raise ValueError("Select a source volume and the corrected segment first.")
+                result = trainLogicClass().refineFromCorrections(
+                    sourceVolume, parameterSetNode.GetSegmentationNode(), segmentId,
+                    model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")), resegment=False,
+                    progressCallback=progress, cancelEvent=cancelEvent)
+        finally:
+            dialog.close()
+        bundle = helpers.refinedBundlePath(result)
+        if not bundle:
+            slicer.util.showStatusMessage("GuiDINO: refinement cancelled; the model is unchanged.", 5000)
+            return
+        self.scriptedEffect.setParameter("ModelPath", bundle)
+        self.updateGUIFromMRML()
+        self.onPreview()

@@ -1,0 +1,442 @@
+"""Small helpers shared by the GuiDINO Segment panel and its Segment Editor effect.
+
+The GUI's decisions (which slices, which slice index a view shows, how a preview keeps the
+user's reviewed slices, how far a background job has got) are plain functions here, so they are
+tested without the Slicer application. Functions whose name ends in ``Node`` take MRML nodes and
+import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here imports qt.
+"""
+
+import importlib
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+AXES = ("axial", "coronal", "sagittal")
+SLICE_MODES = ("all", "current", "range")  # module panel: which slices Run segments
+SCOPES = ("current", "visible", "all")  # Segment Editor effect: which slices Initialize/Update predicts
+DEVICES = ("auto", "cpu", "gpu")
+REFINE_UNAVAILABLE_TOOLTIP = "Available with the GuiDINO Train module"
+
+# The RAS component each slicing direction is normal to: axial slices are stacked along S, etc.
+_AXIS_NORMAL_RAS = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+# -- parameters -> Logic arguments -----------------------------------------------------------
+def optionalText(value):
+    """A path or text setting as the Logic wants it: None when empty ("" or the "." of an empty Path)."""
+    text = str(value if value is not None else "").strip()
+    return None if text in ("", ".") else text
+
+
+def sliceRangeFor(mode, first=0, last=0, current=None):
+    """The Logic's ``sliceRange`` for the panel's slice mode: None (all), an index, or (first, last)."""
+    if mode == "all":
+        return None
+    if mode == "current":
+        if current is None:
+            raise ValueError("The slice view is outside the input volume: move it onto the volume, "
+                             "or choose another slice range.")
+        return int(current)
+    if mode == "range":
+        first, last = sorted((int(first), int(last)))
+        if first < 0:
+            raise ValueError(f"Slice {first} does not exist: slice indices start at 0.")
+        return first, last
+    raise ValueError(f"Unknown slice mode {mode!r}: choose one of {', '.join(SLICE_MODES)}.")
+
+
+def sliceRangeForScope(scope, current=None, visible=None):
+    """The Logic's ``sliceRange`` for the effect's scope (current slice, visible range, all slices)."""
+    if scope == "visible":
+        if visible is None:
+            raise ValueError("No slice view shows the source volume along this axis: "
+                             "bring it into view, or choose another scope.")
+        return tuple(int(i) for i in visible)
+    if scope in ("all", "current"):
+        return sliceRangeFor(scope, current=current)
+    raise ValueError(f"Unknown scope {scope!r}: choose one of {', '.join(SCOPES)}.")
+
+
+# -- slice geometry (pure) -------------------------------------------------------------------
+def numpyAxisFor(ijkToRas, axis):
+    """The numpy axis (0, 1, 2 of a (k, j, i) voxel array) that slicing along ``axis`` steps through.
+
+    The voxel axis whose direction is closest to the axis normal: the rule of the engine's
+    ``volume.slice_axis`` (kept here torch-free; a test checks they agree).
+    """
+    if axis not in AXES:
+        raise ValueError(f"Unknown axis {axis!r}: choose one of {', '.join(AXES)}.")
+    columns = np.asarray(ijkToRas, dtype=float)[:3, :3]
+    directions = columns / np.linalg.norm(columns, axis=0)
+    return 2 - int(np.argmax(np.abs(directions[_AXIS_NORMAL_RAS[axis], :])))
+
+
+def slicePosition(rasToIjk, ras, numpyAxis):
+    """Continuous voxel coordinate of RAS point ``ras`` along ``numpyAxis`` (voxel centres are integers)."""
+    ijk = np.asarray(rasToIjk, dtype=float) @ np.append(np.asarray(ras, dtype=float)[:3], 1.0)
+    return float(ijk[2 - numpyAxis])
+
+
+def sliceIndexFromRas(rasToIjk, ras, numpyAxis, count):
+    """Index of the slice (along ``numpyAxis``) that contains RAS point ``ras``; None outside the volume."""
+    index = int(math.floor(slicePosition(rasToIjk, ras, numpyAxis) + 0.5))
+    return index if 0 <= index < count else None
+
+
+def sliceSpanFromRas(rasToIjk, points, numpyAxis, count):
+    """Inclusive (first, last) slice range spanned by RAS ``points``, clipped to the volume; None if outside."""
+    positions = [slicePosition(rasToIjk, p, numpyAxis) for p in points]
+    if not positions:
+        return None
+    first = max(0, int(math.floor(min(positions) + 0.5)))
+    last = min(count - 1, int(math.floor(max(positions) + 0.5)))
+    return (first, last) if first <= last else None
+
+
+def sliceViewCenter(sliceToRas):
+    """RAS point at the centre of a slice view (translation of its SliceToRAS matrix)."""
+    return np.asarray(sliceToRas, dtype=float)[:3, 3].copy()
+
+
+def sliceViewNormal(sliceToRas):
+    """Unit normal of a slice view (third column of its SliceToRAS matrix)."""
+    normal = np.asarray(sliceToRas, dtype=float)[:3, 2]
+    return normal / np.linalg.norm(normal)
+
+
+def sliceViewCorners(xyToRas, dimensions):
+    """RAS corners of what a slice view shows: its XYToRAS applied to the corners of its viewport."""
+    width, height = float(dimensions[0]), float(dimensions[1])
+    matrix = np.asarray(xyToRas, dtype=float)
+    return [(matrix @ np.array([x, y, 0.0, 1.0]))[:3] for x in (0.0, width) for y in (0.0, height)]
+
+
+def viewLookingAlong(axis, normals):
+    """Index of the slice view whose normal is closest to ``axis``'s normal (None without views)."""
+    if not len(normals):
+        return None
+    component = _AXIS_NORMAL_RAS[axis]
+    scores = [abs(n[component]) / np.linalg.norm(n[:3]) for n in (np.asarray(n, dtype=float) for n in normals)]
+    return int(np.argmax(scores))
+
+
+# -- preview merge (pure) --------------------------------------------------------------------
+def mergePreview(predicted, current, numpyAxis, processed, reviewedAxis=None, reviewedSlices=()):
+    """The labelmap a Segment Editor preview shows and Apply writes (0/1, uint8).
+
+    GuiDINO's labels where it segmented a slice that the user has not reviewed; the user's current
+    segment everywhere else, so that applying the preview never changes reviewed or unsegmented
+    slices. ``processed`` flags the slices along ``numpyAxis`` that were segmented;
+    ``reviewedSlices`` are indices along ``reviewedAxis`` (from the Logic's ``reviewedSlices``).
+    """
+    predicted, current = np.asarray(predicted), np.asarray(current)
+    if predicted.shape != current.shape:
+        raise ValueError(f"The prediction {predicted.shape} and the segment {current.shape} have different grids.")
+    writable = np.zeros(predicted.shape, bool)
+    np.moveaxis(writable, numpyAxis, 0)[np.asarray(processed, dtype=bool)] = True
+    if reviewedAxis is not None:
+        count = predicted.shape[reviewedAxis]
+        reviewed = [int(i) for i in reviewedSlices if 0 <= int(i) < count]
+        np.moveaxis(writable, reviewedAxis, 0)[reviewed] = False
+    return np.where(writable, predicted > 0, current > 0).astype(np.uint8)
+
+
+# -- progress (pure) -------------------------------------------------------------------------
+def formatDuration(seconds):
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def slicesText(count):
+    return f"{count} slice" if count == 1 else f"{count} slices"
+
+
+def refineProgress(entry):
+    """(percent, text) from a training progress entry (a dict with ``step`` and ``total``, maybe ``val_dice``)."""
+    step, total = int(entry.get("step", 0)), int(entry.get("total", 0) or 0)
+    if not total:
+        return 0, "Refining..."
+    text = f"Refining: step {step} / {total}"
+    if entry.get("val_dice") is not None:
+        text += f", Dice on a held-out corrected slice {float(entry['val_dice']):.2f}"
+    return int(100 * min(step, total) / total), text
+
+
+def progressReport(done, total, elapsed):
+    """(percent, text) for a progress bar: slices done and an estimate of the time left."""
+    if not total:
+        return 0, "Loading the model..."
+    done = min(int(done), int(total))
+    text = f"{done} / {total} slices"
+    if 0 < done < total:
+        text += f", about {formatDuration(elapsed / done * (total - done))} left"
+    return int(100 * done / total), text
+
+
+@dataclass
+class JobState:
+    finished: bool
+    done: int
+    total: int
+    elapsed: float
+    result: Any = None
+    error: Optional[BaseException] = None
+    errorDetails: str = ""
+    cancelRequested: bool = False
+
+    @property
+    def percent(self):
+        return progressReport(self.done, self.total, self.elapsed)[0]
+
+    @property
+    def text(self):
+        return progressReport(self.done, self.total, self.elapsed)[1]
+
+
+class PredictionJob:
+    """Runs ``compute(progressCallback, cancelEvent)`` on a worker thread; the GUI polls ``poll()``.
+
+    The worker only computes (the Logic's ``computePrediction``); the caller applies the result to
+    MRML on the main thread once ``poll().finished``. ``cancel()`` sets the event the Logic checks
+    between slice batches, so a cancelled job still finishes, with the slices done so far.
+    """
+
+    def __init__(self, compute, clock=time.monotonic):
+        self._compute = compute
+        self._clock = clock
+        self.cancelEvent = threading.Event()
+        self._lock = threading.Lock()
+        self._done = self._total = 0
+        self._result = self._error = None
+        self._errorDetails = ""
+        self._finished = False
+        self._started = None
+        self._thread = None
+
+    def start(self):
+        self._started = self._clock()
+        self._thread = threading.Thread(target=self._run, name="GuiDINO prediction", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        try:
+            result = self._compute(self._progress, self.cancelEvent)
+            with self._lock:
+                self._result = result
+        except BaseException as error:  # reported to the GUI thread, which shows it
+            with self._lock:
+                self._error, self._errorDetails = error, traceback.format_exc()
+        finally:
+            with self._lock:
+                self._finished = True
+
+    def _progress(self, done, total, *unused):
+        with self._lock:
+            self._done, self._total = int(done), int(total)
+
+    def cancel(self):
+        self.cancelEvent.set()
+
+    def poll(self):
+        with self._lock:
+            return JobState(self._finished, self._done, self._total,
+                            0.0 if self._started is None else self._clock() - self._started,
+                            self._result, self._error, self._errorDetails, self.cancelEvent.is_set())
+
+    def wait(self, timeout=None):
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.poll()
+
+
+# -- optional modules ------------------------------------------------------------------------
+def _exported(package, name, importModule):
+    """``from package import name`` unwrapped to the class when ``name`` is also a submodule."""
+    module = importModule(package)
+    value = getattr(module, name, None)
+    if value is None:
+        value = importModule(f"{package}.{name}")
+    return getattr(value, name, value) if not isinstance(value, type) else value
+
+
+def segmentLogicClass(importModule=importlib.import_module):
+    """The GuiDINOSegmentLogic class (importing it imports torch: check the dependencies first)."""
+    return _exported("GuiDINOSegmentLib", "GuiDINOSegmentLogic", importModule)
+
+
+def trainLogicClass(importModule=importlib.import_module):
+    """GuiDINOTrainLogic when the GuiDINO Train module's logic can be imported and refines; else None."""
+    try:
+        cls = _exported("GuiDINOTrainLib", "GuiDINOTrainLogic", importModule)
+    except ImportError:
+        return None
+    return cls if callable(getattr(cls, "refineFromCorrections", None)) else None
+
+
+# -- MRML nodes (import slicer when called) --------------------------------------------------
+def _arrayFromMatrix(matrix):
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _worldFromLocalNode(node):
+    """4x4 numpy matrix from the node's local coordinates to world RAS (its parent transforms)."""
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(node.GetParentTransformNode(), None, matrix):
+        raise ValueError(f"{node.GetName()} is under a non-linear transform: harden the transform first "
+                         "(Data module: right-click the transform > Harden transform).")
+    return _arrayFromMatrix(matrix)
+
+
+def ijkToRasNode(volumeNode):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return _arrayFromMatrix(matrix)
+
+
+def worldRasToIjkNode(volumeNode):
+    """4x4 numpy matrix from world RAS (what slice views show) to the volume's voxel IJK."""
+    return np.linalg.inv(_worldFromLocalNode(volumeNode) @ ijkToRasNode(volumeNode))
+
+
+def sliceCountNode(volumeNode, axis):
+    """Number of slices of the volume along ``axis``."""
+    dims = volumeNode.GetImageData().GetDimensions()  # i, j, k
+    return int(dims[::-1][numpyAxisFor(ijkToRasNode(volumeNode), axis)])
+
+
+def sliceIndexAtViewNode(volumeNode, sliceNode, axis):
+    """Index along ``axis`` of the volume slice at the centre of a slice view (None outside the volume)."""
+    centre = sliceViewCenter(_arrayFromMatrix(sliceNode.GetSliceToRAS()))
+    return sliceIndexFromRas(worldRasToIjkNode(volumeNode), centre, numpyAxisFor(ijkToRasNode(volumeNode), axis),
+                             sliceCountNode(volumeNode, axis))
+
+
+def visibleSliceRangeNode(volumeNode, sliceNodes, axis):
+    """(first, last) along ``axis`` of the volume slices the given slice views show, or None."""
+    corners = [c for node in sliceNodes
+               for c in sliceViewCorners(_arrayFromMatrix(node.GetXYToRAS()), node.GetDimensions())]
+    return sliceSpanFromRas(worldRasToIjkNode(volumeNode), corners, numpyAxisFor(ijkToRasNode(volumeNode), axis),
+                            sliceCountNode(volumeNode, axis))
+
+
+def viewLookingAlongNode(sliceNodes, axis):
+    """The slice node among ``sliceNodes`` that looks along ``axis`` best (None when there is none)."""
+    index = viewLookingAlong(axis, [sliceViewNormal(_arrayFromMatrix(n.GetSliceToRAS())) for n in sliceNodes])
+    return None if index is None else sliceNodes[index]
+
+
+def detachedVolumeCopyNode(volumeNode):
+    """A deep copy of a scalar volume, outside the scene: a worker thread can read it while the scene changes."""
+    import slicer
+    import vtk
+
+    copy = slicer.vtkMRMLScalarVolumeNode()
+    copy.SetName(volumeNode.GetName())
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    copy.SetIJKToRASMatrix(matrix)
+    image = vtk.vtkImageData()
+    image.DeepCopy(volumeNode.GetImageData())
+    copy.SetAndObserveImageData(image)
+    return copy
+
+
+def orientedImageFromArrayNode(array, volumeNode, segmentationNode=None):
+    """A uint8 ``vtkOrientedImageData`` of a (k, j, i) array on the volume's grid.
+
+    Its image-to-world matrix is in the segmentation's coordinates (the volume's and the
+    segmentation's parent transforms are taken into account), as segment labelmaps are.
+    """
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    voxels = np.ascontiguousarray(array, dtype=np.uint8)
+    extent = volumeNode.GetImageData().GetExtent()
+    if voxels.shape != (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1):
+        raise ValueError(f"An array of shape {voxels.shape} does not fit {volumeNode.GetName()}.")
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(extent)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True,
+                                                                array_type=vtk.VTK_UNSIGNED_CHAR))
+    toSegmentation = np.eye(4)
+    if segmentationNode is not None:
+        toSegmentation = np.linalg.inv(_worldFromLocalNode(segmentationNode)) @ _worldFromLocalNode(volumeNode)
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate(toSegmentation @ ijkToRasNode(volumeNode)):
+        for c, value in enumerate(row):
+            matrix.SetElement(r, c, value)
+    image.SetImageToWorldMatrix(matrix)
+    return image
+
+
+def arrayFromOrientedImage(image):
+    """The (k, j, i) numpy copy of a ``vtkOrientedImageData``'s scalars."""
+    from vtk.util import numpy_support
+
+    extent = image.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape).copy()
+
+
+def resampleToReference(image, reference):
+    """``image`` (a labelmap) on ``reference``'s grid, nearest neighbour; ``image`` itself when they match."""
+    import slicer
+
+    if reference is None or slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference):
+        return image
+    output = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            image, reference, output, False):
+        raise RuntimeError("Could not resample the GuiDINO preview onto the segmentation's grid.")
+    return output
+
+
+def formatSlices(indices):
+    """'0-3, 7, 9-10' for [0, 1, 2, 3, 7, 9, 10]; 'none' when empty."""
+    indices = sorted({int(i) for i in indices})
+    if not indices:
+        return "none"
+    runs, start = [], indices[0]
+    for previous, index in zip(indices, indices[1:] + [None]):
+        if index is None or index != previous + 1:
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+            start = index
+    return ", ".join(runs)
+
+
+def shownSliceNodes():
+    """Slice nodes of the slice views on screen; every slice node of the scene without a main window."""
+    import slicer
+
+    layoutManager = slicer.app.layoutManager()
+    nodes = []
+    if layoutManager is not None:
+        for name in layoutManager.sliceViewNames():
+            widget = layoutManager.sliceWidget(name)
+            if widget is not None and widget.isVisible():
+                nodes.append(widget.mrmlSliceNode())
+    return nodes or list(slicer.util.getNodesByClass("vtkMRMLSliceNode"))
+
+
+def refinedBundlePath(result):
+    """The model bundle a refinement wrote (``result.bundle``, or a returned path); None if it wrote none."""
+    import os
+
+    path = getattr(result, "bundle", None) if not isinstance(result, (str, os.PathLike)) else result
+    return None if path is None else str(path)

@@ -1,0 +1,524 @@
+"""The GuiDINO Segment panel and effect stay thin: their decisions, tested without the Slicer application.
+
+Pure helpers (slice view -> slice index on an oblique volume, slice ranges, preview merge, progress),
+the dependency decisions with injected checkers, the preview -> apply -> undo path through Slicer's
+real segment editor logic, and static checks that the GUI files only call what the Logic defines.
+"""
+
+import ast
+import math
+import re
+import threading
+import time
+import tomllib
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicer.util
+import vtk
+from conftest import synthetic_volume
+
+from GuiDINOSegmentLib import DependencyLogic as deps
+from GuiDINOSegmentLib.geometry import Geometry
+from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "GuiDINOSegment"
+GUI_FILES = [MODULE / "GuiDINOSegment.py", MODULE / "SegmentEditorGuiDINOLib" / "SegmentEditorEffect.py"]
+
+
+def _matrix(array):
+    return slicer.util.vtkMatrixFromArray(np.asarray(array, dtype=float))
+
+
+@pytest.fixture
+def oblique(headless_slicer, oblique_volume_file):
+    return headless_slicer.load_volume(oblique_volume_file)
+
+
+def _voxelRas(volume, kji):
+    return (helpers.ijkToRasNode(volume) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
+
+
+def _sliceNode(scene, ras, normal=(0, 0, 1), dimensions=(200, 160), fieldOfView=(300.0, 240.0)):
+    """A slice view centred on ``ras`` looking along ``normal``."""
+    node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    normal = np.asarray(normal, float) / np.linalg.norm(normal)
+    helper = np.array([0.0, 1.0, 0.0]) if abs(normal[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    x = np.cross(helper, normal)
+    x /= np.linalg.norm(x)
+    sliceToRas = np.eye(4)
+    sliceToRas[:3, 0], sliceToRas[:3, 1], sliceToRas[:3, 2], sliceToRas[:3, 3] = x, np.cross(normal, x), normal, ras
+    node.SetDimensions(dimensions[0], dimensions[1], 1)
+    node.SetFieldOfView(fieldOfView[0], fieldOfView[1], 1.0)
+    node.GetSliceToRAS().DeepCopy(_matrix(sliceToRas))
+    node.UpdateMatrices()
+    return node
+
+
+# -- slice view -> slice index -------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(40))
+def test_numpy_axis_rule_matches_the_engine(seed):
+    from GuiDINOSegmentLib.volume import slice_axis
+
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    geometry = Geometry(tuple(rng.uniform(0.3, 3.0, 3)), tuple(rng.normal(size=3) * 50), tuple(q.flatten()))
+    for axis in helpers.AXES:
+        assert helpers.numpyAxisFor(geometry.ijk_to_ras(), axis) == slice_axis(geometry, axis)
+
+
+@pytest.mark.parametrize("axis", helpers.AXES)
+def test_slice_view_centre_gives_the_voxel_index_on_an_oblique_volume(headless_slicer, oblique, axis):
+    kji = (4, 7, 3)
+    numpyAxis = helpers.numpyAxisFor(helpers.ijkToRasNode(oblique), axis)
+    step = helpers.ijkToRasNode(oblique)[:3, 2 - numpyAxis]  # one voxel along the slicing axis, in RAS
+    centre = _voxelRas(oblique, kji)
+    for offset, expected in ((0.0, kji[numpyAxis]), (0.45, kji[numpyAxis]), (-0.45, kji[numpyAxis]),
+                             (0.55, kji[numpyAxis] + 1), (-1.0, kji[numpyAxis] - 1)):
+        view = _sliceNode(headless_slicer.scene, centre + offset * step)
+        assert helpers.sliceIndexAtViewNode(oblique, view, axis) == expected, offset
+    count = helpers.sliceCountNode(oblique, axis)
+    assert count == oblique.GetImageData().GetDimensions()[::-1][numpyAxis]
+    outside = _sliceNode(headless_slicer.scene, _voxelRas(oblique, kji) + (count + 2) * step)
+    assert helpers.sliceIndexAtViewNode(oblique, outside, axis) is None
+
+
+def test_slice_index_follows_a_linear_parent_transform(headless_slicer, oblique):
+    kji = (2, 5, 6)
+    local = _voxelRas(oblique, kji)
+    transform = headless_slicer.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    a = math.radians(30)
+    toWorld = np.array([[math.cos(a), -math.sin(a), 0, 20.0], [math.sin(a), math.cos(a), 0, -7.5],
+                        [0, 0, 1, 12.0], [0, 0, 0, 1]])
+    transform.SetMatrixTransformToParent(_matrix(toWorld))
+    oblique.SetAndObserveTransformNodeID(transform.GetID())
+    view = _sliceNode(headless_slicer.scene, (toWorld @ np.append(local, 1.0))[:3])
+    for axis in helpers.AXES:
+        expected = kji[helpers.numpyAxisFor(helpers.ijkToRasNode(oblique), axis)]
+        assert helpers.sliceIndexAtViewNode(oblique, view, axis) == expected, axis
+
+
+def test_visible_range_of_views(headless_slicer, oblique):
+    axis = "axial"
+    count = helpers.sliceCountNode(oblique, axis)
+    centre = _voxelRas(oblique, (3, 6, 5))
+    parallel = _sliceNode(headless_slicer.scene, centre, normal=(0, 0, 1), fieldOfView=(3.0, 3.0))
+    index = helpers.sliceIndexAtViewNode(oblique, parallel, axis)
+    assert index == 3
+    # A small view parallel to the (tilted) slices shows the slice at its centre, or its neighbours too.
+    first, last = helpers.visibleSliceRangeNode(oblique, [parallel], axis)
+    assert first <= index <= last and last - first <= 2
+    # A coronal view showing the whole volume spans every axial slice.
+    coronal = _sliceNode(headless_slicer.scene, centre, normal=(0, 1, 0), fieldOfView=(400.0, 400.0))
+    assert helpers.visibleSliceRangeNode(oblique, [coronal], axis) == (0, count - 1)
+    # A zoomed coronal view spans fewer.
+    zoomed = _sliceNode(headless_slicer.scene, centre, normal=(0, 1, 0), fieldOfView=(4.0, 4.0))
+    first, last = helpers.visibleSliceRangeNode(oblique, [zoomed], axis)
+    assert 0 <= first <= index <= last < count and (first, last) != (0, count - 1)
+    # Outside the volume: nothing.
+    assert helpers.visibleSliceRangeNode(oblique, [_sliceNode(headless_slicer.scene, centre + [0, 0, 500],
+                                                              fieldOfView=(3.0, 3.0))], axis) is None
+
+
+def test_view_looking_along_an_axis(headless_slicer):
+    scene = headless_slicer.scene
+    red, green, yellow = (_sliceNode(scene, (0, 0, 0), normal=n) for n in ((0, 0, 1), (0, 1, 0), (1, 0, 0)))
+    views = [red, green, yellow]
+    assert helpers.viewLookingAlongNode(views, "axial") is red
+    assert helpers.viewLookingAlongNode(views, "coronal") is green
+    assert helpers.viewLookingAlongNode(views, "sagittal") is yellow
+    assert helpers.viewLookingAlongNode([], "axial") is None
+    tilted = _sliceNode(scene, (0, 0, 0), normal=(0.3, 0.2, -0.93))
+    assert helpers.viewLookingAlongNode([green, tilted], "axial") is tilted
+
+
+def test_slice_span_pure():
+    rasToIjk = np.eye(4)
+    assert helpers.sliceSpanFromRas(rasToIjk, [(0, 0, 1.4), (0, 0, 5.6)], 0, 10) == (1, 6)
+    assert helpers.sliceSpanFromRas(rasToIjk, [(0, 0, -5), (0, 0, 50)], 0, 10) == (0, 9)
+    assert helpers.sliceSpanFromRas(rasToIjk, [(0, 0, 20), (0, 0, 30)], 0, 10) is None
+    assert helpers.sliceSpanFromRas(rasToIjk, [], 0, 10) is None
+    assert helpers.sliceIndexFromRas(rasToIjk, (3.4, 0, 0), 2, 5) == 3
+    assert helpers.sliceIndexFromRas(rasToIjk, (-0.6, 0, 0), 2, 5) is None
+
+
+# -- slice ranges ----------------------------------------------------------------------------
+def test_slice_range_from_the_panel_settings():
+    assert helpers.sliceRangeFor("all", 3, 9, current=4) is None
+    assert helpers.sliceRangeFor("current", 3, 9, current=4) == 4
+    assert helpers.sliceRangeFor("range", 3, 9) == (3, 9)
+    assert helpers.sliceRangeFor("range", 9, 3) == (3, 9)
+    assert helpers.sliceRangeFor("range", 5, 5) == (5, 5)
+    with pytest.raises(ValueError, match="outside the input volume"):
+        helpers.sliceRangeFor("current", current=None)
+    with pytest.raises(ValueError, match="start at 0"):
+        helpers.sliceRangeFor("range", -1, 3)
+    with pytest.raises(ValueError, match="Unknown slice mode"):
+        helpers.sliceRangeFor("some")
+
+
+def test_slice_range_from_the_effect_scope():
+    assert helpers.sliceRangeForScope("all") is None
+    assert helpers.sliceRangeForScope("current", current=7) == 7
+    assert helpers.sliceRangeForScope("visible", visible=(2, 11)) == (2, 11)
+    with pytest.raises(ValueError, match="No slice view"):
+        helpers.sliceRangeForScope("visible", visible=None)
+    with pytest.raises(ValueError):
+        helpers.sliceRangeForScope("current", current=None)
+    with pytest.raises(ValueError, match="Unknown scope"):
+        helpers.sliceRangeForScope("everything")
+
+
+def test_optional_text_settings():
+    assert helpers.optionalText(Path()) is None  # an empty ctkPathLineEdit reads as Path(".")
+    assert helpers.optionalText("  ") is None
+    assert helpers.optionalText(None) is None
+    assert helpers.optionalText(Path("/models/liver")) == "/models/liver"
+    hubId = "facebook/dinov3-vits16-pretrain-lvd1689m"
+    assert helpers.optionalText(f" {hubId} ") == hubId
+
+
+# -- preview merge ---------------------------------------------------------------------------
+def test_preview_keeps_reviewed_and_unprocessed_slices():
+    rng = np.random.default_rng(1)
+    predicted = rng.integers(0, 2, (6, 5, 4)).astype(np.uint8)
+    current = rng.integers(0, 2, (6, 5, 4)).astype(np.int16)  # segment arrays come in the volume's dtype
+    processed = np.array([True, True, True, False, True, True])
+    merged = helpers.mergePreview(predicted, current, 0, processed, reviewedAxis=0, reviewedSlices=[1, 4, 99])
+    assert merged.dtype == np.uint8
+    for k in range(6):
+        expected = predicted[k] if processed[k] and k not in (1, 4) else current[k]
+        np.testing.assert_array_equal(merged[k], expected, err_msg=f"slice {k}")
+
+
+def test_preview_with_reviewed_slices_along_another_axis():
+    predicted = np.ones((4, 5, 6), np.uint8) * 3  # multi-class labels count as the segment
+    current = np.zeros((4, 5, 6), np.uint8)
+    merged = helpers.mergePreview(predicted, current, 0, np.ones(4, bool), reviewedAxis=2, reviewedSlices=[0, 5])
+    assert set(np.unique(merged)) == {0, 1}
+    assert (merged[:, :, [0, 5]] == 0).all() and (merged[:, :, 1:5] == 1).all()
+    with pytest.raises(ValueError, match="different grids"):
+        helpers.mergePreview(predicted, current[:, :, :5], 0, np.ones(4, bool))
+
+
+def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, oblique):
+    """The effect's path: preview labelmap -> Slicer's segment editor logic (Set mode) -> undo."""
+    scene = headless_slicer.scene
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(oblique)
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("liver", "liver")
+    original = np.zeros((7, 12, 10), np.uint8)
+    original[1:6, 3:9, 2:7] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(original, segmentation, segmentId, oblique)
+
+    editor = slicer.vtkSlicerSegmentEditorLogic()
+    editor.SetMRMLScene(scene)
+    editor.SetMRMLApplicationLogic(headless_slicer.app_logic)
+    editorNode = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetSegmentEditorNode(editorNode)
+    editor.SetSegmentationNode(segmentation)
+    editor.SetSourceVolumeNode(oblique)
+    editorNode.SetSelectedSegmentID(segmentId)
+    assert editor.UpdateAlignedSourceVolume()
+
+    predicted = np.zeros_like(original)
+    predicted[:, 0:5, 0:5] = 1
+    processed = np.array([True] * 6 + [False])  # the last slice was not segmented
+    current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, oblique)
+    merged = helpers.mergePreview(predicted, current, 0, processed, reviewedAxis=0, reviewedSlices=[2])
+    preview = helpers.resampleToReference(helpers.orientedImageFromArrayNode(merged, oblique, segmentation),
+                                          editor.GetAlignedSourceVolume())
+
+    # Intensity masking: only voxels in range may change (it needs the preview on the source grid).
+    editorNode.SetSourceVolumeIntensityMask(True)
+    editorNode.SetSourceVolumeIntensityMaskRange(0, 2000)
+    assert editor.SaveStateForUndo()
+    editor.ModifySegmentByLabelmap(segmentation, segmentId, preview, editor.ModificationModeSet, False, False)
+    after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, oblique)
+    voxels = slicer.util.arrayFromVolume(oblique)
+    editable = (voxels >= 0) & (voxels <= 2000)
+    np.testing.assert_array_equal(after[2], original[2])  # reviewed
+    np.testing.assert_array_equal(after[6], original[6])  # not processed
+    np.testing.assert_array_equal(after[editable], merged[editable])
+    np.testing.assert_array_equal(after[~editable], original[~editable])
+    assert (after != original).any()
+
+    editor.Undo()
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, oblique),
+                                  original)
+
+
+def test_oriented_image_follows_volume_and_segmentation_transforms(headless_slicer, oblique):
+    scene = headless_slicer.scene
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    voxels = (np.arange(7 * 12 * 10).reshape(7, 12, 10) % 2).astype(np.uint8)
+    image = helpers.orientedImageFromArrayNode(voxels, oblique, segmentation)
+    np.testing.assert_array_equal(helpers.arrayFromOrientedImage(image), voxels)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), helpers.ijkToRasNode(oblique), atol=1e-9)
+
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift.SetMatrixTransformToParent(_matrix([[1, 0, 0, 5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    oblique.SetAndObserveTransformNodeID(shift.GetID())
+    image.GetImageToWorldMatrix(matrix)
+    moved = helpers.orientedImageFromArrayNode(voxels, oblique, segmentation)
+    moved.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix)[:3, 3],
+                               helpers.ijkToRasNode(oblique)[:3, 3] + [5, 0, 0], atol=1e-9)
+    with pytest.raises(ValueError, match="does not fit"):
+        helpers.orientedImageFromArrayNode(voxels[:3], oblique)
+
+
+def test_detached_copy_is_independent_of_the_scene(headless_slicer, oblique):
+    copy = helpers.detachedVolumeCopyNode(oblique)
+    assert copy.GetScene() is None and copy.GetName() == oblique.GetName()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(copy), slicer.util.arrayFromVolume(oblique))
+    np.testing.assert_allclose(helpers.ijkToRasNode(copy), helpers.ijkToRasNode(oblique))
+    slicer.util.arrayFromVolume(oblique)[:] = 0
+    assert slicer.util.arrayFromVolume(copy).any()
+
+
+# -- background job --------------------------------------------------------------------------
+def test_job_reports_progress_and_result():
+    gate = threading.Event()
+
+    def compute(progress, cancel):
+        progress(3, 10)
+        gate.wait(5)
+        progress(10, 10)
+        return "labels"
+
+    now = [100.0]
+    job = helpers.PredictionJob(compute, clock=lambda: now[0]).start()
+    for _ in range(500):
+        if job.poll().done == 3:
+            break
+        time.sleep(0.01)
+    now[0] = 106.0
+    state = job.poll()
+    assert not state.finished and (state.done, state.total) == (3, 10)
+    assert state.percent == 30 and state.text == "3 / 10 slices, about 14 s left"
+    gate.set()
+    state = job.wait(5)
+    assert state.finished and state.result == "labels" and state.error is None and state.percent == 100
+
+
+def test_job_cancel_keeps_what_was_done_and_errors_reach_the_gui_thread():
+    def compute(progress, cancel):
+        done = 0
+        for done in range(1, 1000):
+            if cancel.is_set():
+                break
+            progress(done, 999)
+            time.sleep(0.001)
+        return done
+
+    job = helpers.PredictionJob(compute).start()
+    time.sleep(0.02)
+    job.cancel()
+    state = job.wait(5)
+    assert state.finished and state.cancelRequested and 0 < state.result < 999
+
+    def broken(progress, cancel):
+        raise ValueError("input.nrrd: the volume has no voxels")
+
+    state = helpers.PredictionJob(broken).start().wait(5)
+    assert state.finished and isinstance(state.error, ValueError) and "ValueError" in state.errorDetails
+
+
+def test_progress_text_and_slice_lists():
+    assert helpers.progressReport(0, 0, 1.0) == (0, "Loading the model...")
+    assert helpers.progressReport(0, 40, 1.0) == (0, "0 / 40 slices")
+    assert helpers.progressReport(10, 40, 20.0) == (25, "10 / 40 slices, about 1 min 00 s left")
+    assert helpers.progressReport(40, 40, 80.0) == (100, "40 / 40 slices")
+    assert helpers.formatDuration(7322) == "2 h 02 min"
+    assert helpers.formatSlices([9, 0, 1, 2, 3, 7, 10]) == "0-3, 7, 9-10"
+    assert helpers.formatSlices([]) == "none"
+    assert (helpers.slicesText(1), helpers.slicesText(0), helpers.slicesText(12)) == ("1 slice", "0 slices", "12 slices")
+    assert helpers.refineProgress({"step": 30, "total": 150, "val_dice": 0.8123}) == (
+        20, "Refining: step 30 / 150, Dice on a held-out corrected slice 0.81")
+    assert helpers.refineProgress({}) == (0, "Refining...")
+
+
+# -- the Logic, driven as the panel drives it ------------------------------------------------
+def test_worker_computes_and_main_thread_applies(headless_slicer, tmp_path, tiny_guide):
+    from GuiDINOSegmentLib import GuiDINOSegmentLogic
+    from GuiDINOSegmentLib.bundle import build_model
+    from GuiDINOSegmentLib.model import ModelConfig
+
+    image, _ = synthetic_volume(shape=(6, 32, 28))
+    path = tmp_path / "synthetic.nrrd"
+    sitk.WriteImage(image, str(path))
+    volume = headless_slicer.load_volume(path)
+    segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.CreateDefaultDisplayNodes()
+    logic = GuiDINOSegmentLogic()
+    model = build_model(ModelConfig(network="unet", input_size=64), tiny_guide).eval()
+    snapshot = helpers.detachedVolumeCopyNode(volume)
+    job = helpers.PredictionJob(lambda progress, cancel: logic.computePrediction(
+        snapshot, model=model, axis="axial", sliceRange=(1, 3), device="cpu", progressCallback=progress,
+        cancelEvent=cancel)).start()
+    state = job.wait(120)
+    assert state.error is None, state.errorDetails
+    assert (state.done, state.total) == (3, 3)
+    result = logic.applyPrediction(volume, segmentation, prediction=state.result, segmentName="GuiDINO",
+                                   axis="axial", showGuide=False)
+    assert result.slicesProcessed == 3
+    assert segmentation.GetSegmentation().GetSegmentIdBySegmentName("GuiDINO") == result.segmentId
+
+
+# -- dependencies ----------------------------------------------------------------------------
+def _checker(present, versions=None):
+    versions = versions or {}
+    return SimpleNamespace(isImportable=lambda name: name in present, installedVersion=versions.get)
+
+
+def test_missing_requirements_with_injected_checkers():
+    everything = {name for name, _ in deps.REQUIREMENTS}
+    check = _checker(everything, {"torch": "2.13.0+cpu", "monai": "1.5.1", "SimpleITK": None})
+    assert deps.missingRequirements(isImportable=check.isImportable, installedVersion=check.installedVersion) == []
+    check = _checker(everything - {"peft", "skimage"}, {"torch": "2.2.0", "transformers": "5.1.0"})
+    missing = deps.missingRequirements(isImportable=check.isImportable, installedVersion=check.installedVersion)
+    assert missing == ["torch>=2.4,<2.15", "peft>=0.17,<0.22", "scikit-image>=0.22,<0.27"]
+
+
+def test_install_plan_picks_the_installers():
+    missing = ["torch>=2.4,<2.15", "transformers>=5.0,<6", "monai>=1.4,<1.7"]
+    plan = deps.makeInstallPlan(missing, hasPyTorchUtils=True, hasPackaging=True)
+    assert (plan.torch, plan.torchInstaller) == ("torch>=2.4,<2.15", "PyTorchUtils")
+    assert plan.packages == ("transformers>=5.0,<6", "monai>=1.4,<1.7") and plan.packageInstaller == "slicer.packaging"
+    old = deps.makeInstallPlan(missing, hasPyTorchUtils=False, hasPackaging=False)
+    assert (old.torchInstaller, old.packageInstaller) == ("pip_install", "pip_install")
+    noTorch = deps.makeInstallPlan(["peft>=0.17,<0.22"], hasPyTorchUtils=True, hasPackaging=False)
+    assert (noTorch.torch, noTorch.torchInstaller, noTorch.packageInstaller) == ("", "", "pip_install")
+    assert "PyTorch extension" in plan.confirmationText() and "monai" in plan.confirmationText()
+    bundled = deps.makeInstallPlan(["SimpleITK>=2.3,<3", "peft>=0.17,<0.22"], hasPyTorchUtils=True, hasPackaging=True)
+    assert bundled.notInstallable == ("SimpleITK",) and bundled.packages == ("peft>=0.17,<0.22",)
+    assert "SimpleITK" in bundled.notInstallableText()
+
+
+def test_never_installs_while_testing_and_never_without_asking():
+    plan = deps.makeInstallPlan(["peft>=0.17,<0.22"], hasPyTorchUtils=True, hasPackaging=True)
+    assert deps.nextStep(plan, testing=False) == "ask"
+    assert deps.nextStep(plan, testing=True) == "skip"
+    assert deps.nextStep(deps.makeInstallPlan([], True, True), testing=True) == "ready"
+    blocked = deps.makeInstallPlan(["SimpleITK>=2.3,<3"], True, True)
+    assert deps.nextStep(blocked, testing=False) == "refuse"
+
+
+def test_requirements_are_the_pyproject_ranges():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for _, requirement in deps.REQUIREMENTS:
+        assert requirement in declared, requirement
+    names = {re.split(r"[<>=!~]", r)[0] for r in declared} - {"numpy"}  # Slicer ships numpy
+    assert names == {re.split(r"[<>=!~]", r)[0] for _, r in deps.REQUIREMENTS}
+
+
+def test_dependency_check_never_runs_in_a_constructor():
+    for path in GUI_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in ("__init__", "setup", "setupOptionsFrame"):
+                text = ast.unparse(node)
+                assert "ensureDependencies" not in text and "offerOnce" not in text, (path.name, node.name)
+
+
+# -- optional Train module -------------------------------------------------------------------
+def test_refine_button_needs_the_train_logic():
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    assert helpers.trainLogicClass(missing) is None
+
+    class Trainer:
+        def refineFromCorrections(self, *args, **kwargs):
+            return SimpleNamespace(bundle=Path("/models/liver-v2"))
+
+    package = SimpleNamespace(GuiDINOTrainLogic=Trainer)
+    assert helpers.trainLogicClass(lambda name: package) is Trainer
+    asSubmodule = {"GuiDINOTrainLib": SimpleNamespace(),
+                   "GuiDINOTrainLib.GuiDINOTrainLogic": SimpleNamespace(GuiDINOTrainLogic=Trainer)}
+    assert helpers.trainLogicClass(asSubmodule.__getitem__) is Trainer
+    assert helpers.trainLogicClass(lambda name: SimpleNamespace(GuiDINOTrainLogic=object)) is None
+    assert helpers.refinedBundlePath(Trainer().refineFromCorrections()) == "/models/liver-v2"
+    assert helpers.refinedBundlePath("/models/v3") == "/models/v3"
+    assert helpers.refinedBundlePath(SimpleNamespace(bundle=None)) is None
+    assert helpers.REFINE_UNAVAILABLE_TOOLTIP == "Available with the GuiDINO Train module"
+
+
+# -- static checks of the GUI files ----------------------------------------------------------
+def _logicUses(path):
+    """(called, other) names of ``self.logic.<name>`` in a file."""
+    called, other = set(), set()
+    tree = ast.parse(path.read_text())
+    calls = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "logic"
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            (called if id(node) in calls else other).add(node.attr)
+    return called, other
+
+
+@pytest.mark.parametrize("path", GUI_FILES, ids=lambda p: p.name)
+def test_gui_calls_only_what_the_logic_defines(path):
+    from GuiDINOSegmentLib import GuiDINOSegmentLogic
+
+    called, other = _logicUses(path)
+    assert called, "the GUI file should delegate to the Logic"
+    undefined = sorted(name for name in called if not callable(getattr(GuiDINOSegmentLogic, name, None)))
+    assert not undefined, f"{path.name} calls Logic methods that GuiDINOSegmentLogic does not define: {undefined}"
+    instance = GuiDINOSegmentLogic()
+    assert not sorted(name for name in other if not hasattr(instance, name))
+
+
+def test_gui_never_writes_segments_directly():
+    for path in GUI_FILES:
+        text = path.read_text()
+        for forbidden in ("updateSegmentBinaryLabelmapFromArray", "SetBinaryLabelmapToSegment",
+                          "ImportLabelmapToSegmentationNode"):
+            assert forbidden not in text, (path.name, forbidden)
+
+
+def _parameterFields():
+    tree = ast.parse((MODULE / "GuiDINOSegment.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GuiDINOSegmentParameterNode")
+    return [s.target.id for s in node.body if isinstance(s, ast.AnnAssign)]
+
+
+def test_parameters_are_saved_and_connected_to_the_ui():
+    fields = _parameterFields()
+    assert fields == ["inputVolume", "outputSegmentation", "segmentName", "modelPath", "guideSource", "axis",
+                      "sliceMode", "sliceFirst", "sliceLast", "device", "showGuide", "guideOpacity"]
+    ui = ElementTree.parse(MODULE / "Resources" / "UI" / "GuiDINOSegment.ui")
+    connected = {}
+    for widget in ui.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                connected[prop.find("string").text] = widget.get("class")
+    assert sorted(connected) == sorted(fields)
+    assert connected["modelPath"] == "ctkPathLineEdit"
+    assert connected["inputVolume"] == connected["outputSegmentation"] == "qMRMLNodeComboBox"
+
+
+def test_every_ui_name_the_panel_uses_exists():
+    names = {w.get("name") for w in ElementTree.parse(MODULE / "Resources" / "UI" / "GuiDINOSegment.ui").iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "GuiDINOSegment.py").read_text()))
+    assert used and used <= names, used - names
+
+
+def test_effect_is_registered_from_its_source_file():
+    module = (MODULE / "GuiDINOSegment.py").read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerEditorEffect)' in module
+    assert "qSlicerSegmentEditorScriptedEffect" in module and '"SegmentEditorEffect.py"' in module
+    effect = ast.parse(GUI_FILES[1].read_text())
+    cls = next(n for n in effect.body if isinstance(n, ast.ClassDef) and n.name == "SegmentEditorEffect")
+    assert [ast.unparse(b) for b in cls.bases] == ["AbstractScriptedSegmentEditorAutoCompleteEffect"]
+    assert 'scriptedEffect.name = "GuiDINO"' in ast.get_source_segment(GUI_FILES[1].read_text(), cls)
+    assert (MODULE / "SegmentEditorGuiDINOLib" / "SegmentEditorEffect.png").is_file()

@@ -1,0 +1,579 @@
+"""The GuiDINO Train panel stays thin: its decisions and its background run, tested without the Slicer application.
+
+``GuiDINOTrain.py`` imports ``qt`` and Slicer's scripted-module bases, which only the application has;
+it is imported here with small stand-ins for those names (nothing of them is used by the code
+under test). Covered: the pure helpers (check boxes -> parts, time budget, lists, progress, status),
+``RefineRun`` (train on a worker thread, save / activate / write on the main thread, cancel, scene
+close, removed nodes, errors) on a real headless MRML scene and a real tiny model, and static
+checks that the module calls only what the Logic defines and that the .ui matches the parameters.
+"""
+
+import ast
+import importlib.util
+import inspect
+import re
+import threading
+import time
+import types
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicer.util
+from conftest import synthetic_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrain.py"
+UI_FILE = ROOT / "GuiDINOTrain" / "Resources" / "UI" / "GuiDINOTrain.ui"
+# Logic methods the panel is written against that GuiDINOTrainLogic does not have yet (see the module docstring).
+NEEDED_LOGIC = {
+    "prepareRefine": "main thread: read the volume, labels, corrections and parent bundle; raise when no corrections",
+    "runRefine": "worker thread: load the starting model and refine_model(...); never touches MRML",
+    "finishRefine": "main thread: save the version, make it active, re-segment when prepared with resegment=True",
+}
+LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
+
+
+# -- import the module file without the Slicer application -----------------------------------------
+def _stub(name, **attributes):
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    return module
+
+
+class _Base:
+    def __init__(self, *args, **kwargs):
+        pass
+
+
+@pytest.fixture(scope="module")
+def train():
+    stubs = {
+        "qt": _stub("qt", QTimer=_Base),
+        "slicer.i18n": _stub("slicer.i18n", tr=lambda text: text),
+        "slicer.parameterNodeWrapper": _stub("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls,
+                                             Minimum=lambda *args: ("Minimum", args)),
+        "slicer.ScriptedLoadableModule": _stub("slicer.ScriptedLoadableModule", ScriptedLoadableModule=_Base,
+                                               ScriptedLoadableModuleLogic=_Base, ScriptedLoadableModuleTest=_Base,
+                                               ScriptedLoadableModuleWidget=_Base),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, module in stubs.items():
+            patch.setitem(__import__("sys").modules, name, module)
+        spec = importlib.util.spec_from_file_location("GuiDINOTrain_under_test", MODULE_FILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+def test_parts_string_from_the_check_boxes(train):
+    assert train.trainParts(True, True, False) == "tokenbook+network"
+    assert train.trainParts(True, True, True) == "tokenbook+network+lora"
+    assert train.trainParts(False, False, True) == "lora"
+    assert train.trainParts(False, True, False) == "network"
+    with pytest.raises(ValueError, match="Choose what to train"):
+        train.trainParts(False, False, False)
+
+
+def test_parts_string_is_what_the_engine_parses(train):
+    from GuiDINOTrainLib.refine import RefineSettings
+
+    for flags in [(1, 1, 0), (1, 1, 1), (0, 0, 1), (1, 0, 1)]:
+        expected = tuple(n for n, on in zip(("tokenbook", "network", "lora"), flags) if on)
+        assert RefineSettings(train=train.trainParts(*flags)).parts() == expected
+
+
+def test_time_budget_zero_means_no_limit(train):
+    assert train.timeBudgetSeconds(0) is None
+    assert train.timeBudgetSeconds(None) is None
+    assert train.timeBudgetSeconds(90) == 90.0
+
+
+def test_refine_problem_names_the_missing_input(train):
+    assert "input volume" in train.refineProblem(False, True, True, (True,))
+    assert "segmentation" in train.refineProblem(True, False, True, (True,))
+    assert "segment" in train.refineProblem(True, True, False, (True,))
+    assert "what to train" in train.refineProblem(True, True, True, (False, False, False))
+    assert train.refineProblem(True, True, True, (False, True, False)) == ""
+
+
+def test_segment_choice_keeps_the_current_then_prefers_guidino(train):
+    assert train.pickSegmentId("b", ["a", "b"], "a") == "b"
+    assert train.pickSegmentId("gone", ["a", "g"], "g") == "g"
+    assert train.pickSegmentId("", ["a", "b"], None) == "a"
+    assert train.pickSegmentId("x", [], "x") == ""
+
+
+def test_created_time_formatting(train):
+    import datetime
+
+    assert train.formatCreated("2026-08-21T10:55:07+00:00", tz=datetime.timezone.utc) == "2026-08-21 10:55"
+    two = datetime.timezone(datetime.timedelta(hours=2))
+    assert train.formatCreated("2026-08-21T10:55:07+00:00", tz=two) == "2026-08-21 12:55"
+    assert train.formatCreated(None) == "?"
+    assert train.formatCreated("yesterday") == "yesterday"
+
+
+def _versions(folder):
+    return [
+        {"path": folder / "start", "created": "2026-08-21T10:00:00+00:00", "parent": None, "slices": []},
+        {"path": folder / "liver-v001", "created": "2026-08-21T10:05:00+00:00", "parent": str(folder / "start"),
+         "slices": [3, 4, 5, 9]},
+        {"path": folder / "liver-v002", "created": "2026-08-21T10:09:00+00:00",
+         "parent": str(folder / "liver-v001"), "slices": [3, 4, 5, 9, 12]},
+    ]
+
+
+def test_versions_list_newest_first_with_the_active_one_marked(train, tmp_path, monkeypatch):
+    import datetime
+
+    versions = _versions(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rows = train.versionRows(versions, activeModel="liver-v001", tz=datetime.timezone.utc)  # relative path
+    assert [Path(r.path).name for r in rows] == ["liver-v002", "liver-v001", "start"]
+    assert [r.active for r in rows] == [False, True, False]
+    assert rows[1].text == "liver-v001  (active)  2026-08-21 10:05  slices 3-5, 9"
+    assert rows[2].text == "start  2026-08-21 10:00"
+    assert "refined from liver-v001" in rows[0].toolTip and "not refined" in rows[2].toolTip
+    assert train.versionRows([], None) == []
+    assert not any(r.active for r in train.versionRows(versions, None))
+
+
+def test_corrections_list_marks_what_the_active_model_was_trained_on(train, tmp_path):
+    versions = _versions(tmp_path)
+    trained = train.activeVersionSlices(versions, tmp_path / "liver-v001")
+    assert trained == [3, 4, 5, 9]
+    assert train.activeVersionSlices(versions, tmp_path / "elsewhere") is None
+    corrections = {"axis": "axial", "slices": [9, 3, 14]}
+    assert train.correctionRows(corrections, trained) == [
+        "Slice 3: in the active model", "Slice 9: in the active model", "Slice 14: new, not trained on yet"]
+    assert train.correctionRows(corrections, None)[0] == "Slice 3: new, not trained on yet"
+    assert train.correctionsSummary(corrections, trained) == "3 corrected axial slices (3, 9, 14), 1 new since the active model."
+    assert "No corrections yet" in train.correctionsSummary({"axis": "axial", "slices": []})
+    assert train.activeModelText(str(tmp_path / "liver-v002")) == "Active model: liver-v002"
+    assert "none yet" in train.activeModelText(None)
+
+
+def test_progress_bar_shows_step_and_loss(train):
+    assert train.trainingProgress(None) == (0, "Preparing the training...")
+    info = {"step": 30, "total": 150, "epoch": 10.0, "loss": 0.2134, "val_dice": None, "seconds": 12.2}
+    assert train.trainingProgress(info) == (20, "Training: step 30 / 150, loss 0.213, 12 s")
+    info.update(val_dice=0.8765)
+    assert train.trainingProgress(info)[1] == "Training: step 30 / 150, loss 0.213, held-out Dice 0.88, 12 s"
+    assert train.trainingProgress(info, timeBudget=20)[0] == 61  # the time budget runs out first
+    assert train.trainingProgress({"step": 5, "total": 0, "seconds": 99}, timeBudget=10)[0] == 100
+
+
+def _result(**kw):
+    values = {"bundle": Path("/m/liver-v003"), "slices": [3, 6, 8], "steps": 150, "seconds": 42.4, "valDice": 0.87,
+              "stopped": "finished", "voxelsChanged": 0}
+    return SimpleNamespace(**{**values, **kw})
+
+
+def test_status_after_refine(train):
+    assert train.refineSummary(_result()) == (
+        "Saved liver-v003 and made it the active model: 150 steps in 42 s on 3 corrected slices (held-out Dice 0.87).")
+    early = train.refineSummary(_result(stopped="early stopping", valDice=None))
+    assert early.endswith("3 corrected slices; stopped: the held-out slice stopped improving.")
+    assert "time budget ran out" in train.refineSummary(_result(stopped="time budget"))
+    assert "discarded" in train.refineSummary(_result(bundle=None))
+    assert train.resegmentAfterTraining(_result(), cancelRequested=False) == (True, "")
+    again, note = train.resegmentAfterTraining(_result(stopped="cancelled"), cancelRequested=True)
+    assert not again and "not re-segmented" in note
+    assert train.resegmentAfterTraining(_result(bundle=None), cancelRequested=True) == (False, "")
+    done = SimpleNamespace(slicesProcessed=9, seconds=3.2, cancelled=False)
+    assert train.segmentedSummary(done) == "9 slices re-segmented in 3 s; reviewed slices kept."
+    assert "Cancelled" in train.segmentedSummary(SimpleNamespace(slicesProcessed=2, seconds=1, cancelled=True))
+
+
+# -- RefineRun with a recording Logic (real threads, real scene) -----------------------------------
+def _pollUntilDone(run, timeout=120):
+    states, deadline = [], time.monotonic() + timeout
+    while True:
+        state = run.poll()
+        states.append(state)
+        if state.finished:
+            return states
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(0.01)
+
+
+class RecordingLogic:
+    """The Logic's split as the panel uses it; records which thread called what."""
+
+    def __init__(self, stopped="finished", fail=None, block=None):
+        self.calls, self.stopped, self.fail, self.block = [], stopped, fail, block
+        self.segmentLogic = self
+
+    def _record(self, name):
+        self.calls.append((name, threading.current_thread() is threading.main_thread()))
+
+    def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
+        self._record("runRefine")
+        for step in (10, 20):
+            progressCallback({"step": step, "total": 20, "epoch": 1, "loss": 0.5 / step, "val_dice": None,
+                              "seconds": 0.1})
+        if self.block is not None:
+            self.block.wait(10)
+        if self.fail:
+            raise self.fail
+        stopped = "cancelled" if cancelEvent.is_set() else self.stopped
+        return SimpleNamespace(model="m", stopped=stopped)
+
+    def finishRefine(self, prepared, outcome):
+        self._record("finishRefine")
+        return _result(stopped=outcome.stopped, bundle=Path("/m/volume-v001"))
+
+    def corrections(self, segmentation, segmentId):
+        self._record("corrections")
+        return {"axis": "axial", "slices": [2]}
+
+    def computePrediction(self, volume, model=None, axis="axial", progressCallback=None, cancelEvent=None):
+        self._record("computePrediction")
+        assert volume.GetScene() is None, "the worker must read a detached copy"
+        progressCallback(3, 3)
+        return SimpleNamespace(model=model, axis=axis)
+
+    def applyPrediction(self, inputVolume, segmentation, prediction, segmentName="GuiDINO", axis="axial",
+                        showGuide=True):
+        self._record("applyPrediction")
+        self.applied = (prediction.model, segmentName, axis)
+        return SimpleNamespace(slicesProcessed=3, seconds=0.5, cancelled=False)
+
+
+@pytest.fixture
+def scene_nodes(headless_slicer):
+    volume = slicer.util.addVolumeFromArray(np.zeros((4, 8, 8), np.int16), name="volume")
+    segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("target", "target")
+    return volume, segmentation, segmentId
+
+
+def test_training_runs_in_a_worker_and_writes_on_the_main_thread(train, scene_nodes):
+    logic = RecordingLogic()
+    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    states = _pollUntilDone(run)
+    assert [(name, main) for name, main in logic.calls] == [
+        ("runRefine", False), ("finishRefine", True), ("corrections", True), ("computePrediction", False),
+        ("applyPrediction", True)]
+    assert logic.applied == ("/m/volume-v001", "target", "axial")
+    final = states[-1]
+    assert final.error is None and run.stage == "done"
+    assert final.message.startswith("Saved volume-v001 and made it the active model")
+    assert final.message.endswith("3 slices re-segmented in 0 s; reviewed slices kept.")
+
+
+def test_progress_text_while_training(train, scene_nodes):
+    block = threading.Event()
+    run = train.RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
+    deadline = time.monotonic() + 10
+    while run._latest is None or run._latest["step"] < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    state = run.poll()
+    assert not state.finished and state.percent == 100 and state.text.startswith("Training: step 20 / 20, loss 0.025")
+    block.set()
+    _pollUntilDone(run)
+
+
+def test_cancel_keeps_the_version_and_skips_resegmentation(train, scene_nodes):
+    block = threading.Event()
+    logic = RecordingLogic(block=block)
+    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    assert not run.cancelRequested
+    run.cancel()
+    assert run.cancelRequested  # the button reads 'Cancelling...' until the worker stops
+    block.set()
+    final = _pollUntilDone(run)[-1]
+    assert [name for name, _ in logic.calls] == ["runRefine", "finishRefine"]
+    assert "cancelled, the best weights so far were kept" in final.message and "not re-segmented" in final.message
+
+
+def test_scene_close_writes_nothing(train, scene_nodes):
+    block = threading.Event()
+    logic = RecordingLogic(block=block)
+    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    run.abandon()
+    block.set()
+    final = _pollUntilDone(run)[-1]
+    assert [name for name, _ in logic.calls] == ["runRefine"] and "scene was closed" in final.message
+
+
+def test_removed_segmentation_writes_nothing(train, scene_nodes, headless_slicer):
+    block = threading.Event()
+    logic = RecordingLogic(block=block)
+    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    headless_slicer.scene.RemoveNode(scene_nodes[1])
+    block.set()
+    final = _pollUntilDone(run)[-1]
+    assert [name for name, _ in logic.calls] == ["runRefine"] and "removed" in final.message
+
+
+def test_worker_error_reaches_the_gui(train, scene_nodes):
+    run = train.RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train("prepared")
+    final = _pollUntilDone(run)[-1]
+    assert isinstance(final.error, RuntimeError) and "Traceback" in final.errorDetails
+
+
+def test_main_thread_error_reaches_the_gui(train, scene_nodes):
+    logic = RecordingLogic()
+    logic.finishRefine = lambda prepared, outcome: (_ for _ in ()).throw(OSError("disk full"))
+    final = _pollUntilDone(train.RefineRun(logic, *scene_nodes).train("prepared"))[-1]
+    assert isinstance(final.error, OSError) and "disk full" in final.errorDetails
+
+
+# -- RefineRun on the real engine ----------------------------------------------------------------
+def _splitLogicClass():
+    """GuiDINOTrainLogic once it has the split; until then a reference implementation of it, built from the
+    engine calls ``refineFromCorrections`` makes (the specification handed to the Logic's author)."""
+    from GuiDINOTrainLib import GuiDINOTrainLogic
+
+    if all(callable(getattr(GuiDINOTrainLogic, name, None)) for name in NEEDED_LOGIC):
+        return GuiDINOTrainLogic
+    from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
+    from GuiDINOSegmentLib.volume import ImageData, InputError
+    from GuiDINOTrainLib.refine import (RefineSettings, load_starting_model, next_version_path, refine_model,
+                                        save_refined)
+    from GuiDINOTrainLib.TrainLogic import RefineFromCorrectionsResult, _safeName
+
+    @dataclass
+    class PreparedRefine:
+        inputVolume: object
+        segmentation: object
+        segmentId: str
+        image: object  # ImageData holding a copy of the voxels
+        labels: np.ndarray
+        corrections: dict
+        parent: object
+        settings: object
+        resegment: bool
+        started: float
+
+    class ReferenceSplit(GuiDINOTrainLogic):
+        def prepareRefine(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network",
+                          lora=False, timeBudgetSeconds=None, resegment=True, keepOnCancel=True, settings=None):
+            started = time.perf_counter()
+            source = imageDataFromVolume(inputVolume)
+            corrections = self.corrections(segmentation, segmentId)
+            if not corrections["slices"]:
+                raise InputError("no corrections yet")
+            labels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
+            parent = model or self.segmentLogic.activeModel(segmentation) or self.segmentLogic.defaultModelPath
+            settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
+                                                  keep_on_cancel=keepOnCancel)
+            return PreparedRefine(inputVolume, segmentation, segmentId, ImageData(source.voxels.copy(), source.geometry),
+                                  labels, corrections, parent, settings, resegment, started)
+
+        def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
+            guide = self.segmentLogic.guideSource
+            starting = load_starting_model(prepared.parent, guide=guide) if prepared.parent else None
+            return refine_model(prepared.image, prepared.labels, prepared.corrections["slices"], model=starting,
+                                guide=guide, axis=prepared.corrections["axis"], settings=prepared.settings,
+                                progress=progressCallback, cancel=cancelEvent)
+
+        def finishRefine(self, prepared, result):
+            seconds = lambda: time.perf_counter() - prepared.started  # noqa: E731
+            if result.model is None:
+                return RefineFromCorrectionsResult(None, result.slices, result.steps, seconds(), result.val_dice,
+                                                   result.stopped, 0)
+            name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
+            bundle = save_refined(result, next_version_path(self.modelsFolder, _safeName(name)), parent=prepared.parent,
+                                  volume=name, axis=axis)
+            self.segmentLogic.setActiveModel(prepared.segmentation, bundle)
+            changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
+                                      axis) if prepared.resegment else 0
+            return RefineFromCorrectionsResult(bundle, result.slices, result.steps, seconds(), result.val_dice,
+                                               result.stopped, changed)
+
+    return ReferenceSplit
+
+
+def test_refine_then_roll_back_on_the_real_engine(train, headless_slicer, tmp_path, tiny_guide_dir):
+    from GuiDINOSegmentLib import GuiDINOSegmentLogic
+    from GuiDINOSegmentLib.bundle import build_model, save_bundle
+    from GuiDINOSegmentLib.model import ModelConfig
+    from GuiDINOTrainLib.refine import RefineSettings
+
+    image, truth = synthetic_volume(shape=(8, 48, 40))
+    sitk.WriteImage(image, str(tmp_path / "volume.nrrd"))
+    volume = headless_slicer.load_volume(tmp_path / "volume.nrrd")
+    segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    first = save_bundle(build_model(ModelConfig(**LIGHT), str(tiny_guide_dir)), tmp_path / "models" / "start")
+    segmentLogic = GuiDINOSegmentLogic()
+    segmentLogic.defaultModelPath = str(first)
+    logic = _splitLogicClass()(segmentLogic, modelsFolder=tmp_path / "models")
+    segmentId = segmentLogic.process(volume, segmentation, segmentName="target", device="cpu").segmentId
+    original = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).copy()
+    corrected = original.copy()
+    corrected[[2, 5]] = sitk.GetArrayFromImage(truth)[[2, 5]]
+    slicer.util.updateSegmentBinaryLabelmapFromArray(corrected, segmentation, segmentId, volume)
+    assert logic.corrections(segmentation, segmentId)["slices"] == [2, 5]
+
+    settings = RefineSettings(train=train.trainParts(True, True, False), steps=4, device="cpu")
+    prepared = logic.prepareRefine(volume, segmentation, segmentId, resegment=False, settings=settings)
+    run = train.RefineRun(logic, volume, segmentation, segmentId).train(prepared)
+    states = _pollUntilDone(run, timeout=600)
+    final = states[-1]
+    assert final.error is None, final.errorDetails
+    assert any(s.text.startswith("Training: step") and "loss" in s.text for s in states[:-1])
+    assert any(s.text.startswith("Re-segmenting") for s in states[:-1])
+    assert run.refined.bundle.name == "volume-v001" and run.refined.steps == 4
+    assert segmentLogic.activeModel(segmentation) == str(run.refined.bundle)
+    after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+    np.testing.assert_array_equal(after[[2, 5]], corrected[[2, 5]])  # reviewed slices untouched
+    assert logic.corrections(segmentation, segmentId)["slices"] == [2, 5]  # still the corrections
+    rows = train.versionRows(logic.versions(), segmentLogic.activeModel(segmentation))
+    assert [(Path(r.path).name, r.active) for r in rows] == [("volume-v001", True), ("start", False)]
+
+    # Roll back to the starting model: the unreviewed slices get its prediction again, exactly.
+    logic.rollback(volume, segmentation, segmentId, first, resegment=False)
+    rollback = train.RefineRun(logic, volume, segmentation, segmentId).resegment(first, "Rolled back.")
+    final = _pollUntilDone(rollback, timeout=600)[-1]
+    assert final.error is None, final.errorDetails
+    assert final.message.startswith("Rolled back.") and "re-segmented" in final.message
+    assert segmentLogic.activeModel(segmentation) == str(first)
+    restored = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+    unreviewed = [k for k in range(8) if k not in (2, 5)]
+    np.testing.assert_array_equal(restored[unreviewed], original[unreviewed])
+    np.testing.assert_array_equal(restored[[2, 5]], corrected[[2, 5]])
+
+
+# -- static checks of the module file and its .ui --------------------------------------------------
+def _logicCalls(path):
+    """{(owner, name): [call nodes]} for ``self.logic.<name>(`` (owner 'train') and
+    ``self.logic.segmentLogic.<name>(`` (owner 'segment'); plus other ``self.logic.<name>`` attributes."""
+    calls, other = {}, set()
+    tree = ast.parse(path.read_text())
+    called = {id(node.func): node for node in ast.walk(tree) if isinstance(node, ast.Call)}
+
+    def isSelfLogic(node):
+        return (isinstance(node, ast.Attribute) and node.attr == "logic" and isinstance(node.value, ast.Name)
+                and node.value.id == "self")
+
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isSelfLogic(node.value):
+            if id(node) in called:
+                calls.setdefault(("train", node.attr), []).append(called[id(node)])
+            else:
+                other.add(node.attr)
+        elif isinstance(node.value, ast.Attribute) and node.value.attr == "segmentLogic" and isSelfLogic(
+                node.value.value) and id(node) in called:
+            calls.setdefault(("segment", node.attr), []).append(called[id(node)])
+    return calls, other
+
+
+def _logicClass(owner):
+    if owner == "train":
+        from GuiDINOTrainLib import GuiDINOTrainLogic
+
+        return GuiDINOTrainLogic
+    from GuiDINOSegmentLib import GuiDINOSegmentLogic
+
+    return GuiDINOSegmentLogic
+
+
+CALLS, OTHER = _logicCalls(MODULE_FILE)
+
+
+def test_the_module_delegates_to_the_logic():
+    names = {name for _, name in CALLS}
+    assert {"prepareRefine", "runRefine", "finishRefine", "rollback", "versions", "corrections"} <= names
+    assert {"computePrediction", "applyPrediction", "activeModel"} <= names
+
+
+@pytest.mark.parametrize("owner,name", sorted(CALLS), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_logic_call_names_a_logic_method_with_that_signature(owner, name):
+    method = getattr(_logicClass(owner), name, None)
+    missing = method is None and owner == "train" and name in NEEDED_LOGIC
+    if missing:  # meanwhile the calls must fit the reference implementation (the specification)
+        method = getattr(_splitLogicClass(), name)
+    assert callable(method), f"{_logicClass(owner).__name__} has no method {name}"
+    signature = inspect.signature(method)
+    for call in CALLS[(owner, name)]:
+        assert not any(isinstance(a, ast.Starred) for a in call.args), ast.unparse(call)
+        signature.bind(None, *call.args, **{k.arg: None for k in call.keywords})  # TypeError if it does not fit
+    if missing:
+        pytest.xfail(f"GuiDINOTrainLogic.{name} is still to be added: {NEEDED_LOGIC[name]}")
+
+
+def test_logic_attributes_the_module_reads_exist():
+    from GuiDINOTrainLib import GuiDINOTrainLogic
+
+    logic = GuiDINOTrainLogic()
+    assert OTHER and all(hasattr(logic, name) for name in OTHER), OTHER
+
+
+def test_dependency_check_never_runs_in_a_constructor():
+    for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name in ("__init__", "setup"):
+            text = ast.unparse(node)
+            assert "ensureDependencies" not in text and "ensureLogic" not in text, node.name
+
+
+def test_the_module_never_writes_segments_directly():
+    text = MODULE_FILE.read_text()
+    for forbidden in ("updateSegmentBinaryLabelmapFromArray", "SetBinaryLabelmapToSegment",
+                      "ImportLabelmapToSegmentationNode"):
+        assert forbidden not in text, forbidden
+
+
+def test_module_file_has_the_scripted_module_classes():
+    tree = ast.parse(MODULE_FILE.read_text())
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["GuiDINOTrain"] == ["ScriptedLoadableModule"]
+    assert classes["GuiDINOTrainWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["GuiDINOTrainTest"] == ["ScriptedLoadableModuleTest"]
+
+
+def _parameterFields(train):
+    return dict(train.GuiDINOTrainParameterNode.__annotations__)
+
+
+def _ui():
+    return ElementTree.parse(UI_FILE)
+
+
+def test_parameters_are_saved_and_connected_to_the_ui(train):
+    fields = _parameterFields(train)
+    assert list(fields) == ["inputVolume", "segmentation", "segmentId", "trainTokenBook", "trainNetwork", "trainLoRA",
+                            "timeBudget"]
+    connected = {}
+    for widget in _ui().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                connected[prop.find("string").text] = widget.get("class")
+    assert sorted(connected) == sorted(set(fields) - {"segmentId"})  # the segment selector has no connector
+    assert connected["inputVolume"] == connected["segmentation"] == "qMRMLNodeComboBox"
+    assert connected["timeBudget"] == "QSpinBox"  # parameterNodeWrapper's int connector takes QSpinBox
+    assert {connected[n] for n in ("trainTokenBook", "trainNetwork", "trainLoRA")} == {"QCheckBox"}
+    defaults = train.GuiDINOTrainParameterNode
+    assert (defaults.trainTokenBook, defaults.trainNetwork, defaults.trainLoRA, defaults.timeBudget) == (
+        True, True, False, 0)
+
+
+def test_every_ui_name_the_module_uses_exists():
+    names = {w.get("name") for w in _ui().iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    assert used and used <= names, used - names
+
+
+def test_mrml_widgets_get_the_scene_and_the_spin_box_reads_zero_as_no_limit():
+    ui = _ui()
+    mrml = {w.get("name") for w in ui.iter("widget") if w.get("class", "").startswith("qMRML")} - {"GuiDINOTrain"}
+    wired = {c.find("receiver").text for c in ui.iter("connection") if c.find("signal").text.startswith("mrmlScene")}
+    assert mrml == wired == {"inputVolumeSelector", "segmentationSelector", "segmentSelector"}
+    spin = next(w for w in ui.iter("widget") if w.get("name") == "timeBudgetSpinBox")
+    props = {p.get("name"): p for p in spin.findall("property")}
+    assert props["minimum"].find("number").text == "0" and props["specialValueText"].find("string").text == "no limit"
+    selector = next(w for w in ui.iter("widget") if w.get("name") == "segmentSelector")
+    visible = next(p for p in selector.findall("property") if p.get("name") == "segmentationNodeSelectorVisible")
+    assert visible.find("bool").text == "false"
