@@ -16,7 +16,6 @@ import threading
 import time
 import types
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,12 +29,6 @@ from conftest import synthetic_volume
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrain.py"
 UI_FILE = ROOT / "GuiDINOTrain" / "Resources" / "UI" / "GuiDINOTrain.ui"
-# Logic methods the panel is written against that GuiDINOTrainLogic does not have yet (see the module docstring).
-NEEDED_LOGIC = {
-    "prepareRefine": "main thread: read the volume, labels, corrections and parent bundle; raise when no corrections",
-    "runRefine": "worker thread: load the starting model and refine_model(...); never touches MRML",
-    "finishRefine": "main thread: save the version, make it active, re-segment when prepared with resegment=True",
-}
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
 
@@ -329,71 +322,6 @@ def test_main_thread_error_reaches_the_gui(train, scene_nodes):
 
 
 # -- RefineRun on the real engine ----------------------------------------------------------------
-def _splitLogicClass():
-    """GuiDINOTrainLogic once it has the split; until then a reference implementation of it, built from the
-    engine calls ``refineFromCorrections`` makes (the specification handed to the Logic's author)."""
-    from GuiDINOTrainLib import GuiDINOTrainLogic
-
-    if all(callable(getattr(GuiDINOTrainLogic, name, None)) for name in NEEDED_LOGIC):
-        return GuiDINOTrainLogic
-    from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
-    from GuiDINOSegmentLib.volume import ImageData, InputError
-    from GuiDINOTrainLib.refine import (RefineSettings, load_starting_model, next_version_path, refine_model,
-                                        save_refined)
-    from GuiDINOTrainLib.TrainLogic import RefineFromCorrectionsResult, _safeName
-
-    @dataclass
-    class PreparedRefine:
-        inputVolume: object
-        segmentation: object
-        segmentId: str
-        image: object  # ImageData holding a copy of the voxels
-        labels: np.ndarray
-        corrections: dict
-        parent: object
-        settings: object
-        resegment: bool
-        started: float
-
-    class ReferenceSplit(GuiDINOTrainLogic):
-        def prepareRefine(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network",
-                          lora=False, timeBudgetSeconds=None, resegment=True, keepOnCancel=True, settings=None):
-            started = time.perf_counter()
-            source = imageDataFromVolume(inputVolume)
-            corrections = self.corrections(segmentation, segmentId)
-            if not corrections["slices"]:
-                raise InputError("no corrections yet")
-            labels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
-            parent = model or self.segmentLogic.activeModel(segmentation) or self.segmentLogic.defaultModelPath
-            settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
-                                                  keep_on_cancel=keepOnCancel)
-            return PreparedRefine(inputVolume, segmentation, segmentId, ImageData(source.voxels.copy(), source.geometry),
-                                  labels, corrections, parent, settings, resegment, started)
-
-        def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
-            guide = self.segmentLogic.guideSource
-            starting = load_starting_model(prepared.parent, guide=guide) if prepared.parent else None
-            return refine_model(prepared.image, prepared.labels, prepared.corrections["slices"], model=starting,
-                                guide=guide, axis=prepared.corrections["axis"], settings=prepared.settings,
-                                progress=progressCallback, cancel=cancelEvent)
-
-        def finishRefine(self, prepared, result):
-            seconds = lambda: time.perf_counter() - prepared.started  # noqa: E731
-            if result.model is None:
-                return RefineFromCorrectionsResult(None, result.slices, result.steps, seconds(), result.val_dice,
-                                                   result.stopped, 0)
-            name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
-            bundle = save_refined(result, next_version_path(self.modelsFolder, _safeName(name)), parent=prepared.parent,
-                                  volume=name, axis=axis)
-            self.segmentLogic.setActiveModel(prepared.segmentation, bundle)
-            changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
-                                      axis) if prepared.resegment else 0
-            return RefineFromCorrectionsResult(bundle, result.slices, result.steps, seconds(), result.val_dice,
-                                               result.stopped, changed)
-
-    return ReferenceSplit
-
-
 def test_refine_then_roll_back_on_the_real_engine(train, headless_slicer, tmp_path, tiny_guide_dir):
     from GuiDINOSegmentLib import GuiDINOSegmentLogic
     from GuiDINOSegmentLib.bundle import build_model, save_bundle
@@ -408,7 +336,9 @@ def test_refine_then_roll_back_on_the_real_engine(train, headless_slicer, tmp_pa
     first = save_bundle(build_model(ModelConfig(**LIGHT), str(tiny_guide_dir)), tmp_path / "models" / "start")
     segmentLogic = GuiDINOSegmentLogic()
     segmentLogic.defaultModelPath = str(first)
-    logic = _splitLogicClass()(segmentLogic, modelsFolder=tmp_path / "models")
+    from GuiDINOTrainLib import GuiDINOTrainLogic
+
+    logic = GuiDINOTrainLogic(segmentLogic, modelsFolder=tmp_path / "models")
     segmentId = segmentLogic.process(volume, segmentation, segmentName="target", device="cpu").segmentId
     original = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).copy()
     corrected = original.copy()
@@ -493,16 +423,11 @@ def test_the_module_delegates_to_the_logic():
 @pytest.mark.parametrize("owner,name", sorted(CALLS), ids=lambda v: v if isinstance(v, str) else None)
 def test_every_logic_call_names_a_logic_method_with_that_signature(owner, name):
     method = getattr(_logicClass(owner), name, None)
-    missing = method is None and owner == "train" and name in NEEDED_LOGIC
-    if missing:  # meanwhile the calls must fit the reference implementation (the specification)
-        method = getattr(_splitLogicClass(), name)
     assert callable(method), f"{_logicClass(owner).__name__} has no method {name}"
     signature = inspect.signature(method)
     for call in CALLS[(owner, name)]:
         assert not any(isinstance(a, ast.Starred) for a in call.args), ast.unparse(call)
         signature.bind(None, *call.args, **{k.arg: None for k in call.keywords})  # TypeError if it does not fit
-    if missing:
-        pytest.xfail(f"GuiDINOTrainLogic.{name} is still to be added: {NEEDED_LOGIC[name]}")
 
 
 def test_logic_attributes_the_module_reads_exist():
