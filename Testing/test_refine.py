@@ -67,16 +67,28 @@ def test_cancel_can_discard_or_keep(volume, tiny_guide_dir):
     assert dropped.model is None
 
 
-def test_robot_user_improves_unreviewed_slices(volume, tiny_guide_dir):
-    image, labels = volume
-    summary = simulate(image, labels, rounds=4, guide=str(tiny_guide_dir), settings=_settings(steps=60),
+def two_structures(shape=(14, 48, 40), seed=0):
+    """A large bright disc in the first slices, a smaller, dimmer square in the last: one slice cannot teach both."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    disc = (k >= 1) & (k <= 6) & (((j - 24) / 14.0) ** 2 + ((i - 20) / 12.0) ** 2 <= 1)
+    square = (k >= 8) & (k <= 12) & (np.abs(j - 20) <= 6) & (np.abs(i - 24) <= 6)
+    voxels = (200 + 600 * disc + 250 * square + rng.normal(0, 30, shape)).astype(np.int16)
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    return image_data_from_sitk(image), (disc | square).astype(np.uint8)
+
+
+def test_robot_user_improves_unreviewed_slices(tiny_guide_dir):
+    image, labels = two_structures()
+    summary = simulate(image, labels, rounds=5, guide=str(tiny_guide_dir), settings=_settings(steps=60),
                        device="cpu")
     rounds = summary["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
-    assert len(rounds[-1]["corrected_slices"]) == 4
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert len(rounds[-1]["corrected_slices"]) == 5
     first_pick = int(np.argmax((labels > 0).sum(axis=(1, 2))))
     assert rounds[0]["corrected_slices"] == [first_pick]  # starts from the slice with the largest true area
-    assert rounds[-1]["dice_unreviewed"] > rounds[0]["dice_unreviewed"] + 0.1
+    assert rounds[-1]["dice_unreviewed"] > rounds[0]["dice_unreviewed"] + 0.1, rounds
     assert all(r["refine_seconds"] > 0 and r["segment_seconds"] > 0 for r in rounds)
 
 
