@@ -113,3 +113,35 @@ def test_multiclass_training_learns(tiny_guide):
     train(model, data, None, TrainConfig(steps=120, batch_size=4, lr=3e-3, augment=False, device="cpu"))
     assert model.predict(data.images.float())[0].shape[1] == 3
     assert validation_dice(model, data, torch.device("cpu")) > 0.8
+
+
+def test_train_on_a_volume_folder_with_classes(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+    from conftest import synthetic_volume
+
+    from GuiDINOSegmentLib.bundle import load_bundle
+    from GuiDINOSegmentLib.volume import InputError
+    from GuiDINOTrainLib.commands import train_on_folder
+
+    image, labels = synthetic_volume(shape=(8, 48, 40))
+    classes = sitk.GetArrayFromImage(labels).astype(np.uint8)
+    classes[:, :, 20:] *= 2  # right half of the blob is class 2
+    label_image = sitk.GetImageFromArray(classes)
+    label_image.CopyInformation(image)
+    sitk.WriteImage(image, str(tmp_path / "case_image.nrrd"))
+    sitk.WriteImage(label_image, str(tmp_path / "case_label.nrrd"))
+    options = dict(network="unet", guide="none", size=64, widths=SMALL, steps=3, device="cpu")
+    bundle, result = train_on_folder(tmp_path, tmp_path / "three", classes=3, **options)
+    model = load_bundle(bundle)
+    assert model.config.num_classes == 3 and result.steps == 3
+    assert model.predict(torch.rand(1, 1, 64, 64))[0].shape[1] == 3
+    binary, _ = train_on_folder(tmp_path, tmp_path / "binary", **options)  # default: any label > 0 is the target
+    assert load_bundle(binary).config.num_classes == 2
+
+    classes[classes == 2] = 7  # a label value a 3-class model cannot hold
+    label_image = sitk.GetImageFromArray(classes)
+    label_image.CopyInformation(image)
+    sitk.WriteImage(label_image, str(tmp_path / "case_label.nrrd"))
+    with pytest.raises(InputError, match="relabel them 0..2"):
+        train_on_folder(tmp_path, tmp_path / "bad", classes=3, **options)

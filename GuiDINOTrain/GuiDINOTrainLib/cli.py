@@ -45,7 +45,8 @@ def _train(args):
     bar = _Progress("training", "step")
     try:
         bundle, result = train_on_folder(args.data, args.out, network=args.network, guide=args.guide, lora=args.lora,
-                                         size=args.size, widths=args.widths, window=args.window, epochs=args.epochs, steps=args.steps,
+                                         size=args.size, widths=args.widths, window=args.window,
+                                         classes=args.classes, epochs=args.epochs, steps=args.steps,
                                          max_images=args.max_images, device=args.device, batch_size=args.batch_size,
                                          optimizer=args.optimizer, lr=args.lr, seed=args.seed,
                                          progress=bar.training, checkpoint=args.checkpoint,
@@ -182,6 +183,8 @@ def build_parser():
                                                   "(default: $GUIDINO_GUIDE, else facebook/dinov3-vits16-pretrain-lvd1689m)")
     tr.add_argument("--lora", action="store_true", help="train LoRA adapters on the guide's attention")
     tr.add_argument("--size", type=int, default=256)
+    tr.add_argument("--classes", type=int, default=2,
+                    help="2: binary, any label > 0 is the target (default); C: labels 0..C-1, 0 = background")
     tr.add_argument("--window", type=lambda t: [float(v) for v in t.split(",")], default=None, metavar="CENTER,WIDTH",
                     help="CT window for intensity normalisation, e.g. 40,400 (default: per-volume percentiles)")
     tr.add_argument("--widths", type=_int_list, default=None,

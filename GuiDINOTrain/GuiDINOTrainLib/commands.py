@@ -25,10 +25,12 @@ def load_guide(source):
     return GuideGenerator.load(source)
 
 
-def model_config_for(data, network="wnet", guided=True, lora=False, size=256, widths=None, window=None):
+def model_config_for(data, network="wnet", guided=True, lora=False, size=256, widths=None, window=None,
+                     classes=2):
     """The ModelConfig that suits a dataset folder: channels and intensity normalisation from its images.
 
     ``window``: (center, width) of a CT window, instead of the per-volume robust percentiles.
+    ``classes``: 2 (binary: any label > 0 is the target) or C, with labels 0..C-1.
     """
     if is_image_folder(data):
         first = read_image(folder_pairs(data, "train")[0][0])
@@ -38,7 +40,8 @@ def model_config_for(data, network="wnet", guided=True, lora=False, size=256, wi
         normalization, in_channels = {"mode": "percentile", "low": 0.5, "high": 99.5}, 1
     if window is not None:
         normalization = {"mode": "window", "center": float(window[0]), "width": float(window[1])}
-    return ModelConfig(network=network, in_channels=in_channels, input_size=size, guided=guided, widths=widths,
+    return ModelConfig(network=network, in_channels=in_channels, num_classes=classes, input_size=size, guided=guided,
+                       widths=widths,
                        lora_rank=8 if lora else 0, normalization=normalization)
 
 
@@ -95,13 +98,13 @@ def train_bundle(model, train_set, val_set, out, train_config, provenance=None, 
 
 
 def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256, widths=None, window=None,
-                    epochs=100, steps=None,
+                    classes=2, epochs=100, steps=None,
                     max_images=None, device="auto", batch_size=4, optimizer="adamw", lr=None, seed=0,
                     progress=None, cancel=None, checkpoint=None, resume=False):
     """``guidino train``: train on a dataset folder and write a bundle."""
     guide_model = load_guide(guide)
     config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths,
-                              window=window)
+                              window=window, classes=classes)
     train_set, val_set = load_training_data(data, config, max_images)
     model = build_model(config, guide_model)
     train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
