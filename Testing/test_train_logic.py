@@ -18,19 +18,25 @@ from GuiDINOTrainLib.refine import RefineSettings
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
 
-@pytest.fixture
-def setup(headless_slicer, tmp_path, tiny_guide_dir):
+def _volume_and_segmentation(headless_slicer, tmp_path):
+    """A synthetic volume loaded from a file, an empty segmentation, and the true labels."""
     image, labels = synthetic_volume(shape=(12, 48, 40))
     sitk.WriteImage(image, str(tmp_path / "volume.nrrd"))
     volume = headless_slicer.load_volume(tmp_path / "volume.nrrd")
     segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     segmentation.CreateDefaultDisplayNodes()
+    return volume, segmentation, sitk.GetArrayFromImage(labels)
+
+
+@pytest.fixture
+def setup(headless_slicer, tmp_path, tiny_guide_dir):
+    volume, segmentation, truth = _volume_and_segmentation(headless_slicer, tmp_path)
     first = save_bundle(build_model(ModelConfig(**LIGHT), str(tiny_guide_dir)), tmp_path / "models" / "start")
     segment_logic = GuiDINOSegmentLogic()
     segment_logic.defaultModelPath = str(first)
     logic = GuiDINOTrainLogic(segment_logic, modelsFolder=tmp_path / "models")
     run = segment_logic.process(volume, segmentation, segmentName="target", device="cpu")
-    return volume, segmentation, run.segmentId, sitk.GetArrayFromImage(labels), logic, first
+    return volume, segmentation, run.segmentId, truth, logic, first
 
 
 def _segment(volume, segmentation, segment_id):
@@ -109,14 +115,9 @@ def test_cancel_keeps_the_previous_model_active_and_the_scene_consistent(setup):
 
 
 def test_few_shot_from_nothing(headless_slicer, tmp_path, tiny_guide_dir):
-    image, labels = synthetic_volume(shape=(12, 48, 40))
-    sitk.WriteImage(image, str(tmp_path / "volume.nrrd"))
-    volume = headless_slicer.load_volume(tmp_path / "volume.nrrd")
-    segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    segmentation.CreateDefaultDisplayNodes()
+    volume, segmentation, truth = _volume_and_segmentation(headless_slicer, tmp_path)
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segment_id = segmentation.GetSegmentation().AddEmptySegment("", "target")
-    truth = sitk.GetArrayFromImage(labels)
     one_slice = np.zeros_like(truth)
     one_slice[6] = truth[6]
     slicer.util.updateSegmentBinaryLabelmapFromArray(one_slice, segmentation, segment_id, volume)

@@ -140,6 +140,11 @@ def slice_axis(geometry, axis):
     return 2 - voxel_axis
 
 
+def image_slice_axis(image, axis):
+    """The numpy axis an ImageData is sliced along: 0 for a 2D image, else the anatomical ``axis``."""
+    return 0 if image.is_2d else slice_axis(image.geometry, axis)
+
+
 class IntensityNormalizer:
     """Maps raw intensities to [0, 1] with per-volume statistics.
 
@@ -224,7 +229,7 @@ class VolumeSlicer:
         self.config = config
         if image.channels != config.in_channels and not (image.channels == 1 and config.in_channels == 3):
             raise InputError(f"the model expects {config.in_channels}-channel images, the input has {image.channels}")
-        self.axis = 0 if image.is_2d else slice_axis(image.geometry, axis)
+        self.axis = image_slice_axis(image, axis)
         self.axis_name = axis
         self.count = image.voxels.shape[self.axis]
         self.shape = tuple(np.delete(image.voxels.shape[:3], self.axis))

@@ -17,7 +17,7 @@ from GuiDINOSegmentLib.bundle import build_model, load_bundle, read_bundle_confi
 from GuiDINOSegmentLib.lora import add_lora, has_lora
 from GuiDINOSegmentLib.metrics import dice_score
 from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.volume import InputError, VolumeSlicer, segment_volume, slice_axis
+from GuiDINOSegmentLib.volume import InputError, image_slice_axis, segment_volume
 
 from .commands import load_guide, seed_tokenbook
 from .datasets import slices_of
@@ -89,7 +89,7 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     else:
         model = copy.deepcopy(model)
         fresh = False
-    corrections_check(labels, slices, VolumeSlicer(image, axis, model.config).axis, fresh)
+    corrections_check(labels, slices, image_slice_axis(image, axis), fresh)
     parts = settings.parts()
     if "lora" in parts and model.guide is not None and not has_lora(model.guide):
         add_lora(model.guide, rank=8)
@@ -158,13 +158,11 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
     """
     settings = settings or RefineSettings(device=device)
     truth = (np.asarray(truth) > 0).astype(np.uint8)
-    axis_index = None
+    axis_index = image_slice_axis(image, axis)
+    truth_slices = np.moveaxis(truth, axis_index, 0)
     reviewed, history = [], []
     current = None if model is None else segment_volume(model, image, axis=axis, device=device).labels
     for number in range(1, rounds + 1):
-        if axis_index is None:
-            axis_index = 0 if image.is_2d else slice_axis(image.geometry, axis)
-        truth_slices = np.moveaxis(truth, axis_index, 0)
         candidates = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
         if not candidates:
             break
