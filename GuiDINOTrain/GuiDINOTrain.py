@@ -346,7 +346,7 @@ class GuiDINOTrainParameterNode:
     trainTokenBook: bool = True
     trainNetwork: bool = True
     trainLoRA: bool = False
-    timeBudget: Annotated[int, Minimum(0)] = 0  # seconds; 0: no limit
+    timeBudget: Annotated[int, Minimum(0)] = 20  # seconds, as refine.REFINE_TIME_BUDGET (not imported: torch); 0: no limit
 
 
 def getParameterNode():

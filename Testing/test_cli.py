@@ -38,7 +38,9 @@ def test_train_segment_evaluate(tmp_path, dataset, tiny_guide_dir):
     run = guidino("train", "--data", dataset, "--out", bundle, "--network", "wnet", "--guide", tiny_guide_dir,
                   "--size", 64, "--widths", "8,16,32,64,128", "--steps", 30, "--device", "cpu")
     assert run.returncode == 0, run.stderr
-    assert (bundle / "config.json").exists()
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert metrics["parameters"]["total"] > metrics["parameters"]["trainable"] > 0  # the guide is frozen
+    assert metrics["epochs"] == pytest.approx(30 * 4 / 8)  # 30 steps of batch 4 over 8 training images
 
     report = tmp_path / "val.json"
     run = guidino("evaluate", "--model", bundle, "--data", dataset, "--split", "val", "--json", report)
@@ -67,6 +69,28 @@ def test_errors_are_one_clear_line(tmp_path, dataset):
     run = guidino("train", "--data", dataset, "--out", tmp_path / "m", "--guide", tmp_path / "no-such-guide",
                   "--steps", 1)
     assert run.returncode != 0 and "GUIDINO_GUIDE" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_guide_stride_option(tmp_path, dataset, tiny_guide_dir):
+    bundle = tmp_path / "model"
+    assert guidino("train", "--data", dataset, "--out", bundle, "--guide", tiny_guide_dir, "--size", 64,
+                   "--widths", "8,16,32,64,128", "--steps", 2, "--device", "cpu").returncode == 0
+    image, _ = synthetic_volume()
+    volume = tmp_path / "volume.nrrd"
+    sitk.WriteImage(image, str(volume))
+    run = guidino("segment", "--model", bundle, "--input", volume, "--output", tmp_path / "s.nrrd", "--guide-stride", 3)
+    assert run.returncode == 0 and "guide stride 3" in run.stdout, run.stderr
+    run = guidino("segment", "--model", bundle, "--input", volume, "--output", tmp_path / "s.nrrd", "--guide-stride", 0)
+    assert run.returncode == 1 and "guide stride must be 'auto' or a whole number" in run.stderr
+
+
+def test_tune_cpu_allocator():
+    import platform
+
+    from GuiDINOSegmentLib.runtime import tune_cpu_allocator
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert tune_cpu_allocator() is expected
 
 
 def test_make_tiny_guide(tmp_path):

@@ -481,8 +481,10 @@ def test_parameters_are_saved_and_connected_to_the_ui(train):
     assert connected["timeBudget"] == "QSpinBox"  # parameterNodeWrapper's int connector takes QSpinBox
     assert {connected[n] for n in ("trainTokenBook", "trainNetwork", "trainLoRA")} == {"QCheckBox"}
     defaults = train.GuiDINOTrainParameterNode
+    from GuiDINOTrainLib.refine import REFINE_TIME_BUDGET
+
     assert (defaults.trainTokenBook, defaults.trainNetwork, defaults.trainLoRA, defaults.timeBudget) == (
-        True, True, False, 0)
+        True, True, False, REFINE_TIME_BUDGET)
 
 
 def test_every_ui_name_the_module_uses_exists():

@@ -140,3 +140,71 @@ def test_intensity_normalisation_modes():
     assert robust.low == pytest.approx(-980) and robust.high == pytest.approx(980)
     with pytest.raises(ValueError, match="unknown normalization"):
         IntensityNormalizer({"mode": "zscore"}, voxels)
+
+
+def test_precomputed_guide_gives_the_same_prediction(model):
+    images = torch.rand(3, 1, 64, 64)
+    probs, guide = model.predict(images)
+    gate = model.guide_probabilities(images)
+    assert gate.shape == (3, 1, 4, 4)
+    again, guide_again = model.predict(images, guide=gate)
+    torch.testing.assert_close(again, probs)
+    torch.testing.assert_close(guide_again, guide)
+
+
+def _guide_slice(result, k):
+    return np.take(result.guide, k, axis=result.axis)
+
+
+def test_guide_stride_runs_the_guide_on_anchor_slices_and_interpolates_between(model, volume_file):
+    image = read_image(volume_file)  # 12 axial slices
+    every = segment_volume(model, image, batch_size=5, device="cpu", guide_stride=1)
+    sparse = segment_volume(model, image, batch_size=5, device="cpu", guide_stride=4)
+    assert every.guide_stride == 1 and sparse.guide_stride == 4
+    for anchor in (0, 4, 8, 11):  # every 4th slice and the last one
+        np.testing.assert_allclose(_guide_slice(sparse, anchor), _guide_slice(every, anchor), atol=1e-6)
+        np.testing.assert_array_equal(np.take(sparse.labels, anchor, axis=sparse.axis),
+                                      np.take(every.labels, anchor, axis=every.axis))
+    for k, low, high, weight in ((2, 0, 4, 0.5), (5, 4, 8, 0.25), (10, 8, 11, 2 / 3)):
+        expected = (1 - weight) * _guide_slice(every, low) + weight * _guide_slice(every, high)
+        np.testing.assert_allclose(_guide_slice(sparse, k), expected, atol=1e-5)
+    assert not np.allclose(_guide_slice(sparse, 2), _guide_slice(every, 2), atol=1e-4)  # really interpolated
+    # a subset of slices needs only the anchors around it
+    subset = segment_volume(model, image, slices=[6, 5], device="cpu", guide_stride=4)
+    np.testing.assert_allclose(_guide_slice(subset, 5), _guide_slice(sparse, 5), atol=1e-6)
+    assert subset.processed.nonzero()[0].tolist() == [5, 6]
+
+
+def test_auto_guide_stride_follows_the_slice_spacing(model, tiny_guide):
+    image = sitk.GetImageFromArray(np.arange(10 * 128 * 128, dtype=np.int32).reshape(10, 128, 128))
+    image.SetSpacing((0.8, 0.8, 1.5))  # in plane 102.4 mm -> 64 px: a 16 px patch covers 25.6 mm
+    slicer = VolumeSlicer(image_data_from_sitk(image), "axial", model.config)
+    assert slicer.auto_guide_stride(16) == 4  # 25.6 mm / 4 samples per patch = 6.4 mm = 4 slices of 1.5 mm
+    image.SetSpacing((0.8, 0.8, 5.0))
+    assert VolumeSlicer(image_data_from_sitk(image), "axial", model.config).auto_guide_stride(16) == 1
+    # across the slices the in-plane spacing is what counts: sagittal slices are 0.8 mm apart
+    assert VolumeSlicer(image_data_from_sitk(image), "sagittal", model.config).auto_guide_stride(16) >= 2
+    unguided = build_model(ModelConfig(network="unet", input_size=64, guided=False))
+    assert segment_volume(unguided, image_data_from_sitk(image), device="cpu", guide_stride=3).guide_stride == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, "0", "two", 2.5, True])
+def test_bad_guide_stride_is_refused(model, volume_file, bad):
+    with pytest.raises(InputError, match="guide stride must be 'auto' or a whole number"):
+        segment_volume(model, read_image(volume_file), device="cpu", guide_stride=bad)
+
+
+def test_evaluation_uses_the_guide_stride_it_is_given(model, tmp_path):
+    from GuiDINOSegmentLib.evaluation import evaluate_pairs
+
+    image, labels = synthetic_volume()
+    pair = (tmp_path / "case_image.nrrd", tmp_path / "case_label.nrrd")
+    sitk.WriteImage(image, str(pair[0]))
+    sitk.WriteImage(labels, str(pair[1]))
+    every = evaluate_pairs(model, [pair], device="cpu", guide_stride=1)
+    sparse = evaluate_pairs(model, [pair], device="cpu", guide_stride=4)
+    assert every["guide_stride"] == 1 and sparse["guide_stride"] == 4
+    expected = segment_volume(model, read_image(pair[0]), device="cpu", guide_stride=4).labels > 0
+    truth = sitk.GetArrayFromImage(labels) > 0
+    dice = 2 * (expected & truth).sum() / (expected.sum() + truth.sum())
+    assert sparse["dice"] == pytest.approx(dice, abs=1e-6)

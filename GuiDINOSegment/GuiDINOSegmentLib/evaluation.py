@@ -6,17 +6,17 @@ from .metrics import case_metrics, summarize
 from .volume import read_image, read_labels, segment_volume
 
 
-def evaluate_pairs(model, pairs, axis="axial", device="auto", progress=None):
+def evaluate_pairs(model, pairs, axis="axial", device="auto", progress=None, guide_stride="auto"):
     """Metrics per (image, labels) pair and their means: ``{"n", "dice", "iou", "hd95", "cases"}``.
 
     2D images are scored in pixels at native resolution; volumes in millimetres (their spacing).
-    Any label > 0 is foreground.
+    Any label > 0 is foreground. ``guide_stride`` as in ``segment_volume``.
     """
     cases, units = [], "mm"
     for number, (image_path, label_path) in enumerate(pairs, 1):
         image = read_image(image_path)
         truth = read_labels(label_path, like=None if image.is_2d else image) > 0
-        pred = segment_volume(model, image, axis=axis, device=device).labels > 0
+        pred = segment_volume(model, image, axis=axis, device=device, guide_stride=guide_stride).labels > 0
         if image.is_2d:
             units = "pixels at native resolution"
             scores = case_metrics(pred[0], truth.reshape(pred.shape)[0])
@@ -28,4 +28,5 @@ def evaluate_pairs(model, pairs, axis="axial", device="auto", progress=None):
     summary = summarize(cases)
     summary["cases"] = cases
     summary["units"] = {"hd95": units}
+    summary["guide_stride"] = guide_stride
     return summary

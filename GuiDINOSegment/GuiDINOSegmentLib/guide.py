@@ -367,6 +367,14 @@ class GuideGenerator(torch.nn.Module):
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
 
 
+RANDOM_ARCHITECTURES = {  # for make_tiny_guide: DINOv3 ViT sizes (patch 16, 4 registers) and a tiny one for tests
+    "tiny": dict(hidden_size=64, num_layers=4, num_heads=2),
+    "vits16": dict(hidden_size=384, num_layers=12, num_heads=6),
+    "vitb16": dict(hidden_size=768, num_layers=12, num_heads=12),
+    "vitl16": dict(hidden_size=1024, num_layers=24, num_heads=16),
+}
+
+
 def make_tiny_guide(
     out_dir, seed=0, hidden_size=64, num_layers=4, num_heads=2, num_register_tokens=4, patch_size=16
 ) -> Path:

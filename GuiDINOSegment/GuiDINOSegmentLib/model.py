@@ -1,5 +1,6 @@
 """GuiDINOModel: frozen guide + TokenBook + gated segmentation network, configured by ModelConfig."""
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple, Optional
 
@@ -110,21 +111,43 @@ class GuiDINOModel(nn.Module):
         guide_logits = self.tokenbook(features)
         return ModelOutput(self.network(images, torch.sigmoid(guide_logits)), guide_logits)
 
-    @torch.no_grad()
-    def predict(self, images):
-        """Eval-mode probabilities (B, C, H, W) (C = 1 for binary) and guide (B, 1, H, W) or None."""
+    @contextmanager
+    def _evaluating(self):
         was_training = self.training
         self.eval()
         try:
-            out = self(images)
+            yield
         finally:
             self.train(was_training)
-        logits = out.logits.float()
+
+    @torch.no_grad()
+    def guide_probabilities(self, images):
+        """The guide that gates the network: (B, 1, H/16, W/16) probabilities from the guide and TokenBook."""
+        if self.tokenbook is None:
+            raise ValueError("only TokenBook-guided models have a guide mask (not unguided or SegDINO models)")
+        with self._evaluating():
+            return torch.sigmoid(self.tokenbook(self.guide_features(images)))
+
+    @torch.no_grad()
+    def predict(self, images, guide=None):
+        """Eval-mode probabilities (B, C, H, W) (C = 1 for binary) and guide (B, 1, H, W) or None.
+
+        ``guide``: guide probabilities at the token grid (as from ``guide_probabilities``) to gate
+        with instead of running the guide on ``images``.
+        """
+        with self._evaluating():
+            if guide is not None:
+                if self.tokenbook is None:
+                    raise ValueError("a precomputed guide needs a TokenBook-guided model")
+                logits = self.network(images, guide.to(images.dtype))
+            else:
+                out = self(images)
+                logits = out.logits
+                guide = None if out.guide_logits is None else torch.sigmoid(out.guide_logits)
+        logits = logits.float()
         probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        guide = None
-        if out.guide_logits is not None:
-            guide = F.interpolate(torch.sigmoid(out.guide_logits.float()), size=images.shape[-2:], mode="bilinear",
-                                  align_corners=False)
+        if guide is not None:
+            guide = F.interpolate(guide.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return probs, guide
 
     def learned_state_dict(self):

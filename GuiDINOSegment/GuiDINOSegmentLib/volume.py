@@ -207,6 +207,7 @@ class SegmentationResult:
     processed: np.ndarray  # bool per slice along ``axis``: which slices were segmented
     seconds: float
     cancelled: bool = False
+    guide_stride: int = 1  # the guide ran on every n-th slice, interpolated between
 
 
 def resolve_device(device="auto"):
@@ -215,6 +216,9 @@ def resolve_device(device="auto"):
     if device in ("gpu", "cuda") and not torch.cuda.is_available():
         raise InputError("a GPU was asked for but torch sees none; use --device cpu (or auto)")
     return torch.device("cuda" if device == "gpu" else device)
+
+
+GUIDE_SAMPLES_PER_PATCH = 4
 
 
 class VolumeSlicer:
@@ -233,9 +237,20 @@ class VolumeSlicer:
         self.axis_name = axis
         self.count = image.voxels.shape[self.axis]
         self.shape = tuple(np.delete(image.voxels.shape[:3], self.axis))
-        pixel_spacing = tuple(np.delete(np.asarray(image.geometry.spacing[::-1]), self.axis))
-        self.fitted = letterbox_size(self.shape, pixel_spacing, config.input_size)
+        spacing = np.asarray(image.geometry.spacing[::-1], dtype=float)  # numpy axis order
+        self.slice_spacing = float(spacing[self.axis])
+        self.pixel_spacing = tuple(np.delete(spacing, self.axis))
+        self.fitted = letterbox_size(self.shape, self.pixel_spacing, config.input_size)
         self.normalize = IntensityNormalizer(config.normalization, image.voxels)
+
+    def auto_guide_stride(self, patch_size):
+        """Slices between guide evaluations so the guide is sampled through the volume at least
+        ``GUIDE_SAMPLES_PER_PATCH`` times per guide-patch width (in mm); 1 for 2D images."""
+        if self.image.is_2d:
+            return 1
+        extent = max(n * s for n, s in zip(self.shape, self.pixel_spacing))
+        patch_mm = patch_size * extent / self.config.input_size
+        return max(1, int(patch_mm / GUIDE_SAMPLES_PER_PATCH / self.slice_spacing))
 
     def check_indices(self, indices):
         indices = np.arange(self.count) if indices is None else np.unique(np.asarray(list(indices), dtype=int))
@@ -270,13 +285,63 @@ class VolumeSlicer:
         np.moveaxis(volume, self.axis, 0)[index] = values.astype(volume.dtype, copy=False)
 
 
+def resolve_guide_stride(model, slicer, guide_stride):
+    """The guide stride to use: ``"auto"`` (see ``VolumeSlicer.auto_guide_stride``) or an int >= 1;
+    always 1 for models without a TokenBook guide mask (unguided, SegDINO)."""
+    if model.tokenbook is None:
+        return 1
+    if guide_stride == "auto":
+        return slicer.auto_guide_stride(model.guide.patch_size)
+    if isinstance(guide_stride, str) and guide_stride.isdigit():
+        guide_stride = int(guide_stride)
+    if isinstance(guide_stride, bool) or not isinstance(guide_stride, int) or guide_stride < 1:
+        raise InputError(f"guide stride must be 'auto' or a whole number >= 1 (1 = the guide on every slice), "
+                         f"got {guide_stride!r}")
+    return guide_stride
+
+
+class SparseGuide:
+    """The guide computed on every ``stride``-th slice (and the last) and interpolated linearly between.
+
+    The guide is a coarse map (one value per 16-pixel patch); sampling it more finely through the
+    volume than across it adds cost, not information. Slices must be asked for in increasing order.
+    """
+
+    def __init__(self, model, slicer, stride, batch_size, device, todo):
+        self.model, self.slicer, self.stride = model, slicer, stride
+        self.batch_size, self.device = batch_size, device
+        self.anchors = sorted(set(np.concatenate(self._bounds(todo)).tolist()))
+        self.cache = {}
+
+    def _bounds(self, index):
+        low = (np.asarray(index) // self.stride) * self.stride
+        return low, np.minimum(low + self.stride, self.slicer.count - 1)
+
+    def __call__(self, index):
+        """Guide probabilities (B, 1, h, w) at the token grid for slices ``index``."""
+        low, high = self._bounds(index)
+        for old in [k for k in self.cache if k < low.min()]:
+            del self.cache[old]
+        while not all(k in self.cache for k in (*low.tolist(), *high.tolist())):
+            first = next(i for i, k in enumerate(self.anchors) if k >= low.min() and k not in self.cache)
+            batch = self.anchors[first:first + self.batch_size]  # whole batches: the guide is slow on small ones
+            self.cache.update(zip(batch, self.model.guide_probabilities(self.slicer.images(batch, self.device))))
+        weight = torch.as_tensor((index - low) / np.maximum(high - low, 1), dtype=torch.float32, device=self.device)
+        weight = weight[:, None, None, None]
+        below = torch.stack([self.cache[k] for k in low.tolist()]).float()
+        above = torch.stack([self.cache[k] for k in high.tolist()]).float()
+        return (1 - weight) * below + weight * above
+
+
 def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device="auto",
-                   progress=None, cancel=None):
+                   progress=None, cancel=None, guide_stride="auto"):
     """Segment ``image`` (ImageData) slice by slice with ``model`` (GuiDINOModel).
 
     ``slices``: indices along the chosen axis to segment (None = all); the others stay 0 and
     ``processed`` is False there. ``progress(done, total)`` is called after each batch;
     ``cancel`` (a ``threading.Event``) stops between batches, keeping what was done.
+    ``guide_stride``: run the guide on every n-th slice and interpolate it between (``"auto"``:
+    from the slice spacing, see ``VolumeSlicer.auto_guide_stride``); 1 runs it on every slice.
     Memory stays bounded: only one batch of slices is on the device at a time.
     """
     start = time.perf_counter()
@@ -284,6 +349,8 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device
     model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     slicer = VolumeSlicer(image, axis, model.config)
     todo = slicer.check_indices(slices)
+    stride = resolve_guide_stride(model, slicer, guide_stride)
+    sparse_guide = SparseGuide(model, slicer, stride, batch_size, device, todo) if stride > 1 else None
     grid = image.voxels.shape[:3]
     labels = np.zeros(grid, np.uint8)
     probability = np.zeros(grid, np.float32)
@@ -297,7 +364,8 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device
             break
         index = todo[first:first + batch_size]
         with autocast:
-            probs, guide_map = model.predict(slicer.images(index, device).contiguous(memory_format=torch.channels_last))
+            images = slicer.images(index, device).contiguous(memory_format=torch.channels_last)
+            probs, guide_map = model.predict(images, None if sparse_guide is None else sparse_guide(index))
         probs = slicer.restore(probs)
         if probs.shape[1] == 1:
             foreground, predicted = probs[:, 0], (probs[:, 0] >= 0.5).to(torch.uint8)
@@ -311,7 +379,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device
         if progress is not None:
             progress(int(processed.sum()), len(todo))
     return SegmentationResult(labels, probability, guide, image.geometry, image.is_2d, slicer.axis, processed,
-                              time.perf_counter() - start, cancelled)
+                              time.perf_counter() - start, cancelled, stride)
 
 
 def write_image(array, geometry, path, is_2d=False):

@@ -14,7 +14,8 @@ from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
 from GuiDINOSegmentLib.volume import ImageData, InputError
 
-from .refine import RefineSettings, list_versions, load_starting_model, next_version_path, refine_model, save_refined
+from .refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, load_starting_model, next_version_path,
+                     refine_model, save_refined)
 
 
 def defaultModelsFolder():
@@ -61,7 +62,7 @@ class GuiDINOTrainLogic:
         return self.segmentLogic.reviewedSlices(segmentation, segmentId)
 
     def refineFromCorrections(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network",
-                              lora=False, timeBudgetSeconds=None, resegment=True, progressCallback=None,
+                              lora=False, timeBudgetSeconds=REFINE_TIME_BUDGET, resegment=True, progressCallback=None,
                               cancelEvent=None, keepOnCancel=True, settings=None):
         """Fine-tune on the corrected slices, save a new version, make it active, re-segment the rest.
 
@@ -77,7 +78,7 @@ class GuiDINOTrainLogic:
         return self.finishRefine(prepared, self.runRefine(prepared, progressCallback, cancelEvent))
 
     def prepareRefine(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network", lora=False,
-                      timeBudgetSeconds=None, resegment=True, keepOnCancel=True, settings=None):
+                      timeBudgetSeconds=REFINE_TIME_BUDGET, resegment=True, keepOnCancel=True, settings=None):
         """Main thread: copy what training needs out of the scene (voxels, the user's labels, corrections)."""
         started = time.perf_counter()
         source = imageDataFromVolume(inputVolume)

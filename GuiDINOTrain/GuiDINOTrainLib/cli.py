@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 AXES = ("axial", "coronal", "sagittal")
+GUIDE_STRIDE_HELP = "run the guide on every n-th slice, interpolated between (auto: from the slice spacing; 1: every slice)"
 
 
 class _Progress:
@@ -33,9 +34,9 @@ class _Progress:
 
 
 def _make_tiny_guide(args):
-    from GuiDINOSegmentLib.guide import make_tiny_guide
+    from GuiDINOSegmentLib.guide import RANDOM_ARCHITECTURES, make_tiny_guide
 
-    print(make_tiny_guide(args.out_dir, seed=args.seed))
+    print(make_tiny_guide(args.out_dir, seed=args.seed, **RANDOM_ARCHITECTURES[args.architecture]))
     return 0
 
 
@@ -67,10 +68,11 @@ def _segment(args):
     try:
         result = segment_file(model, args.input, args.output, guide_output=args.guide_output,
                               probability_output=args.probability_output, axis=args.axis, device=args.device,
-                              batch_size=args.batch_size, progress=bar.count)
+                              batch_size=args.batch_size, guide_stride=args.guide_stride, progress=bar.count)
     finally:
         bar.close()
-    print(f"wrote {args.output} ({int(result.processed.sum())} slices, {result.seconds:.2f} s)")
+    print(f"wrote {args.output} ({int(result.processed.sum())} slices, {result.seconds:.2f} s, "
+          f"guide stride {result.guide_stride})")
     return 0
 
 
@@ -84,7 +86,8 @@ def _evaluate(args):
     pairs = folder_pairs(args.data, args.split) if is_image_folder(args.data) else volume_label_pairs(Path(args.data) / args.split)
     bar = _Progress(f"evaluating {args.split}", "case")
     try:
-        summary = evaluate_pairs(model, pairs, axis=args.axis, device=args.device, progress=bar.count)
+        summary = evaluate_pairs(model, pairs, axis=args.axis, device=args.device, progress=bar.count,
+                                 guide_stride=args.guide_stride)
     finally:
         bar.close()
     guide = read_bundle_config(args.model).get("guide")
@@ -103,7 +106,7 @@ def _refine_settings(args):
     from .refine import DEFAULT_NEW_MODEL, RefineSettings
 
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
-    return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
+    return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget or None,
                           device=args.device, new_model=new_model)
 
 
@@ -146,6 +149,9 @@ def _simulate(args):
 
     summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
                        settings=_refine_settings(args), device=args.device, progress=report)
+    if summary["guide_pretrained"] is False:
+        summary["warning"] = "UNTRAINED GUIDE: these numbers are not GuiDINO's accuracy"
+        print(f"[{summary['warning']}]")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
@@ -170,9 +176,12 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="guidino", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tiny = commands.add_parser("make-tiny-guide", help="write a tiny random DINOv3 (HF layout) for tests and offline runs")
+    tiny = commands.add_parser("make-tiny-guide", help="write a random-weight DINOv3 (HF layout) for tests, offline runs "
+                                                       "and speed benchmarks: never an accurate guide")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--architecture", choices=("tiny", "vits16", "vitb16", "vitl16"), default="tiny",
+                      help="tiny (default) or a real DINOv3 size, with random weights")
     tiny.set_defaults(run=_make_tiny_guide)
 
     tr = commands.add_parser("train", help="train a model on a dataset folder and save a bundle")
@@ -209,7 +218,8 @@ def build_parser():
     seg.add_argument("--guide-output", default=None)
     seg.add_argument("--probability-output", default=None)
     seg.add_argument("--axis", choices=AXES, default="axial")
-    seg.add_argument("--batch-size", type=int, default=8)
+    seg.add_argument("--batch-size", type=int, default=4)
+    seg.add_argument("--guide-stride", default="auto", help=GUIDE_STRIDE_HELP)
     seg.add_argument("--guide", default=None, help="where the bundle's guide weights are, if not where they were")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     seg.set_defaults(run=_segment)
@@ -221,6 +231,7 @@ def build_parser():
     ev.add_argument("--json", default=None)
     ev.add_argument("--axis", choices=AXES, default="axial")
     ev.add_argument("--guide", default=None)
+    ev.add_argument("--guide-stride", default="auto", help=GUIDE_STRIDE_HELP)
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.set_defaults(run=_evaluate)
 
@@ -242,7 +253,8 @@ def build_parser():
         cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")
         cmd.add_argument("--lora", action="store_true")
         cmd.add_argument("--steps", type=int, default=150)
-        cmd.add_argument("--time-budget", type=float, default=None, help="seconds of training per refine")
+        cmd.add_argument("--time-budget", type=float, default=20.0,
+                         help="seconds of training per refine (default 20; 0: no limit, train all --steps)")
         cmd.add_argument("--size", type=int, default=256, help="input size of a model started from nothing")
         cmd.add_argument("--widths", type=_int_list, default=None, help="network widths of a model started from nothing")
         cmd.add_argument("--guide", default=None)
@@ -260,6 +272,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from GuiDINOSegmentLib.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from GuiDINOSegmentLib.bundle import build_model, save_bundle
 from GuiDINOSegmentLib.guide import GuideGenerator
 from GuiDINOSegmentLib.losses import guide_target
 from GuiDINOSegmentLib.model import ModelConfig
+from GuiDINOSegmentLib.networks import count_parameters
 from GuiDINOSegmentLib.volume import read_image, read_labels, resolve_device
 
 from .datasets import (PHOTO_NORMALIZATION, SliceSet, check_labels, folder_pairs, is_image_folder, load_image_folder,
@@ -87,8 +88,11 @@ def train_bundle(model, train_set, val_set, out, train_config, provenance=None, 
     result = train(model, train_set, val_set, train_config, progress=progress, cancel=cancel, checkpoint=checkpoint,
                    resume=resume)
     guide = model.guide
+    trainable, total = count_parameters(model)
     metrics = {"val_dice_at_model_size": result.best_val_dice, "steps": result.steps,
+               "epochs": round(result.steps * train_config.batch_size / max(1, len(train_set)), 2),
                "train_seconds": round(result.seconds, 2), "stopped": result.stopped,
+               "parameters": {"trainable": trainable, "total": total},
                "guide_pretrained": None if guide is None else guide.pretrained}
     provenance = {**(provenance or {}), "train_slices": len(train_set), "val_slices": len(val_set) if val_set else 0,
                   "train_config": asdict(train_config), "result": result.to_dict(),

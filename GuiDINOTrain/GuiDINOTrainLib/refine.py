@@ -25,6 +25,9 @@ from .training import TrainConfig, learned_state, train
 
 # A new model (no bundle yet): the product's default network at its default size.
 DEFAULT_NEW_MODEL = {"network": "wnet", "input_size": 256}
+# Seconds of training per refine round: a whole round (training, held-out check, re-segmenting a
+# small volume) then stays within about 30 s on a 2-core CPU; on a GPU the steps end long before.
+REFINE_TIME_BUDGET = 20.0
 
 
 @dataclass
@@ -32,7 +35,7 @@ class RefineSettings:
     train: str = "tokenbook+network"  # parts joined by '+': tokenbook, network, lora
     lora: bool = False  # add LoRA adapters to the guide (when the model has none) and train them
     steps: int = 150
-    time_budget: Optional[float] = None  # seconds of training
+    time_budget: Optional[float] = REFINE_TIME_BUDGET  # seconds of training; None: until ``steps``
     batch_size: int = 4
     lr: float = 1e-3
     lora_lr: float = 5e-4
@@ -153,7 +156,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
 
     Starting from nothing (``model`` None), round 1 labels the slice with the largest true area.
     Returns ``{"rounds": [{"round", "corrected_slices", "dice_all", "dice_unreviewed",
-    "refine_seconds", "segment_seconds"}, ...]}``: Dice over the whole volume (corrected slices
+    "refine_seconds", "segment_seconds"}, ...], "guide_pretrained"}``: Dice over the whole volume (corrected slices
     hold the truth) and over the slices the robot has not corrected.
     """
     settings = settings or RefineSettings(device=device)
@@ -187,7 +190,8 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
         history.append(entry)
         if progress is not None:
             progress(entry)
-    return {"rounds": history}
+    guide = None if model is None else model.guide
+    return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained)}
 
 
 def load_starting_model(bundle, guide=None, device="cpu"):

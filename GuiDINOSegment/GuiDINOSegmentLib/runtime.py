@@ -1,0 +1,26 @@
+"""Process-level settings that make CPU inference faster."""
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_cpu_allocator(mmap_threshold=32 << 20, trim_threshold=1 << 30):
+    """Keep freed heap memory in the process instead of returning it to the system (glibc only).
+
+    PyTorch's CPU kernels allocate and free a full-resolution feature map per layer; by default
+    glibc unmaps such blocks at once and the next layer page-faults them back in, which made
+    slice-by-slice inference about 1.5x slower (BENCHMARKS.md, section 2). Blocks above
+    ``mmap_threshold`` (glibc caps it at 32 MiB) are still returned at once. Returns True when
+    applied; False elsewhere (macOS, Windows, musl), where nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
