@@ -1,11 +1,12 @@
 """The GuiDINO Train panel stays thin: its decisions and its background run, tested without the Slicer application.
 
-``GuiDINOTrain.py`` imports ``qt`` and Slicer's scripted-module bases, which only the application has;
-it is imported here with small stand-ins for those names (nothing of them is used by the code
-under test). Covered: the pure helpers (check boxes -> parts, time budget, lists, progress, status),
-``RefineRun`` (train on a worker thread, save / activate / write on the main thread, cancel, scene
-close, removed nodes, errors) on a real headless MRML scene and a real tiny model, and static
-checks that the module calls only what the Logic defines and that the .ui matches the parameters.
+The decisions and ``RefineRun`` live in ``GuiDINOTrainLib/TrainPanel.py`` (no qt, no slicer import)
+and are tested directly: the pure helpers (check boxes -> parts, time budget, lists, progress,
+status) and ``RefineRun`` (train on a worker thread, save / activate / write on the main thread,
+cancel, scene close, removed nodes, errors) on a real headless MRML scene and a real tiny model.
+``GuiDINOTrain.py`` imports ``qt`` and Slicer's scripted-module bases, which only the application
+has; it is imported with small stand-ins for those names for the static checks: the module and
+its run call only what the Logic defines, and the .ui matches the parameters.
 """
 
 import ast
@@ -26,8 +27,11 @@ import slicer
 import slicer.util
 from conftest import synthetic_volume
 
+from GuiDINOTrainLib import TrainPanel as panel
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrain.py"
+PANEL_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrainLib" / "TrainPanel.py"
 UI_FILE = ROOT / "GuiDINOTrain" / "Resources" / "UI" / "GuiDINOTrain.ui"
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
@@ -65,52 +69,52 @@ def train():
 
 
 # -- pure helpers --------------------------------------------------------------------------------
-def test_parts_string_from_the_check_boxes(train):
-    assert train.trainParts(True, True, False) == "tokenbook+network"
-    assert train.trainParts(True, True, True) == "tokenbook+network+lora"
-    assert train.trainParts(False, False, True) == "lora"
-    assert train.trainParts(False, True, False) == "network"
+def test_parts_string_from_the_check_boxes():
+    assert panel.trainParts(True, True, False) == "tokenbook+network"
+    assert panel.trainParts(True, True, True) == "tokenbook+network+lora"
+    assert panel.trainParts(False, False, True) == "lora"
+    assert panel.trainParts(False, True, False) == "network"
     with pytest.raises(ValueError, match="Choose what to train"):
-        train.trainParts(False, False, False)
+        panel.trainParts(False, False, False)
 
 
-def test_parts_string_is_what_the_engine_parses(train):
+def test_parts_string_is_what_the_engine_parses():
     from GuiDINOTrainLib.refine import RefineSettings
 
     for flags in [(1, 1, 0), (1, 1, 1), (0, 0, 1), (1, 0, 1)]:
         expected = tuple(n for n, on in zip(("tokenbook", "network", "lora"), flags) if on)
-        assert RefineSettings(train=train.trainParts(*flags)).parts() == expected
+        assert RefineSettings(train=panel.trainParts(*flags)).parts() == expected
 
 
-def test_time_budget_zero_means_no_limit(train):
-    assert train.timeBudgetSeconds(0) is None
-    assert train.timeBudgetSeconds(None) is None
-    assert train.timeBudgetSeconds(90) == 90.0
+def test_time_budget_zero_means_no_limit():
+    assert panel.timeBudgetSeconds(0) is None
+    assert panel.timeBudgetSeconds(None) is None
+    assert panel.timeBudgetSeconds(90) == 90.0
 
 
-def test_refine_problem_names_the_missing_input(train):
-    assert "input volume" in train.refineProblem(False, True, True, (True,))
-    assert "segmentation" in train.refineProblem(True, False, True, (True,))
-    assert "segment" in train.refineProblem(True, True, False, (True,))
-    assert "what to train" in train.refineProblem(True, True, True, (False, False, False))
-    assert train.refineProblem(True, True, True, (False, True, False)) == ""
+def test_refine_problem_names_the_missing_input():
+    assert "input volume" in panel.refineProblem(False, True, True, (True,))
+    assert "segmentation" in panel.refineProblem(True, False, True, (True,))
+    assert "segment" in panel.refineProblem(True, True, False, (True,))
+    assert "what to train" in panel.refineProblem(True, True, True, (False, False, False))
+    assert panel.refineProblem(True, True, True, (False, True, False)) == ""
 
 
-def test_segment_choice_keeps_the_current_then_prefers_guidino(train):
-    assert train.pickSegmentId("b", ["a", "b"], "a") == "b"
-    assert train.pickSegmentId("gone", ["a", "g"], "g") == "g"
-    assert train.pickSegmentId("", ["a", "b"], None) == "a"
-    assert train.pickSegmentId("x", [], "x") == ""
+def test_segment_choice_keeps_the_current_then_prefers_guidino():
+    assert panel.pickSegmentId("b", ["a", "b"], "a") == "b"
+    assert panel.pickSegmentId("gone", ["a", "g"], "g") == "g"
+    assert panel.pickSegmentId("", ["a", "b"], None) == "a"
+    assert panel.pickSegmentId("x", [], "x") == ""
 
 
-def test_created_time_formatting(train):
+def test_created_time_formatting():
     import datetime
 
-    assert train.formatCreated("2026-08-21T10:55:07+00:00", tz=datetime.timezone.utc) == "2026-08-21 10:55"
+    assert panel.formatCreated("2026-08-21T10:55:07+00:00", tz=datetime.timezone.utc) == "2026-08-21 10:55"
     two = datetime.timezone(datetime.timedelta(hours=2))
-    assert train.formatCreated("2026-08-21T10:55:07+00:00", tz=two) == "2026-08-21 12:55"
-    assert train.formatCreated(None) == "?"
-    assert train.formatCreated("yesterday") == "yesterday"
+    assert panel.formatCreated("2026-08-21T10:55:07+00:00", tz=two) == "2026-08-21 12:55"
+    assert panel.formatCreated(None) == "?"
+    assert panel.formatCreated("yesterday") == "yesterday"
 
 
 def _versions(folder):
@@ -123,44 +127,44 @@ def _versions(folder):
     ]
 
 
-def test_versions_list_newest_first_with_the_active_one_marked(train, tmp_path, monkeypatch):
+def test_versions_list_newest_first_with_the_active_one_marked(tmp_path, monkeypatch):
     import datetime
 
     versions = _versions(tmp_path)
     monkeypatch.chdir(tmp_path)
-    rows = train.versionRows(versions, activeModel="liver-v001", tz=datetime.timezone.utc)  # relative path
+    rows = panel.versionRows(versions, activeModel="liver-v001", tz=datetime.timezone.utc)  # relative path
     assert [Path(r.path).name for r in rows] == ["liver-v002", "liver-v001", "start"]
     assert [r.active for r in rows] == [False, True, False]
     assert rows[1].text == "liver-v001  (active)  2026-08-21 10:05  slices 3-5, 9"
     assert rows[2].text == "start  2026-08-21 10:00"
     assert "refined from liver-v001" in rows[0].toolTip and "not refined" in rows[2].toolTip
-    assert train.versionRows([], None) == []
-    assert not any(r.active for r in train.versionRows(versions, None))
+    assert panel.versionRows([], None) == []
+    assert not any(r.active for r in panel.versionRows(versions, None))
 
 
-def test_corrections_list_marks_what_the_active_model_was_trained_on(train, tmp_path):
+def test_corrections_list_marks_what_the_active_model_was_trained_on(tmp_path):
     versions = _versions(tmp_path)
-    trained = train.activeVersionSlices(versions, tmp_path / "liver-v001")
+    trained = panel.activeVersionSlices(versions, tmp_path / "liver-v001")
     assert trained == [3, 4, 5, 9]
-    assert train.activeVersionSlices(versions, tmp_path / "elsewhere") is None
+    assert panel.activeVersionSlices(versions, tmp_path / "elsewhere") is None
     corrections = {"axis": "axial", "slices": [9, 3, 14]}
-    assert train.correctionRows(corrections, trained) == [
+    assert panel.correctionRows(corrections, trained) == [
         "Slice 3: in the active model", "Slice 9: in the active model", "Slice 14: new, not trained on yet"]
-    assert train.correctionRows(corrections, None)[0] == "Slice 3: new, not trained on yet"
-    assert train.correctionsSummary(corrections, trained) == "3 corrected axial slices (3, 9, 14), 1 new since the active model."
-    assert "No corrections yet" in train.correctionsSummary({"axis": "axial", "slices": []})
-    assert train.activeModelText(str(tmp_path / "liver-v002")) == "Active model: liver-v002"
-    assert "none yet" in train.activeModelText(None)
+    assert panel.correctionRows(corrections, None)[0] == "Slice 3: new, not trained on yet"
+    assert panel.correctionsSummary(corrections, trained) == "3 corrected axial slices (3, 9, 14), 1 new since the active model."
+    assert "No corrections yet" in panel.correctionsSummary({"axis": "axial", "slices": []})
+    assert panel.activeModelText(str(tmp_path / "liver-v002")) == "Active model: liver-v002"
+    assert "none yet" in panel.activeModelText(None)
 
 
-def test_progress_bar_shows_step_and_loss(train):
-    assert train.trainingProgress(None) == (0, "Preparing the training...")
+def test_progress_bar_shows_step_and_loss():
+    assert panel.trainingProgress(None) == (0, "Preparing the training...")
     info = {"step": 30, "total": 150, "epoch": 10.0, "loss": 0.2134, "val_dice": None, "seconds": 12.2}
-    assert train.trainingProgress(info) == (20, "Training: step 30 / 150, loss 0.213, 12 s")
+    assert panel.trainingProgress(info) == (20, "Training: step 30 / 150, loss 0.213, 12 s")
     info.update(val_dice=0.8765)
-    assert train.trainingProgress(info)[1] == "Training: step 30 / 150, loss 0.213, held-out Dice 0.88, 12 s"
-    assert train.trainingProgress(info, timeBudget=20)[0] == 61  # the time budget runs out first
-    assert train.trainingProgress({"step": 5, "total": 0, "seconds": 99}, timeBudget=10)[0] == 100
+    assert panel.trainingProgress(info)[1] == "Training: step 30 / 150, loss 0.213, held-out Dice 0.88, 12 s"
+    assert panel.trainingProgress(info, timeBudget=20)[0] == 61  # the time budget runs out first
+    assert panel.trainingProgress({"step": 5, "total": 0, "seconds": 99}, timeBudget=10)[0] == 100
 
 
 def _result(**kw):
@@ -169,20 +173,20 @@ def _result(**kw):
     return SimpleNamespace(**{**values, **kw})
 
 
-def test_status_after_refine(train):
-    assert train.refineSummary(_result()) == (
+def test_status_after_refine():
+    assert panel.refineSummary(_result()) == (
         "Saved liver-v003 and made it the active model: 150 steps in 42 s on 3 corrected slices (held-out Dice 0.87).")
-    early = train.refineSummary(_result(stopped="early stopping", valDice=None))
+    early = panel.refineSummary(_result(stopped="early stopping", valDice=None))
     assert early.endswith("3 corrected slices; stopped: the held-out slice stopped improving.")
-    assert "time budget ran out" in train.refineSummary(_result(stopped="time budget"))
-    assert "discarded" in train.refineSummary(_result(bundle=None))
-    assert train.resegmentAfterTraining(_result(), cancelRequested=False) == (True, "")
-    again, note = train.resegmentAfterTraining(_result(stopped="cancelled"), cancelRequested=True)
+    assert "time budget ran out" in panel.refineSummary(_result(stopped="time budget"))
+    assert "discarded" in panel.refineSummary(_result(bundle=None))
+    assert panel.resegmentAfterTraining(_result(), cancelRequested=False) == (True, "")
+    again, note = panel.resegmentAfterTraining(_result(stopped="cancelled"), cancelRequested=True)
     assert not again and "not re-segmented" in note
-    assert train.resegmentAfterTraining(_result(bundle=None), cancelRequested=True) == (False, "")
+    assert panel.resegmentAfterTraining(_result(bundle=None), cancelRequested=True) == (False, "")
     done = SimpleNamespace(slicesProcessed=9, seconds=3.2, cancelled=False)
-    assert train.segmentedSummary(done) == "9 slices re-segmented in 3 s; reviewed slices kept."
-    assert "Cancelled" in train.segmentedSummary(SimpleNamespace(slicesProcessed=2, seconds=1, cancelled=True))
+    assert panel.segmentedSummary(done) == "9 slices re-segmented in 3 s; reviewed slices kept."
+    assert "Cancelled" in panel.segmentedSummary(SimpleNamespace(slicesProcessed=2, seconds=1, cancelled=True))
 
 
 # -- RefineRun with a recording Logic (real threads, real scene) -----------------------------------
@@ -248,9 +252,9 @@ def scene_nodes(headless_slicer):
     return volume, segmentation, segmentId
 
 
-def test_training_runs_in_a_worker_and_writes_on_the_main_thread(train, scene_nodes):
+def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
     logic = RecordingLogic()
-    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
     states = _pollUntilDone(run)
     assert [(name, main) for name, main in logic.calls] == [
         ("runRefine", False), ("finishRefine", True), ("corrections", True), ("computePrediction", False),
@@ -262,9 +266,9 @@ def test_training_runs_in_a_worker_and_writes_on_the_main_thread(train, scene_no
     assert final.message.endswith("3 slices re-segmented in 0 s; reviewed slices kept.")
 
 
-def test_progress_text_while_training(train, scene_nodes):
+def test_progress_text_while_training(scene_nodes):
     block = threading.Event()
-    run = train.RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
+    run = panel.RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
     deadline = time.monotonic() + 10
     while run._latest is None or run._latest["step"] < 20:
         assert time.monotonic() < deadline
@@ -275,10 +279,10 @@ def test_progress_text_while_training(train, scene_nodes):
     _pollUntilDone(run)
 
 
-def test_cancel_keeps_the_version_and_skips_resegmentation(train, scene_nodes):
+def test_cancel_keeps_the_version_and_skips_resegmentation(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
     assert not run.cancelRequested
     run.cancel()
     assert run.cancelRequested  # the button reads 'Cancelling...' until the worker stops
@@ -288,41 +292,41 @@ def test_cancel_keeps_the_version_and_skips_resegmentation(train, scene_nodes):
     assert "cancelled, the best weights so far were kept" in final.message and "not re-segmented" in final.message
 
 
-def test_scene_close_writes_nothing(train, scene_nodes):
+def test_scene_close_writes_nothing(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
     run.abandon()
     block.set()
     final = _pollUntilDone(run)[-1]
     assert [name for name, _ in logic.calls] == ["runRefine"] and "scene was closed" in final.message
 
 
-def test_removed_segmentation_writes_nothing(train, scene_nodes, headless_slicer):
+def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = train.RefineRun(logic, *scene_nodes).train("prepared")
+    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
     headless_slicer.scene.RemoveNode(scene_nodes[1])
     block.set()
     final = _pollUntilDone(run)[-1]
     assert [name for name, _ in logic.calls] == ["runRefine"] and "removed" in final.message
 
 
-def test_worker_error_reaches_the_gui(train, scene_nodes):
-    run = train.RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train("prepared")
+def test_worker_error_reaches_the_gui(scene_nodes):
+    run = panel.RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train("prepared")
     final = _pollUntilDone(run)[-1]
     assert isinstance(final.error, RuntimeError) and "Traceback" in final.errorDetails
 
 
-def test_main_thread_error_reaches_the_gui(train, scene_nodes):
+def test_main_thread_error_reaches_the_gui(scene_nodes):
     logic = RecordingLogic()
     logic.finishRefine = lambda prepared, outcome: (_ for _ in ()).throw(OSError("disk full"))
-    final = _pollUntilDone(train.RefineRun(logic, *scene_nodes).train("prepared"))[-1]
+    final = _pollUntilDone(panel.RefineRun(logic, *scene_nodes).train("prepared"))[-1]
     assert isinstance(final.error, OSError) and "disk full" in final.errorDetails
 
 
 # -- RefineRun on the real engine ----------------------------------------------------------------
-def test_refine_then_roll_back_on_the_real_engine(train, headless_slicer, tmp_path, tiny_guide_dir):
+def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tiny_guide_dir):
     from GuiDINOSegmentLib import GuiDINOSegmentLogic
     from GuiDINOSegmentLib.bundle import build_model, save_bundle
     from GuiDINOSegmentLib.model import ModelConfig
@@ -346,9 +350,9 @@ def test_refine_then_roll_back_on_the_real_engine(train, headless_slicer, tmp_pa
     slicer.util.updateSegmentBinaryLabelmapFromArray(corrected, segmentation, segmentId, volume)
     assert logic.corrections(segmentation, segmentId)["slices"] == [2, 5]
 
-    settings = RefineSettings(train=train.trainParts(True, True, False), steps=4, device="cpu")
+    settings = RefineSettings(train=panel.trainParts(True, True, False), steps=4, device="cpu")
     prepared = logic.prepareRefine(volume, segmentation, segmentId, resegment=False, settings=settings)
-    run = train.RefineRun(logic, volume, segmentation, segmentId).train(prepared)
+    run = panel.RefineRun(logic, volume, segmentation, segmentId).train(prepared)
     states = _pollUntilDone(run, timeout=600)
     final = states[-1]
     assert final.error is None, final.errorDetails
@@ -359,12 +363,12 @@ def test_refine_then_roll_back_on_the_real_engine(train, headless_slicer, tmp_pa
     after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
     np.testing.assert_array_equal(after[[2, 5]], corrected[[2, 5]])  # reviewed slices untouched
     assert logic.corrections(segmentation, segmentId)["slices"] == [2, 5]  # still the corrections
-    rows = train.versionRows(logic.versions(), segmentLogic.activeModel(segmentation))
+    rows = panel.versionRows(logic.versions(), segmentLogic.activeModel(segmentation))
     assert [(Path(r.path).name, r.active) for r in rows] == [("volume-v001", True), ("start", False)]
 
     # Roll back to the starting model: the unreviewed slices get its prediction again, exactly.
     logic.rollback(volume, segmentation, segmentId, first, resegment=False)
-    rollback = train.RefineRun(logic, volume, segmentation, segmentId).resegment(first, "Rolled back.")
+    rollback = panel.RefineRun(logic, volume, segmentation, segmentId).resegment(first, "Rolled back.")
     final = _pollUntilDone(rollback, timeout=600)[-1]
     assert final.error is None, final.errorDetails
     assert final.message.startswith("Rolled back.") and "re-segmented" in final.message
@@ -411,7 +415,12 @@ def _logicClass(owner):
     return GuiDINOSegmentLogic
 
 
-CALLS, OTHER = _logicCalls(MODULE_FILE)
+CALLS, OTHER = {}, set()
+for _file in (MODULE_FILE, PANEL_FILE):  # the widget and the run it starts
+    _calls, _other = _logicCalls(_file)
+    for _key, _nodes in _calls.items():
+        CALLS.setdefault(_key, []).extend(_nodes)
+    OTHER |= _other
 
 
 def test_the_module_delegates_to_the_logic():
@@ -445,7 +454,7 @@ def test_dependency_check_never_runs_in_a_constructor():
 
 
 def test_the_module_never_writes_segments_directly():
-    text = MODULE_FILE.read_text()
+    text = MODULE_FILE.read_text() + PANEL_FILE.read_text()
     for forbidden in ("updateSegmentBinaryLabelmapFromArray", "SetBinaryLabelmapToSegment",
                       "ImportLabelmapToSegmentationNode"):
         assert forbidden not in text, forbidden

@@ -11,8 +11,8 @@ from conftest import oblique_image, synthetic_volume
 from GuiDINOSegmentLib.bundle import build_model
 from GuiDINOSegmentLib.geometry import Geometry
 from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.volume import (InputError, VolumeSlicer, image_data_from_sitk, read_image, segment_file,
-                                      segment_volume, slice_axis)
+from GuiDINOSegmentLib.volume import (InputError, VolumeSlicer, image_data_from_sitk, read_image, resolve_batch_size,
+                                      segment_file, segment_volume, slice_axis)
 
 
 @pytest.fixture
@@ -194,16 +194,39 @@ def test_bad_guide_stride_is_refused(model, volume_file, bad):
         segment_volume(model, read_image(volume_file), device="cpu", guide_stride=bad)
 
 
+def test_auto_batch_size_is_four_slices_on_the_cpu_and_gives_the_same_labels(model, volume_file):
+    image = read_image(volume_file)
+    done = []
+    auto = segment_volume(model, image, device="cpu", progress=lambda n, total: done.append(n))
+    count = image.voxels.shape[0]
+    assert done == [*range(4, count, 4), count]
+    one = segment_volume(model, image, device="cpu", batch_size=1)
+    np.testing.assert_array_equal(auto.labels, one.labels)
+    assert resolve_batch_size("auto", "cuda") == 64 and resolve_batch_size("12", "cpu") == 12
+
+
+@pytest.mark.parametrize("bad", [0, -1, "many", 1.5, False])
+def test_bad_batch_size_is_refused(model, volume_file, bad):
+    with pytest.raises(InputError, match="batch size must be 'auto' or a whole number"):
+        segment_volume(model, read_image(volume_file), device="cpu", batch_size=bad)
+
+
 def test_evaluation_uses_the_guide_stride_it_is_given(model, tmp_path):
     from GuiDINOSegmentLib.evaluation import evaluate_pairs
 
     image, labels = synthetic_volume()
+    for volume in (image, labels):
+        volume.SetSpacing((0.8, 0.8, 0.5))  # thin slices: "auto" resolves to a stride > 1
     pair = (tmp_path / "case_image.nrrd", tmp_path / "case_label.nrrd")
     sitk.WriteImage(image, str(pair[0]))
     sitk.WriteImage(labels, str(pair[1]))
     every = evaluate_pairs(model, [pair], device="cpu", guide_stride=1)
     sparse = evaluate_pairs(model, [pair], device="cpu", guide_stride=4)
-    assert every["guide_stride"] == 1 and sparse["guide_stride"] == 4
+    auto = evaluate_pairs(model, [pair], device="cpu")
+    assert [every["guide_stride"], sparse["guide_stride"], auto["guide_stride"]] == [1, 4, "auto"]
+    resolved = VolumeSlicer(read_image(pair[0]), "axial", model.config).auto_guide_stride(model.guide.patch_size)
+    assert resolved > 1
+    assert [r["cases"][0]["guide_stride"] for r in (every, sparse, auto)] == [1, 4, resolved]
     expected = segment_volume(model, read_image(pair[0]), device="cpu", guide_stride=4).labels > 0
     truth = sitk.GetArrayFromImage(labels) > 0
     dice = 2 * (expected & truth).sum() / (expected.sum() + truth.sum())

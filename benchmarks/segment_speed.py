@@ -127,7 +127,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--volume-shape", default="300,512,512", help="slices,rows,columns of the synthetic CT; 'none' to skip it")
     parser.add_argument("--real-volume", default=None, help="also time a real volume, e.g. ../shared/data/volumes/mni152_t1.nii.gz")
-    parser.add_argument("--end-to-end-batch", type=int, default=4)
+    parser.add_argument("--end-to-end-batch", default="auto", help="guidino segment --batch-size")
     parser.add_argument("--guide-strides", default="auto,1", help="--guide-stride values for the end-to-end runs")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--skip-components", action="store_true", help="only the end-to-end runs")

@@ -333,7 +333,24 @@ class SparseGuide:
         return (1 - weight) * below + weight * above
 
 
-def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device="auto",
+# Slices per batch for ``batch_size="auto"``. CPU: 4 keeps the largest activations of the 256-px
+# networks under glibc's 32 MiB mmap cap, measured fastest (BENCHMARKS.md, section 2). CUDA: large
+# batches keep the GPU busy; memory stays small (one batch of model-size slices).
+AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 64}
+
+
+def resolve_batch_size(batch_size, device):
+    """Slices per batch: ``"auto"`` (``AUTO_BATCH_SIZE`` for the device type) or an int >= 1."""
+    if batch_size == "auto":
+        return AUTO_BATCH_SIZE.get(torch.device(device).type, 4)
+    if isinstance(batch_size, str) and batch_size.isdigit():
+        batch_size = int(batch_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch size must be 'auto' or a whole number >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", device="auto",
                    progress=None, cancel=None, guide_stride="auto"):
     """Segment ``image`` (ImageData) slice by slice with ``model`` (GuiDINOModel).
 
@@ -342,10 +359,12 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size=8, device
     ``cancel`` (a ``threading.Event``) stops between batches, keeping what was done.
     ``guide_stride``: run the guide on every n-th slice and interpolate it between (``"auto"``:
     from the slice spacing, see ``VolumeSlicer.auto_guide_stride``); 1 runs it on every slice.
-    Memory stays bounded: only one batch of slices is on the device at a time.
+    ``batch_size``: slices per batch (``"auto"``: see ``AUTO_BATCH_SIZE``). Memory stays bounded:
+    only one batch of slices is on the device at a time.
     """
     start = time.perf_counter()
     device = resolve_device(device)
+    batch_size = resolve_batch_size(batch_size, device)
     model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     slicer = VolumeSlicer(image, axis, model.config)
     todo = slicer.check_indices(slices)

@@ -1,7 +1,8 @@
 """GuiDINO training: training loops, refine from corrections, and the ``guidino`` command line.
 
 Plain Python on numpy / torch; it never imports ``slicer``. The Slicer bridge,
-``GuiDINOTrainLogic`` (in ``TrainLogic.py``), is exported lazily.
+``GuiDINOTrainLogic`` (in ``TrainLogic.py``), is exported lazily; ``TrainPanel.py`` holds the
+Train panel's decisions (no qt, no torch).
 """
 
 

@@ -218,7 +218,7 @@ def build_parser():
     seg.add_argument("--guide-output", default=None)
     seg.add_argument("--probability-output", default=None)
     seg.add_argument("--axis", choices=AXES, default="axial")
-    seg.add_argument("--batch-size", type=int, default=4)
+    seg.add_argument("--batch-size", default="auto", help="slices per batch (auto: 4 on CPU, 64 on a GPU)")
     seg.add_argument("--guide-stride", default="auto", help=GUIDE_STRIDE_HELP)
     seg.add_argument("--guide", default=None, help="where the bundle's guide weights are, if not where they were")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
