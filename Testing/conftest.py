@@ -65,6 +65,24 @@ def tiny_guide(tiny_guide_dir):
     return GuideGenerator.load(str(tiny_guide_dir))
 
 
+@pytest.fixture
+def disc_dataset(tmp_path):
+    """A tiny 2D dataset in the Kvasir-SEG layout (grey PNG discs, 0/255 masks): train 8, val 3."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "discs"
+    for split, seed, count in (("train", 0, 8), ("val", 1, 3)):
+        images, labels = synthetic_slices(count=count, size=64, seed=seed)
+        for folder in ("images", "masks"):
+            (root / split / folder).mkdir(parents=True)
+        for i in range(count):
+            sitk.WriteImage(sitk.GetImageFromArray((images[i, 0].numpy() * 255).astype(np.uint8)),
+                            str(root / split / "images" / f"case{i}.png"))
+            sitk.WriteImage(sitk.GetImageFromArray(labels[i].numpy().astype(np.uint8) * 255),
+                            str(root / split / "masks" / f"case{i}.png"))
+    return root
+
+
 def synthetic_slices(count=8, size=64, seed=0):
     """Bright discs of random size and place on a noisy background: (images (N,1,S,S) in [0,1], labels (N,S,S))."""
     import torch

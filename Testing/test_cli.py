@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import synthetic_slices, synthetic_volume
+from conftest import synthetic_volume
 
 from GuiDINOSegmentLib.geometry import Geometry
 
@@ -17,25 +17,9 @@ def guidino(*args, env=None):
                           text=True, env=env, timeout=600)
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    """A tiny 2D dataset in the Kvasir-SEG layout (grey PNG discs, 0/255 masks)."""
-    root = tmp_path / "discs"
-    for split, seed, count in (("train", 0, 8), ("val", 1, 3)):
-        images, labels = synthetic_slices(count=count, size=64, seed=seed)
-        for folder in ("images", "masks"):
-            (root / split / folder).mkdir(parents=True)
-        for i in range(count):
-            sitk.WriteImage(sitk.GetImageFromArray((images[i, 0].numpy() * 255).astype(np.uint8)),
-                            str(root / split / "images" / f"case{i}.png"))
-            sitk.WriteImage(sitk.GetImageFromArray(labels[i].numpy().astype(np.uint8) * 255),
-                            str(root / split / "masks" / f"case{i}.png"))
-    return root
-
-
-def test_train_segment_evaluate(tmp_path, dataset, tiny_guide_dir):
+def test_train_segment_evaluate(tmp_path, disc_dataset, tiny_guide_dir):
     bundle = tmp_path / "model"
-    run = guidino("train", "--data", dataset, "--out", bundle, "--network", "wnet", "--guide", tiny_guide_dir,
+    run = guidino("train", "--data", disc_dataset, "--out", bundle, "--network", "wnet", "--guide", tiny_guide_dir,
                   "--size", 64, "--widths", "8,16,32,64,128", "--steps", 30, "--device", "cpu")
     assert run.returncode == 0, run.stderr
     metrics = json.loads((bundle / "metrics.json").read_text())
@@ -43,7 +27,7 @@ def test_train_segment_evaluate(tmp_path, dataset, tiny_guide_dir):
     assert metrics["epochs"] == pytest.approx(30 * 4 / 8)  # 30 steps of batch 4 over 8 training images
 
     report = tmp_path / "val.json"
-    run = guidino("evaluate", "--model", bundle, "--data", dataset, "--split", "val", "--json", report)
+    run = guidino("evaluate", "--model", bundle, "--data", disc_dataset, "--split", "val", "--json", report)
     assert run.returncode == 0, run.stderr
     summary = json.loads(report.read_text())
     assert summary["n"] == 3 and len(summary["cases"]) == 3
@@ -61,19 +45,19 @@ def test_train_segment_evaluate(tmp_path, dataset, tiny_guide_dir):
         assert Geometry.from_sitk(sitk.ReadImage(str(path))).is_close(Geometry.from_sitk(image), tol=1e-9)
 
 
-def test_errors_are_one_clear_line(tmp_path, dataset):
+def test_errors_are_one_clear_line(tmp_path, disc_dataset):
     run = guidino("segment", "--model", tmp_path / "missing-bundle", "--input", "x.nrrd", "--output", "y.nrrd")
     assert run.returncode != 0
     assert run.stderr.strip().count("\n") == 0 and "not found" in run.stderr
 
-    run = guidino("train", "--data", dataset, "--out", tmp_path / "m", "--guide", tmp_path / "no-such-guide",
+    run = guidino("train", "--data", disc_dataset, "--out", tmp_path / "m", "--guide", tmp_path / "no-such-guide",
                   "--steps", 1)
     assert run.returncode != 0 and "GUIDINO_GUIDE" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_guide_stride_option(tmp_path, dataset, tiny_guide_dir):
+def test_guide_stride_option(tmp_path, disc_dataset, tiny_guide_dir):
     bundle = tmp_path / "model"
-    assert guidino("train", "--data", dataset, "--out", bundle, "--guide", tiny_guide_dir, "--size", 64,
+    assert guidino("train", "--data", disc_dataset, "--out", bundle, "--guide", tiny_guide_dir, "--size", 64,
                    "--widths", "8,16,32,64,128", "--steps", 2, "--device", "cpu").returncode == 0
     image, _ = synthetic_volume()
     volume = tmp_path / "volume.nrrd"

@@ -14,23 +14,14 @@ lower bound: rerun with pretrained weights (``--guide``) for the real figure.
 import argparse
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from command import guidino
 from GuiDINOSegmentLib.metrics import dice_score
 from GuiDINOSegmentLib.volume import image_slice_axis, read_image, read_labels
-
-
-def guidino(*args):
-    print("$ guidino " + " ".join(map(str, args)), flush=True)
-    run = subprocess.run([sys.executable, "-m", "GuiDINOTrainLib.cli", *map(str, args)], capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(run.stderr)
-    return run.stdout
 
 
 def main():
@@ -60,7 +51,7 @@ def main():
         start = time.perf_counter()
         report = guidino("segment", "--model", out / "model", "--input", args.volume, "--output",
                          out / f"stride-{stride}.nrrd", "--axis", args.axis, "--guide-stride", stride,
-                         "--device", args.device)
+                         "--device", args.device, capture=True)
         seconds = time.perf_counter() - start
         masks[stride] = np.take(read_labels(out / f"stride-{stride}.nrrd", like=image) > 0, held_out, axis=axis)
         results[stride] = {"dice_held_out": dice_score(masks[stride], np.take(truth, held_out, axis=axis)),

@@ -12,10 +12,9 @@ network, not GuiDINO's accuracy.
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from command import guidino
 from machine import cpu_times, steal_since
 
 CASES = {  # name: (image, true label) in --data
@@ -29,12 +28,10 @@ def simulate(case, args, out):
     image, label = CASES[case]
     report = out / (case.split()[0] + ".json")
     if not report.exists():
-        command = [sys.executable, "-m", "GuiDINOTrainLib.cli", "simulate", "--volume", Path(args.data) / image,
-                   "--label", Path(args.data) / label, "--rounds", args.rounds, "--json", report,
-                   "--guide", args.guide, "--device", args.device, *args.simulate_options.split()]
-        print("$ guidino " + " ".join(map(str, command[3:])), flush=True)
         before = cpu_times()
-        subprocess.run(list(map(str, command)), check=True)
+        guidino("simulate", "--volume", Path(args.data) / image, "--label", Path(args.data) / label,
+                "--rounds", args.rounds, "--json", report, "--guide", args.guide, "--device", args.device,
+                *args.simulate_options.split())
         summary = json.loads(report.read_text())
         summary["cpu_steal"] = steal_since(before)
         report.write_text(json.dumps(summary, indent=2))

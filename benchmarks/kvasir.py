@@ -12,10 +12,9 @@ are labelled UNTRAINED GUIDE.
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from command import guidino
 from machine import cpu_times, steal_since
 
 ROWS = {  # name: guidino train options
@@ -26,12 +25,6 @@ ROWS = {  # name: guidino train options
     "SegDINO": ["--network", "segdino"],
     "GuiDINO-W + LoRA": ["--network", "wnet", "--lora"],
 }
-
-
-def guidino(*args):
-    command = [sys.executable, "-m", "GuiDINOTrainLib.cli", *map(str, args)]
-    print("$ guidino " + " ".join(map(str, args)), flush=True)
-    subprocess.run(command, check=True)
 
 
 def run_row(name, args, folder):

@@ -1,0 +1,74 @@
+"""The benchmark scripts run end to end on tiny data, as BENCHMARKS.md runs them (through ``guidino``)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+from conftest import synthetic_volume
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_NETWORK = ["--size", 64, "--widths", "8,16,32,64,128"]
+
+
+def benchmark(script, *args):
+    run = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_kvasir_table_trains_scores_labels_the_untrained_guide_and_resumes(tmp_path, disc_dataset, tiny_guide_dir):
+    table_json, table_md = tmp_path / "table.json", tmp_path / "table.md"
+    args = ["--data", disc_dataset, "--guide", tiny_guide_dir, "--out", tmp_path / "runs", "--rows",
+            "nnWNet-style,GuiDINO-W", *TINY_NETWORK, "--steps", 3, "--batch-size", 2, "--device", "cpu",
+            "--json", table_json, "--markdown", table_md]
+    first = benchmark("kvasir.py", *args)
+    assert first.count("$ guidino train") == 2 and first.count("$ guidino evaluate") == 2
+    rows = json.loads(table_json.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["nnWNet-style", "GuiDINO-W"]
+    assert [r["untrained_guide"] for r in rows] == [False, True]
+    for row in rows:
+        scores = json.loads((Path(row["bundle"]).parent / "val.json").read_text())  # what guidino evaluate wrote
+        assert (row["dice"], row["iou"], row["hd95"], row["n"]) == (scores["dice"], scores["iou"], scores["hd95"], 3)
+        assert row["steps"] == 3 and row["epochs"] == pytest.approx(3 * 2 / 8)
+        assert row["parameters"]["total"] >= row["parameters"]["trainable"] > 0
+    assert rows[1]["parameters"]["total"] > rows[1]["parameters"]["trainable"]  # the guide is frozen
+    lines = table_md.read_text().splitlines()
+    assert lines[2].startswith("| nnWNet-style | ") and lines[3].startswith("| GuiDINO-W **[UNTRAINED GUIDE]** | ")
+
+    again = benchmark("kvasir.py", *args)  # finished rows are reused, not retrained
+    assert "$ guidino" not in again
+    assert json.loads(table_json.read_text())["rows"] == rows
+
+
+def test_interactive_curve_runs_the_simulated_user(tmp_path, tiny_guide_dir):
+    image, labels = synthetic_volume()
+    sitk.WriteImage(image, str(tmp_path / "brain1_image.nrrd"))
+    sitk.WriteImage(labels, str(tmp_path / "brain1_label.nrrd"))
+    out, table = tmp_path / "curve", tmp_path / "curve.md"
+    benchmark("interactive.py", "--data", tmp_path, "--guide", tiny_guide_dir, "--out", out, "--cases", "brain1",
+              "--rounds", 2, "--device", "cpu", "--markdown", table,
+              "--simulate-options", "--steps 3 --time-budget 0 --size 64 --widths 8,16,32,64,128")
+    summary = json.loads((out / "brain1.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert [len(r["corrected_slices"]) for r in summary["rounds"]] == [1, 2]
+    text = table.read_text()
+    assert text.startswith("**brain1** **[UNTRAINED GUIDE]**")
+    assert text.count("\n| 1 | 1 | ") == 1 and text.count("\n| 2 | 2 | ") == 1
+
+
+def test_segment_speed_times_the_parts_and_the_command(tmp_path):
+    report = tmp_path / "speed.json"
+    benchmark("segment_speed.py", "--guides", "tiny", "--sizes", 64, "--batch-sizes", 2, "--repeats", 1,
+              "--volume-shape", "6,40,48", "--guide-strides", "auto,1", "--json", report)
+    result = json.loads(report.read_text())
+    (part,) = result["components"]
+    assert part["batch"] == 2 and part["guide_ms_per_slice"] > 0 and part["network_ms_per_slice"] > 0
+    assert part["guide_gflop_per_slice"] > 0 and part["guide_overhead"] > 0
+    assert [row["guide_stride"] for row in result["end_to_end"]] == ["auto", "1"]
+    for row in result["end_to_end"]:
+        assert row["volume"] == "ct.nrrd" and "6 slices" in row["cli_report"]
+        assert 0 < row["peak_rss_gib"] < 8  # the child's own high-water mark
