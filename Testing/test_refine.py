@@ -11,8 +11,8 @@ from test_cli import guidino
 
 from GuiDINOSegmentLib.bundle import load_bundle, read_bundle_config
 from GuiDINOSegmentLib.volume import InputError, image_data_from_sitk
-from GuiDINOTrainLib.refine import (RefineSettings, list_versions, next_version_path, refine_model, save_refined,
-                                    simulate)
+from GuiDINOTrainLib.refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, next_version_path,
+                                    refine_model, save_refined, simulate)
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
@@ -24,7 +24,7 @@ def volume():
 
 
 def _settings(**kw):
-    return RefineSettings(**{"steps": 40, "device": "cpu", "new_model": dict(LIGHT), **kw})
+    return RefineSettings(**{"steps": 40, "time_budget": None, "device": "cpu", "new_model": dict(LIGHT), **kw})
 
 
 def test_no_or_useless_corrections_are_refused(volume, tiny_guide_dir):
@@ -90,6 +90,14 @@ def test_robot_user_improves_unreviewed_slices(tiny_guide_dir):
     assert rounds[0]["corrected_slices"] == [first_pick]  # starts from the slice with the largest true area
     assert rounds[-1]["dice_unreviewed"] > rounds[0]["dice_unreviewed"] + 0.1, rounds
     assert all(r["refine_seconds"] > 0 and r["segment_seconds"] > 0 for r in rounds)
+
+
+def test_a_refine_round_stops_at_its_time_budget(volume, tiny_guide_dir):
+    assert RefineSettings().time_budget == REFINE_TIME_BUDGET == 20.0  # the default: a round stays interactive
+    image, labels = volume
+    result = refine_model(image, labels, [4, 6], guide=str(tiny_guide_dir),
+                          settings=_settings(steps=100_000, time_budget=1.0))
+    assert result.stopped == "time budget" and 0 < result.steps < 100_000 and result.model is not None
 
 
 def test_simulate_and_refine_commands(tmp_path, tiny_guide_dir):

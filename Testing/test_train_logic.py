@@ -51,7 +51,7 @@ def _correct(volume, segmentation, segment_id, truth, slices):
 
 
 def _settings(**kw):
-    return RefineSettings(**{"steps": 60, "device": "cpu", **kw})
+    return RefineSettings(**{"steps": 60, "time_budget": None, "device": "cpu", **kw})  # steps, not the clock
 
 
 def test_no_corrections_gives_the_promised_message(setup):

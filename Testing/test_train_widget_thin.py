@@ -350,7 +350,7 @@ def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tin
     slicer.util.updateSegmentBinaryLabelmapFromArray(corrected, segmentation, segmentId, volume)
     assert logic.corrections(segmentation, segmentId)["slices"] == [2, 5]
 
-    settings = RefineSettings(train=panel.trainParts(True, True, False), steps=4, device="cpu")
+    settings = RefineSettings(train=panel.trainParts(True, True, False), steps=4, time_budget=None, device="cpu")
     prepared = logic.prepareRefine(volume, segmentation, segmentId, resegment=False, settings=settings)
     run = panel.RefineRun(logic, volume, segmentation, segmentId).train(prepared)
     states = _pollUntilDone(run, timeout=600)

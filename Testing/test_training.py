@@ -78,6 +78,16 @@ def test_resume_continues_from_the_checkpoint(tiny_guide, tmp_path):
     assert [h["step"] for h in second.history] == [5, 10, 15, 20]
 
 
+def test_time_budget_stops_training_after_a_validated_step():
+    train_set, val_set = _sets()
+    model = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
+    result = train(model, train_set, val_set, TrainConfig(steps=100_000, batch_size=4, device="cpu",
+                                                          validate_every=50_000, time_budget=1.0))
+    assert result.stopped == "time budget" and 0 < result.steps < 100_000 and result.seconds >= 1.0
+    assert [h["step"] for h in result.history] == [result.steps]  # the steps since the last validation count
+    assert validation_dice(model, val_set, torch.device("cpu")) == pytest.approx(result.best_val_dice)
+
+
 def test_real_kvasir_images_are_learned(tiny_guide):
     if not (SHARED_DATA / "kvasir-seg").is_dir():
         pytest.skip(f"Kvasir-SEG not found in {SHARED_DATA}")

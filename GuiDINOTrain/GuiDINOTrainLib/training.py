@@ -36,7 +36,7 @@ class TrainConfig:
     device: str = "auto"
     validate_every: int = 0  # steps between validations; 0 = once per epoch
     patience: Optional[int] = None  # stop after this many validations without improvement
-    time_budget: Optional[float] = None  # seconds
+    time_budget: Optional[float] = None  # seconds: stop after the step that passes it (that step is validated)
     cache_guide: bool = True  # frozen guide: compute its tokens once per image
 
     def __post_init__(self):
@@ -183,9 +183,6 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
         if cancel is not None and cancel.is_set():
             stopped = "cancelled"
             break
-        if config.time_budget is not None and time.perf_counter() - start > config.time_budget:
-            stopped = "time budget"
-            break
         if len(order) < config.batch_size:
             order = np.concatenate([order, order_rng.permutation(len(train_set))])
         index, order = order[:config.batch_size], order[config.batch_size:]
@@ -207,7 +204,8 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
         step += 1
         running += loss.detach().float()
         seen += 1
-        if step % validate_every == 0 or step == total:
+        out_of_time = config.time_budget is not None and time.perf_counter() - start > config.time_budget
+        if step % validate_every == 0 or step == total or out_of_time:  # the last step is always validated
             val = validation_dice(model, val_set, device, features=val_features) if val_set else None
             entry = {"step": step, "total": total, "epoch": step / steps_per_epoch, "loss": float(running / seen),
                      "val_dice": val, "seconds": time.perf_counter() - start}
@@ -224,6 +222,9 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
             if config.patience is not None and stale >= config.patience:
                 stopped = "early stopping"
                 break
+        if out_of_time and step < total:
+            stopped = "time budget"
+            break
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
