@@ -194,6 +194,38 @@ def test_bad_guide_stride_is_refused(model, volume_file, bad):
         segment_volume(model, read_image(volume_file), device="cpu", guide_stride=bad)
 
 
+def test_multiclass_models_are_also_scored_per_class(tiny_guide, tmp_path):
+    from GuiDINOSegmentLib.evaluation import evaluate_pairs
+    from GuiDINOSegmentLib.metrics import case_metrics
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(network="unet", input_size=64, num_classes=3), tiny_guide).eval()
+    with torch.no_grad():  # predict class 1 everywhere: per-class scores that differ and catch mixed-up classes
+        model.network.head.weight.zero_()
+        model.network.head.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    image, blob = synthetic_volume()
+    labels = sitk.GetArrayFromImage(blob).astype(np.uint8)
+    labels[:, :, 20:] *= 2  # the right half of the blob is class 2
+    written = sitk.GetImageFromArray(labels)
+    written.CopyInformation(blob)
+    pair = (tmp_path / "case_image.nrrd", tmp_path / "case_label.nrrd")
+    sitk.WriteImage(image, str(pair[0]))
+    sitk.WriteImage(written, str(pair[1]))
+    summary = evaluate_pairs(model, [pair], device="cpu")
+    pred = segment_volume(model, read_image(pair[0]), device="cpu").labels
+    spacing = image.GetSpacing()[::-1]
+    assert sorted(summary["classes"]) == ["1", "2"] and sorted(summary["cases"][0]["classes"]) == ["1", "2"]
+    assert (pred == 1).all()
+    for value in (1, 2):
+        expected = case_metrics(pred == value, labels == value, spacing=spacing)
+        assert summary["cases"][0]["classes"][str(value)] == expected
+        assert summary["classes"][str(value)] == {"n": 1, **expected}
+    assert 0 < summary["classes"]["1"]["dice"] < summary["dice"] < 1 and summary["classes"]["2"]["dice"] == 0
+    assert summary["dice"] == case_metrics(pred > 0, labels > 0, spacing=spacing)["dice"]  # foreground as a whole
+    binary = build_model(ModelConfig(network="unet", input_size=64), tiny_guide).eval()
+    assert "classes" not in evaluate_pairs(binary, [pair], device="cpu")
+
+
 def test_auto_batch_size_is_four_slices_on_the_cpu_and_gives_the_same_labels(model, volume_file):
     image = read_image(volume_file)
     done = []

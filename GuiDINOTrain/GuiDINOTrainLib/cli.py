@@ -96,6 +96,8 @@ def _evaluate(args):
         summary["warning"] = "UNTRAINED GUIDE: these numbers are not GuiDINO's accuracy"
     print(f"{args.split}: n={summary['n']} dice={summary['dice']:.4f} iou={summary['iou']:.4f} "
           f"hd95={summary['hd95']:.2f} ({summary['units']['hd95']})" + (f"  [{summary['warning']}]" if "warning" in summary else ""))
+    for value, scores in summary.get("classes", {}).items():
+        print(f"  class {value}: dice={scores['dice']:.4f} iou={scores['iou']:.4f} hd95={scores['hd95']:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
