@@ -380,11 +380,11 @@ def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tin
 
 
 # -- static checks of the module file and its .ui --------------------------------------------------
-def _logicCalls(path):
+def _logicCalls(*paths):
     """{(owner, name): [call nodes]} for ``self.logic.<name>(`` (owner 'train') and
     ``self.logic.segmentLogic.<name>(`` (owner 'segment'); plus other ``self.logic.<name>`` attributes."""
     calls, other = {}, set()
-    tree = ast.parse(path.read_text())
+    tree = ast.Module(body=[ast.parse(path.read_text()) for path in paths], type_ignores=[])
     called = {id(node.func): node for node in ast.walk(tree) if isinstance(node, ast.Call)}
 
     def isSelfLogic(node):
@@ -415,12 +415,7 @@ def _logicClass(owner):
     return GuiDINOSegmentLogic
 
 
-CALLS, OTHER = {}, set()
-for _file in (MODULE_FILE, PANEL_FILE):  # the widget and the run it starts
-    _calls, _other = _logicCalls(_file)
-    for _key, _nodes in _calls.items():
-        CALLS.setdefault(_key, []).extend(_nodes)
-    OTHER |= _other
+CALLS, OTHER = _logicCalls(MODULE_FILE, PANEL_FILE)  # the widget and the run it starts
 
 
 def test_the_module_delegates_to_the_logic():

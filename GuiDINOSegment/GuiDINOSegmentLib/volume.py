@@ -290,14 +290,19 @@ def resolve_guide_stride(model, slicer, guide_stride):
     always 1 for models without a TokenBook guide mask (unguided, SegDINO)."""
     if model.tokenbook is None:
         return 1
-    if guide_stride == "auto":
-        return slicer.auto_guide_stride(model.guide.patch_size)
-    if isinstance(guide_stride, str) and guide_stride.isdigit():
-        guide_stride = int(guide_stride)
-    if isinstance(guide_stride, bool) or not isinstance(guide_stride, int) or guide_stride < 1:
-        raise InputError(f"guide stride must be 'auto' or a whole number >= 1 (1 = the guide on every slice), "
-                         f"got {guide_stride!r}")
-    return guide_stride
+    stride = auto_or_count(guide_stride, "guide stride", " (1 = the guide on every slice)")
+    return slicer.auto_guide_stride(model.guide.patch_size) if stride is None else stride
+
+
+def auto_or_count(value, name, hint=""):
+    """``None`` for ``"auto"``, else ``value`` as an int >= 1 (digit strings accepted); else a clear InputError."""
+    if value == "auto":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be 'auto' or a whole number >= 1{hint}, got {value!r}")
+    return value
 
 
 class SparseGuide:
@@ -341,13 +346,8 @@ AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 64}
 
 def resolve_batch_size(batch_size, device):
     """Slices per batch: ``"auto"`` (``AUTO_BATCH_SIZE`` for the device type) or an int >= 1."""
-    if batch_size == "auto":
-        return AUTO_BATCH_SIZE.get(torch.device(device).type, 4)
-    if isinstance(batch_size, str) and batch_size.isdigit():
-        batch_size = int(batch_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch size must be 'auto' or a whole number >= 1, got {batch_size!r}")
-    return batch_size
+    count = auto_or_count(batch_size, "batch size")
+    return AUTO_BATCH_SIZE.get(torch.device(device).type, AUTO_BATCH_SIZE["cpu"]) if count is None else count
 
 
 def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", device="auto",

@@ -16,6 +16,7 @@ from typing import Optional
 from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
 
 PREFERRED_SEGMENT_NAME = "GuiDINO"  # the segment GuiDINO Segment writes by default
+NOTHING_TO_TRAIN = "Choose what to train: TokenBook, Network or LoRA."
 STOP_REASONS = {"time budget": "the time budget ran out", "early stopping": "the held-out slice stopped improving",
                 "cancelled": "cancelled, the best weights so far were kept"}
 
@@ -25,7 +26,7 @@ def trainParts(tokenbook, network, lora):
     """The Logic's ``train`` string ('tokenbook+network+lora') from the three check boxes."""
     parts = [name for name, on in (("tokenbook", tokenbook), ("network", network), ("lora", lora)) if on]
     if not parts:
-        raise ValueError("Choose what to train: TokenBook, Network or LoRA.")
+        raise ValueError(NOTHING_TO_TRAIN)
     return "+".join(parts)
 
 
@@ -44,7 +45,7 @@ def refineProblem(hasVolume, hasSegmentation, hasSegment, parts):
     if not hasSegment:
         return "Select the corrected segment."
     if not any(parts):
-        return "Choose what to train: TokenBook, Network or LoRA."
+        return NOTHING_TO_TRAIN
     return ""
 
 
