@@ -28,7 +28,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
-from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib import WidgetHelpers as helpers
 
 
 class GuiDINOSegment(ScriptedLoadableModule):

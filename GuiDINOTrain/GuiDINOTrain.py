@@ -29,6 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
 from GuiDINOTrainLib import TrainPanel as panel
 
@@ -46,14 +47,20 @@ class GuiDINOTrain(ScriptedLoadableModule):
             "model version, then re-segment the slices you have not reviewed. Roll back to any earlier version."
         )
         self.parent.acknowledgementText = _("Method: Liang et al., GuiDINO (arXiv 2603.01115); DINOv3 (Meta AI).")
+        helpers.registerRefineLogic(trainLogicClass)  # the Segment Editor effect's Refine button
+
+
+def trainLogicClass():
+    """The GuiDINOTrainLogic class, imported when first asked for (it imports torch)."""
+    from GuiDINOTrainLib import GuiDINOTrainLogic
+
+    return GuiDINOTrainLogic
 
 
 def __getattr__(name):
     """``GuiDINOTrain.GuiDINOTrainLogic``, imported when first asked for (it imports torch)."""
     if name == "GuiDINOTrainLogic":
-        from GuiDINOTrainLib import GuiDINOTrainLogic
-
-        return GuiDINOTrainLogic
+        return trainLogicClass()
     raise AttributeError(name)
 
 
@@ -235,9 +242,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(_("GuiDINO needs these Python packages: {packages}. Press Refresh or Refine to install "
                              "them.").format(packages=", ".join(dependencies.missing())))
             return False
-        from GuiDINOTrainLib import GuiDINOTrainLogic
-
-        self.logic = GuiDINOTrainLogic()
+        self.logic = trainLogicClass()()
         return True
 
     def refreshLists(self, install=False):

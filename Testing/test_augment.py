@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from GuiDINOSegmentLib.augment import AugmentConfig, augment_batch
+from guidino.training.augment import AugmentConfig, augment_batch
 
 OFF = AugmentConfig(flip_p=0, rot90_p=0, elastic_p=0, affine_p=0, intensity_p=0, noise_p=0, blur_p=0)
 GEOMETRY = dataclasses.replace(OFF, flip_p=0.5, rot90_p=0.5, elastic_p=1.0, affine_p=1.0)
@@ -105,7 +105,7 @@ def test_rot90_only_rotates_square_images():
 
 def test_cached_features_follow_the_image_geometry():
     """Guide features warped with the batch follow the same flips/rotations as the image."""
-    from GuiDINOSegmentLib.augment import AugmentConfig, augment_batch
+    from guidino.training.augment import AugmentConfig, augment_batch
 
     torch.manual_seed(0)
     images = torch.zeros(4, 1, 64, 64)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from GuiDINOSegmentLib.bundle import BundleError, build_model, load_bundle, read_bundle_config, save_bundle
-from GuiDINOSegmentLib.guide import GuideGenerator, GuideNotFoundError, make_tiny_guide
-from GuiDINOSegmentLib.model import ModelConfig
+from guidino.bundle import BundleError, build_model, load_bundle, read_bundle_config, save_bundle
+from guidino.guide import GuideGenerator, GuideNotFoundError, make_tiny_guide
+from guidino.model import ModelConfig
 
 
 def _perturbed(model):

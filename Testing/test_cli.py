@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import synthetic_volume
 
-from GuiDINOSegmentLib.geometry import Geometry
+from guidino.geometry import Geometry
 
 
 def guidino(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "GuiDINOTrainLib.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "guidino.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
 
 
@@ -71,7 +71,7 @@ def test_guide_stride_option(tmp_path, disc_dataset, tiny_guide_dir):
 def test_tune_cpu_allocator():
     import platform
 
-    from GuiDINOSegmentLib.runtime import tune_cpu_allocator
+    from guidino.runtime import tune_cpu_allocator
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_cpu_allocator() is expected

@@ -11,7 +11,7 @@ from transformers import (
     Dinov2WithRegistersModel,
 )
 
-from GuiDINOSegmentLib.guide import (
+from guidino.guide import (
     DEFAULT_GUIDE,
     GUIDE_ENV,
     IMAGENET_MEAN,

@@ -6,7 +6,7 @@ import slicer
 import slicer.util
 from conftest import oblique_image
 
-from GuiDINOSegmentLib.geometry import Geometry
+from guidino.geometry import Geometry
 
 
 def _ijk_to_ras(node):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from GuiDINOSegmentLib.guide import GuideGenerator, make_tiny_guide
-from GuiDINOSegmentLib.lora import LORA_TARGETS, add_lora, has_lora, load_lora, save_lora
+from guidino.guide import GuideGenerator, make_tiny_guide
+from guidino.lora import LORA_TARGETS, add_lora, has_lora, load_lora, save_lora
 
 ADAPTERS = "adapter_model.safetensors"
 

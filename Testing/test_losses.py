@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from GuiDINOSegmentLib.losses import (
+from guidino.training.losses import (
     GuiDINOLoss,
     boundary_hinge_loss,
     deep_supervision_loss,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
-from GuiDINOSegmentLib.metrics import case_metrics, multiclass_case_metrics, summarize
+from guidino.metrics import case_metrics, multiclass_case_metrics, summarize
 
 
 def _directed_surface_distances(a, b, spacing):

@@ -50,13 +50,75 @@ def test_python_files_parse(path):
     ast.parse(path.read_text(), filename=str(path))
 
 
-def test_engine_never_imports_slicer():
-    for lib in ["GuiDINOSegment/GuiDINOSegmentLib", "GuiDINOTrain/GuiDINOTrainLib"]:
-        for path in (ROOT / lib).rglob("*.py"):
-            if path.stem.endswith("Logic"):
-                continue  # the Logic is the only bridge to MRML
-            tree = ast.parse(path.read_text())
-            for node in ast.walk(tree):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                assert not any(n == "slicer" or n.startswith("slicer.") or n in ("qt", "ctk") for n in names), path
+ENGINE = ROOT / "GuiDINOSegment" / "guidino"
+FORBIDDEN_IN_ENGINE = ("slicer", "qt", "ctk", "vtk", "PythonQt", "SegmentEditorEffects")
+
+
+def _imports(path):
+    """Every module name ``path`` imports (at any depth, lazy imports included); relative ones as '.name'."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            names += [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    return names
+
+
+def _top(name):
+    return name.split(".")[0]
+
+
+ENGINE_FILES = sorted(ENGINE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", ENGINE_FILES, ids=lambda p: p.relative_to(ENGINE).as_posix())
+def test_engine_never_imports_slicer_qt_or_vtk(path):
+    """No exceptions: not the Logic, not lazily; the engine runs in a plain venv and in a worker process."""
+    bad = [n for n in _imports(path) if _top(n) in FORBIDDEN_IN_ENGINE or n.startswith(("qSlicer", "vtk"))
+           or _top(n).endswith("Lib")]
+    assert not bad, f"{path.name} imports {bad}: Slicer code belongs in a module's *Lib package"
+
+
+def test_the_guard_sees_every_kind_of_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import vtk\ndef f():\n    from slicer.util import arrayFromVolume\n"
+                     "    import importlib; importlib.import_module('qt')\n")
+    assert {"vtk", "slicer.util", "qt"} <= set(_imports(probe))
+
+
+SLICER_LIBS = [ROOT / "GuiDINOSegment" / "GuiDINOSegmentLib", ROOT / "GuiDINOSegment" / "SegmentEditorGuiDINOLib",
+               ROOT / "GuiDINOTrain" / "GuiDINOTrainLib"]
+
+
+def test_lib_packages_hold_only_slicer_code():
+    """Every file of a *Lib package works on MRML, the GUI or Slicer's installers; none computes (no torch)."""
+    slicer_side = ("slicer", "qt", "ctk", "vtk", "GuiDINOSegmentLib", "SegmentEditorEffects")
+    for lib in SLICER_LIBS:
+        for path in lib.glob("*.py"):
+            if path.name == "__init__.py":
+                continue
+            names = _imports(path)
+            text = path.read_text()
+            assert any(_top(n) in slicer_side for n in names) or "MRML" in text or "Slicer" in text, path
+            compute = [n for n in names if _top(n) in ("torch", "transformers", "peft", "SimpleITK", "monai")]
+            assert not compute, f"{path.name} imports {compute}: computation belongs in the engine (guidino)"
+
+
+def test_modules_import_one_way_train_to_segment():
+    segment_files = list((ROOT / "GuiDINOSegment").rglob("*.py"))
+    for path in segment_files:
+        names = _imports(path)
+        assert not any(_top(n) in ("GuiDINOTrainLib", "GuiDINOTrain") for n in names), path
+        assert "GuiDINOTrainLib" not in path.read_text().replace("# ", ""), f"{path} names GuiDINOTrainLib"
+
+
+def test_the_train_module_registers_refine_for_the_effect_at_startup():
+    tree = ast.parse((ROOT / "GuiDINOTrain" / "GuiDINOTrain.py").read_text())
+    module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GuiDINOTrain")
+    init = next(n for n in module_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert "helpers.registerRefineLogic(trainLogicClass)" in ast.unparse(init)
+    factory = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "trainLogicClass")
+    assert "from GuiDINOTrainLib import GuiDINOTrainLogic" in ast.unparse(factory)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from GuiDINOSegmentLib.networks import (
+from guidino.networks import (
     PoolFormerBlock,
     SegDINOHead,
     UNet,

@@ -9,9 +9,9 @@ import SimpleITK as sitk
 from conftest import synthetic_volume
 from test_cli import guidino
 
-from GuiDINOSegmentLib.bundle import load_bundle, read_bundle_config
-from GuiDINOSegmentLib.volume import InputError, image_data_from_sitk
-from GuiDINOTrainLib.refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, next_version_path,
+from guidino.bundle import load_bundle, read_bundle_config
+from guidino.volume import InputError, image_data_from_sitk
+from guidino.training.refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, next_version_path,
                                     refine_model, save_refined, simulate)
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}

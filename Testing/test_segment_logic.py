@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,12 +18,12 @@ from conftest import synthetic_volume
 from slicer_harness import HeadlessSlicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
-from GuiDINOSegmentLib.bundle import BundleError, build_model, load_bundle, save_bundle
-from GuiDINOSegmentLib.geometry import Geometry
+from guidino.bundle import BundleError, build_model, load_bundle, save_bundle
+from guidino.geometry import Geometry
 from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED, sliceMask
-from GuiDINOSegmentLib.guide import GuideGenerator, GuideNotFoundError
-from GuiDINOSegmentLib.model import GuiDINOModel, ModelConfig
-from GuiDINOSegmentLib.volume import InputError, segment_volume
+from guidino.guide import GuideGenerator, GuideNotFoundError
+from guidino.model import GuiDINOModel, ModelConfig
+from guidino.volume import InputError, segment_volume
 
 SMALL = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
@@ -93,8 +94,10 @@ def test_package_exports_the_logic_lazily():
     from GuiDINOSegmentLib.SegmentLogic import GuiDINOSegmentLogic as by_module
 
     assert isinstance(GuiDINOSegmentLogic, type) and GuiDINOSegmentLogic is by_module
-    code = "import sys, GuiDINOSegmentLib; assert 'slicer' not in sys.modules, 'import GuiDINOSegmentLib imported slicer'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    code = ("import sys, GuiDINOSegmentLib, guidino; assert 'slicer' not in sys.modules, 'importing imported slicer'; "
+            "assert 'torch' not in sys.modules, 'importing imported torch'")
+    module = Path(__file__).resolve().parents[1] / "GuiDINOSegment"  # on sys.path in Slicer
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(module)})
 
 
 def test_process_writes_the_segment_in_the_input_geometry(scene, logic, model, tmp_path):

@@ -24,8 +24,8 @@ import vtk
 from conftest import synthetic_volume
 
 from GuiDINOSegmentLib import DependencyLogic as deps
-from GuiDINOSegmentLib.geometry import Geometry
-from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+from guidino.geometry import Geometry
+from GuiDINOSegmentLib import WidgetHelpers as helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "GuiDINOSegment"
@@ -64,7 +64,7 @@ def _sliceNode(scene, ras, normal=(0, 0, 1), dimensions=(200, 160), fieldOfView=
 # -- slice view -> slice index -------------------------------------------------------------------
 @pytest.mark.parametrize("seed", range(40))
 def test_numpy_axis_rule_matches_the_engine(seed):
-    from GuiDINOSegmentLib.volume import slice_axis
+    from guidino.volume import slice_axis
 
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -351,8 +351,8 @@ def test_progress_text_and_slice_lists():
 # -- the Logic, driven as the panel drives it ------------------------------------------------
 def test_worker_computes_and_main_thread_applies(headless_slicer, tmp_path, tiny_guide):
     from GuiDINOSegmentLib import GuiDINOSegmentLogic
-    from GuiDINOSegmentLib.bundle import build_model
-    from GuiDINOSegmentLib.model import ModelConfig
+    from guidino.bundle import build_model
+    from guidino.model import ModelConfig
 
     image, _ = synthetic_volume(shape=(6, 32, 28))
     path = tmp_path / "synthetic.nrrd"
@@ -432,21 +432,24 @@ def test_dependency_check_never_runs_in_a_constructor():
 
 # -- optional Train module -------------------------------------------------------------------
 def test_refine_button_needs_the_train_logic():
-    def missing(name):
-        raise ModuleNotFoundError(name)
-
-    assert helpers.trainLogicClass(missing) is None
+    def missing():
+        raise ModuleNotFoundError("GuiDINOTrainLib")
 
     class Trainer:
         def refineFromCorrections(self, *args, **kwargs):
             return SimpleNamespace(bundle=Path("/models/liver-v2"))
 
-    package = SimpleNamespace(GuiDINOTrainLogic=Trainer)
-    assert helpers.trainLogicClass(lambda name: package) is Trainer
-    asSubmodule = {"GuiDINOTrainLib": SimpleNamespace(),
-                   "GuiDINOTrainLib.GuiDINOTrainLogic": SimpleNamespace(GuiDINOTrainLogic=Trainer)}
-    assert helpers.trainLogicClass(asSubmodule.__getitem__) is Trainer
-    assert helpers.trainLogicClass(lambda name: SimpleNamespace(GuiDINOTrainLogic=object)) is None
+    try:
+        helpers.registerRefineLogic(None)
+        assert helpers.refineLogicClass() is None  # no Train module loaded
+        helpers.registerRefineLogic(missing)
+        assert helpers.refineLogicClass() is None  # registered, but its packages are not installed
+        helpers.registerRefineLogic(lambda: Trainer)
+        assert helpers.refineLogicClass() is Trainer
+        helpers.registerRefineLogic(lambda: object)
+        assert helpers.refineLogicClass() is None  # cannot refine
+    finally:
+        helpers.registerRefineLogic(None)
     assert helpers.refinedBundlePath(Trainer().refineFromCorrections()) == "/models/liver-v2"
     assert helpers.refinedBundlePath("/models/v3") == "/models/v3"
     assert helpers.refinedBundlePath(SimpleNamespace(bundle=None)) is None

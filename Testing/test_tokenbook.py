@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from GuiDINOSegmentLib.tokenbook import TokenBook
+from guidino.tokenbook import TokenBook
 
 
 def _xor_tokens(n=256, dim=16, seed=0):

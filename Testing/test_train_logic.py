@@ -9,11 +9,11 @@ import slicer.util
 from conftest import synthetic_volume
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
-from GuiDINOSegmentLib.bundle import build_model, read_bundle_config, save_bundle
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.volume import InputError
+from guidino.bundle import build_model, read_bundle_config, save_bundle
+from guidino.model import ModelConfig
+from guidino.volume import InputError
 from GuiDINOTrainLib import GuiDINOTrainLogic
-from GuiDINOTrainLib.refine import RefineSettings
+from guidino.training.refine import RefineSettings
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 

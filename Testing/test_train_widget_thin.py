@@ -79,7 +79,7 @@ def test_parts_string_from_the_check_boxes():
 
 
 def test_parts_string_is_what_the_engine_parses():
-    from GuiDINOTrainLib.refine import RefineSettings
+    from guidino.training.refine import RefineSettings
 
     for flags in [(1, 1, 0), (1, 1, 1), (0, 0, 1), (1, 0, 1)]:
         expected = tuple(n for n, on in zip(("tokenbook", "network", "lora"), flags) if on)
@@ -328,9 +328,9 @@ def test_main_thread_error_reaches_the_gui(scene_nodes):
 # -- RefineRun on the real engine ----------------------------------------------------------------
 def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tiny_guide_dir):
     from GuiDINOSegmentLib import GuiDINOSegmentLogic
-    from GuiDINOSegmentLib.bundle import build_model, save_bundle
-    from GuiDINOSegmentLib.model import ModelConfig
-    from GuiDINOTrainLib.refine import RefineSettings
+    from guidino.bundle import build_model, save_bundle
+    from guidino.model import ModelConfig
+    from guidino.training.refine import RefineSettings
 
     image, truth = synthetic_volume(shape=(8, 48, 40))
     sitk.WriteImage(image, str(tmp_path / "volume.nrrd"))
@@ -485,7 +485,7 @@ def test_parameters_are_saved_and_connected_to_the_ui(train):
     assert connected["timeBudget"] == "QSpinBox"  # parameterNodeWrapper's int connector takes QSpinBox
     assert {connected[n] for n in ("trainTokenBook", "trainNetwork", "trainLoRA")} == {"QCheckBox"}
     defaults = train.GuiDINOTrainParameterNode
-    from GuiDINOTrainLib.refine import REFINE_TIME_BUDGET
+    from guidino.training.refine import REFINE_TIME_BUDGET
 
     assert (defaults.trainTokenBook, defaults.trainNetwork, defaults.trainLoRA, defaults.timeBudget) == (
         True, True, False, REFINE_TIME_BUDGET)

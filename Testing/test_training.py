@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import SHARED_DATA, synthetic_slices
 
-from GuiDINOSegmentLib.bundle import build_model
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOTrainLib.datasets import SliceSet, load_image_folder
-from GuiDINOTrainLib.training import TrainConfig, compute_guide_features, train, validation_dice
+from guidino.bundle import build_model
+from guidino.model import ModelConfig
+from guidino.training.datasets import SliceSet, load_image_folder
+from guidino.training.trainer import TrainConfig, compute_guide_features, train, validation_dice
 
 
 SMALL = [8, 16, 32, 64, 128]  # light widths keep CPU tests fast
@@ -103,8 +103,8 @@ def test_real_kvasir_images_are_learned(tiny_guide):
 def test_labels_become_classes():
     import numpy as np
 
-    from GuiDINOSegmentLib.volume import InputError
-    from GuiDINOTrainLib.datasets import class_labels
+    from guidino.volume import InputError
+    from guidino.training.datasets import class_labels
 
     labels = np.array([[0, 1, 7], [8, 9, 0]])
     np.testing.assert_array_equal(class_labels(labels, 2), [[0, 1, 1], [1, 1, 0]])
@@ -130,9 +130,9 @@ def test_train_on_a_volume_folder_with_classes(tmp_path):
     import SimpleITK as sitk
     from conftest import synthetic_volume
 
-    from GuiDINOSegmentLib.bundle import load_bundle
-    from GuiDINOSegmentLib.volume import InputError
-    from GuiDINOTrainLib.commands import train_on_folder
+    from guidino.bundle import load_bundle
+    from guidino.volume import InputError
+    from guidino.training.commands import train_on_folder
 
     image, labels = synthetic_volume(shape=(8, 48, 40))
     classes = sitk.GetArrayFromImage(labels).astype(np.uint8)

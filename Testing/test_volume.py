@@ -8,10 +8,10 @@ import SimpleITK as sitk
 import torch
 from conftest import oblique_image, synthetic_volume
 
-from GuiDINOSegmentLib.bundle import build_model
-from GuiDINOSegmentLib.geometry import Geometry
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.volume import (InputError, VolumeSlicer, image_data_from_sitk, read_image, resolve_batch_size,
+from guidino.bundle import build_model
+from guidino.geometry import Geometry
+from guidino.model import ModelConfig
+from guidino.volume import (InputError, VolumeSlicer, image_data_from_sitk, read_image, resolve_batch_size,
                                       segment_file, segment_volume, slice_axis)
 
 
@@ -131,7 +131,7 @@ def test_bad_inputs_are_refused_clearly(tmp_path, model):
 
 
 def test_intensity_normalisation_modes():
-    from GuiDINOSegmentLib.volume import IntensityNormalizer
+    from guidino.volume import IntensityNormalizer
 
     voxels = np.arange(-1000, 1001, dtype=np.int16)
     window = IntensityNormalizer({"mode": "window", "center": 40, "width": 400}, voxels)
@@ -195,8 +195,8 @@ def test_bad_guide_stride_is_refused(model, volume_file, bad):
 
 
 def test_multiclass_models_are_also_scored_per_class(tiny_guide, tmp_path):
-    from GuiDINOSegmentLib.evaluation import evaluate_pairs
-    from GuiDINOSegmentLib.metrics import case_metrics
+    from guidino.evaluation import evaluate_pairs
+    from guidino.metrics import case_metrics
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(network="unet", input_size=64, num_classes=3), tiny_guide).eval()
@@ -244,7 +244,7 @@ def test_bad_batch_size_is_refused(model, volume_file, bad):
 
 
 def test_evaluation_uses_the_guide_stride_it_is_given(model, tmp_path):
-    from GuiDINOSegmentLib.evaluation import evaluate_pairs
+    from guidino.evaluation import evaluate_pairs
 
     image, labels = synthetic_volume()
     for volume in (image, labels):

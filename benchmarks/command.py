@@ -12,7 +12,7 @@ def guidino(*args, capture=False):
     """
     args = [str(a) for a in args]
     print("$ guidino " + " ".join(args), flush=True)
-    run = subprocess.run([sys.executable, "-m", "GuiDINOTrainLib.cli", *args], capture_output=capture, text=True)
+    run = subprocess.run([sys.executable, "-m", "guidino.cli", *args], capture_output=capture, text=True)
     if run.returncode:
         raise RuntimeError(f"guidino {args[0]} failed (exit {run.returncode})" + (f":\n{run.stderr}" if capture else ""))
     return run.stdout if capture else None

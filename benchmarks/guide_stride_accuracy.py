@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from command import guidino
-from GuiDINOSegmentLib.metrics import dice_score
-from GuiDINOSegmentLib.volume import image_slice_axis, read_image, read_labels
+from guidino.metrics import dice_score
+from guidino.volume import image_slice_axis, read_image, read_labels
 
 
 def main():

@@ -21,10 +21,10 @@ import SimpleITK as sitk
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from GuiDINOSegmentLib.bundle import build_model, save_bundle
-from GuiDINOSegmentLib.guide import RANDOM_ARCHITECTURES, GuideGenerator, make_tiny_guide
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.runtime import tune_cpu_allocator
+from guidino.bundle import build_model, save_bundle
+from guidino.guide import RANDOM_ARCHITECTURES, GuideGenerator, make_tiny_guide
+from guidino.model import ModelConfig
+from guidino.runtime import tune_cpu_allocator
 from machine import cpu_times, steal_since
 
 
@@ -89,7 +89,7 @@ def component_speed(guide, network_model, size, batch, device, repeats):
 
 PEAK_MEMORY_REPORTER = """
 import sys
-from GuiDINOTrainLib.cli import main
+from guidino.cli import main
 code = main(sys.argv[1:])
 peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')]
 print('peak resident memory:', peak[0].split(':')[1].strip() if peak else 'unknown')

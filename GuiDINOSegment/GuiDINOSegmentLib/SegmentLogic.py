@@ -20,10 +20,10 @@ import numpy as np
 import slicer
 import vtk
 
-from .bundle import BundleError, load_bundle
-from .geometry import Geometry
-from .model import GuiDINOModel
-from .volume import (AXES, ImageData, InputError, SegmentationResult, check_shape, check_voxels, segment_volume,
+from guidino.bundle import BundleError, load_bundle
+from guidino.geometry import Geometry
+from guidino.model import GuiDINOModel
+from guidino.volume import (AXES, ImageData, InputError, SegmentationResult, check_shape, check_voxels, segment_volume,
                      slice_axis)
 
 NOT_PREDICTED = 255  # stored-prediction value of voxels no run has predicted yet

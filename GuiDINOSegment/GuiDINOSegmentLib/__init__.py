@@ -1,11 +1,9 @@
-"""GuiDINO engine: guide generator, TokenBook, gated networks and slice-by-slice inference.
+"""Slicer code of the GuiDINO Segment module: the Logic (MRML <-> engine), dependency installation and
+the panel's and effect's helpers. The engine itself is the ``guidino`` package beside it.
 
-Plain Python on numpy / SimpleITK / torch; it never imports ``slicer``. The Slicer bridge,
-``GuiDINOSegmentLogic`` (in ``SegmentLogic.py``), is exported lazily, so importing the engine
-alone never imports ``slicer``.
+``GuiDINOSegmentLogic`` is exported lazily: it imports torch, and the GUI imports this package
+before the dependencies are installed.
 """
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name):

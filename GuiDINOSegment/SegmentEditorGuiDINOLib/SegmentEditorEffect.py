@@ -21,7 +21,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorAutoCompleteEffect
 from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
-from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib import WidgetHelpers as helpers
 
 SCOPE_LABELS = (("current", "Current slice"), ("visible", "Visible range"), ("all", "All slices"))
 
@@ -125,7 +125,7 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         self.scriptedEffect.setParameter("ShowGuide", 1 if self.showGuideCheckBox.checked else 0)
 
     def updateRefineButton(self):
-        available = not DependencyLogic().missing() and helpers.trainLogicClass() is not None
+        available = not DependencyLogic().missing() and helpers.refineLogicClass() is not None
         self.refineButton.enabled = available
         self.refineButton.toolTip = ("Fine-tune the model on the slices you corrected (GuiDINO Train)" if available
                                      else helpers.REFINE_UNAVAILABLE_TOOLTIP)
@@ -301,8 +301,8 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         The Train Logic is asked not to re-segment by itself: that would write into the segment around the
         editor (no undo, no masking); the preview goes through Apply instead.
         """
-        trainLogicClass = helpers.trainLogicClass()
-        if trainLogicClass is None:
+        refineLogicClass = helpers.refineLogicClass()
+        if refineLogicClass is None:
             self.updateRefineButton()
             return
         parameterSetNode = self.scriptedEffect.parameterSetNode()
@@ -319,7 +319,7 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             with slicer.util.tryWithErrorDisplay(waitCursor=True):
                 if not segmentId or sourceVolume is None:
                     raise ValueError("Select a source volume and the corrected segment first.")
-                result = trainLogicClass().refineFromCorrections(
+                result = refineLogicClass().refineFromCorrections(
                     sourceVolume, parameterSetNode.GetSegmentationNode(), segmentId,
                     model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")), resegment=False,
                     progressCallback=progress, cancelEvent=cancelEvent)

@@ -12,9 +12,9 @@ import slicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
-from GuiDINOSegmentLib.volume import ImageData, InputError
+from guidino.volume import ImageData, InputError
 
-from .refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, load_starting_model, next_version_path,
+from guidino.training.refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, load_starting_model, next_version_path,
                      refine_model, save_refined)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib import WidgetHelpers as helpers
 
 PREFERRED_SEGMENT_NAME = "GuiDINO"  # the segment GuiDINO Segment writes by default
 NOTHING_TO_TRAIN = "Choose what to train: TokenBook, Network or LoRA."

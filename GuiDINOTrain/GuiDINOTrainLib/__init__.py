@@ -1,8 +1,7 @@
-"""GuiDINO training: training loops, refine from corrections, and the ``guidino`` command line.
+"""Slicer code of the GuiDINO Train module: the Logic (refine from corrections on MRML) and the panel's
+decisions (``TrainPanel``). Training itself is in the engine, ``guidino.training``.
 
-Plain Python on numpy / torch; it never imports ``slicer``. The Slicer bridge,
-``GuiDINOTrainLogic`` (in ``TrainLogic.py``), is exported lazily; ``TrainPanel.py`` holds the
-Train panel's decisions (no qt, no torch).
+``GuiDINOTrainLogic`` is exported lazily: it imports torch.
 """
 
 

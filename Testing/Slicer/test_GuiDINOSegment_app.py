@@ -47,7 +47,7 @@ def makeVolume(shape=(12, 48, 40), name="GuiDINO test volume"):
 
 def centreViewOn(volume, kji, axis="axial"):
     """Put the slice view that looks along ``axis`` on voxel ``kji`` of ``volume``."""
-    from SegmentEditorGuiDINOLib import WidgetHelpers as helpers
+    from GuiDINOSegmentLib import WidgetHelpers as helpers
 
     sliceNodes = helpers.shownSliceNodes()
     if not sliceNodes:  # no main window and no views yet

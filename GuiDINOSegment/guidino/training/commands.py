@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from GuiDINOSegmentLib.bundle import build_model, save_bundle
-from GuiDINOSegmentLib.guide import GuideGenerator
-from GuiDINOSegmentLib.losses import guide_target
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.networks import count_parameters
-from GuiDINOSegmentLib.volume import read_image, read_labels, resolve_device
+from guidino.bundle import build_model, save_bundle
+from guidino.guide import GuideGenerator
+from guidino.training.losses import guide_target
+from guidino.model import ModelConfig
+from guidino.networks import count_parameters
+from guidino.volume import read_image, read_labels, resolve_device
 
 from .datasets import (PHOTO_NORMALIZATION, SliceSet, check_labels, folder_pairs, is_image_folder, load_image_folder,
                        slices_of, volume_label_pairs)
-from .training import TrainConfig, compute_guide_features, train
+from .trainer import TrainConfig, compute_guide_features, train
 
 
 def load_guide(source):

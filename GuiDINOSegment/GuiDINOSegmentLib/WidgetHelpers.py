@@ -6,7 +6,6 @@ tested without the Slicer application. Functions whose name ends in ``Node`` tak
 import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here imports qt.
 """
 
-import importlib
 import math
 import threading
 import time
@@ -259,25 +258,31 @@ class PredictionJob:
         return self.poll()
 
 
-# -- optional modules ------------------------------------------------------------------------
-def _exported(package, name, importModule):
-    """``from package import name`` unwrapped to the class when ``name`` is also a submodule."""
-    module = importModule(package)
-    value = getattr(module, name, None)
-    if value is None:
-        value = importModule(f"{package}.{name}")
-    return getattr(value, name, value) if not isinstance(value, type) else value
-
-
-def segmentLogicClass(importModule=importlib.import_module):
+# -- the Logic, and the Train module's refine (registered at startup) ---------------------------
+def segmentLogicClass():
     """The GuiDINOSegmentLogic class (importing it imports torch: check the dependencies first)."""
-    return _exported("GuiDINOSegmentLib", "GuiDINOSegmentLogic", importModule)
+    from GuiDINOSegmentLib.SegmentLogic import GuiDINOSegmentLogic
+
+    return GuiDINOSegmentLogic
 
 
-def trainLogicClass(importModule=importlib.import_module):
-    """GuiDINOTrainLogic when the GuiDINO Train module's logic can be imported and refines; else None."""
+_refineLogicFactory = None
+
+
+def registerRefineLogic(factory):
+    """Offer "Refine from corrections" to the Segment module: the GuiDINO Train module calls this when
+    Slicer loads it. ``factory()`` returns the refine Logic class (it may import torch: it is called
+    only when needed); None withdraws the offer. The Segment module never imports the Train module."""
+    global _refineLogicFactory
+    _refineLogicFactory = factory
+
+
+def refineLogicClass():
+    """The registered refine Logic class, or None (no Train module, or it cannot be imported or refine)."""
+    if _refineLogicFactory is None:
+        return None
     try:
-        cls = _exported("GuiDINOTrainLib", "GuiDINOTrainLogic", importModule)
+        cls = _refineLogicFactory()
     except ImportError:
         return None
     return cls if callable(getattr(cls, "refineFromCorrections", None)) else None

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from GuiDINOSegmentLib.volume import InputError, VolumeSlicer, read_image, read_labels
+from guidino.volume import InputError, VolumeSlicer, read_image, read_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")

@@ -34,14 +34,14 @@ class _Progress:
 
 
 def _make_tiny_guide(args):
-    from GuiDINOSegmentLib.guide import RANDOM_ARCHITECTURES, make_tiny_guide
+    from guidino.guide import RANDOM_ARCHITECTURES, make_tiny_guide
 
     print(make_tiny_guide(args.out_dir, seed=args.seed, **RANDOM_ARCHITECTURES[args.architecture]))
     return 0
 
 
 def _train(args):
-    from .commands import train_on_folder
+    from .training.commands import train_on_folder
 
     bar = _Progress("training", "step")
     try:
@@ -60,8 +60,8 @@ def _train(args):
 
 
 def _segment(args):
-    from GuiDINOSegmentLib.bundle import load_bundle
-    from GuiDINOSegmentLib.volume import segment_file
+    from guidino.bundle import load_bundle
+    from guidino.volume import segment_file
 
     model = load_bundle(args.model, guide=args.guide)
     bar = _Progress("segmenting", "slice")
@@ -77,10 +77,10 @@ def _segment(args):
 
 
 def _evaluate(args):
-    from GuiDINOSegmentLib.bundle import load_bundle, read_bundle_config
-    from GuiDINOSegmentLib.evaluation import evaluate_pairs
+    from guidino.bundle import load_bundle, read_bundle_config
+    from guidino.evaluation import evaluate_pairs
 
-    from .datasets import folder_pairs, is_image_folder, volume_label_pairs
+    from .training.datasets import folder_pairs, is_image_folder, volume_label_pairs
 
     model = load_bundle(args.model, guide=args.guide)
     pairs = folder_pairs(args.data, args.split) if is_image_folder(args.data) else volume_label_pairs(Path(args.data) / args.split)
@@ -105,7 +105,7 @@ def _evaluate(args):
 
 
 def _refine_settings(args):
-    from .refine import DEFAULT_NEW_MODEL, RefineSettings
+    from .training.refine import DEFAULT_NEW_MODEL, RefineSettings
 
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget or None,
@@ -113,9 +113,9 @@ def _refine_settings(args):
 
 
 def _refine(args):
-    from GuiDINOSegmentLib.volume import read_image, read_labels
+    from guidino.volume import read_image, read_labels
 
-    from .refine import load_starting_model, refine_model, save_refined
+    from .training.refine import load_starting_model, refine_model, save_refined
 
     image = read_image(args.volume)
     labels = read_labels(args.labels, like=image)
@@ -135,9 +135,9 @@ def _refine(args):
 
 
 def _simulate(args):
-    from GuiDINOSegmentLib.volume import read_image, read_labels
+    from guidino.volume import read_image, read_labels
 
-    from .refine import load_starting_model, simulate
+    from .training.refine import load_starting_model, simulate
 
     image = read_image(args.volume)
     truth = read_labels(args.label, like=image)
@@ -274,7 +274,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from GuiDINOSegmentLib.runtime import tune_cpu_allocator
+    from guidino.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     try:

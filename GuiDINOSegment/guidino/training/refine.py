@@ -13,15 +13,15 @@ from typing import Optional
 
 import numpy as np
 
-from GuiDINOSegmentLib.bundle import build_model, load_bundle, read_bundle_config, save_bundle
-from GuiDINOSegmentLib.lora import add_lora, has_lora
-from GuiDINOSegmentLib.metrics import dice_score
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.volume import InputError, image_slice_axis, segment_volume
+from guidino.bundle import build_model, load_bundle, read_bundle_config, save_bundle
+from guidino.lora import add_lora, has_lora
+from guidino.metrics import dice_score
+from guidino.model import ModelConfig
+from guidino.volume import InputError, image_slice_axis, segment_volume
 
 from .commands import load_guide, seed_tokenbook
 from .datasets import slices_of
-from .training import TrainConfig, learned_state, train
+from .trainer import TrainConfig, learned_state, train
 
 # A new model (no bundle yet): the product's default network at its default size.
 DEFAULT_NEW_MODEL = {"network": "wnet", "input_size": 256}

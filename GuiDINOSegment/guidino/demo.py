@@ -9,17 +9,17 @@ import torch
 from skimage.io import imsave
 from skimage.segmentation import find_boundaries
 
-from GuiDINOSegmentLib.guide import GuideNotFoundError, make_tiny_guide
-from GuiDINOSegmentLib.metrics import case_metrics
-from GuiDINOSegmentLib.model import ModelConfig
-from GuiDINOSegmentLib.bundle import build_model
-from GuiDINOSegmentLib.volume import read_image, read_labels, segment_volume, write_image
+from guidino.guide import GuideNotFoundError, make_tiny_guide
+from guidino.metrics import case_metrics
+from guidino.model import ModelConfig
+from guidino.bundle import build_model
+from guidino.volume import read_image, read_labels, segment_volume, write_image
 
-from .commands import load_guide, train_bundle
-from .datasets import check_labels, slices_of
-from .training import TrainConfig
+from .training.commands import load_guide, train_bundle
+from .training.datasets import check_labels, slices_of
+from .training.trainer import TrainConfig
 
-SAMPLE = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"  # GuiDINOSegment/Resources
 TRAIN_SLICES = (4, 11, 13, 15, 17, 21)  # four slices through the tumour, two without it
 
 

@@ -10,10 +10,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from GuiDINOSegmentLib.augment import AugmentConfig, augment_batch
-from GuiDINOSegmentLib.lora import has_lora
-from GuiDINOSegmentLib.losses import GuiDINOLoss
-from GuiDINOSegmentLib.volume import resolve_device
+from guidino.training.augment import AugmentConfig, augment_batch
+from guidino.lora import has_lora
+from guidino.training.losses import GuiDINOLoss
+from guidino.volume import resolve_device
 
 PARTS = ("tokenbook", "network", "lora")
 

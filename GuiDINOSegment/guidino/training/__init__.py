@@ -1,0 +1,1 @@
+"""Training: augmentation, losses, datasets, the training loop, and refine from corrections."""
