@@ -20,7 +20,7 @@ import vtk
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Minimum, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -32,6 +32,7 @@ from slicer.util import VTKObservationMixin
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
 from GuiDINOTrainLib import TrainPanel as panel
+from guidino.training.settings import REFINE_TIME_BUDGET  # torch-free
 
 
 class GuiDINOTrain(ScriptedLoadableModule):
@@ -75,7 +76,7 @@ class GuiDINOTrainParameterNode:
     trainTokenBook: bool = True
     trainNetwork: bool = True
     trainLoRA: bool = False
-    timeBudget: Annotated[int, Minimum(0)] = 20  # seconds, as refine.REFINE_TIME_BUDGET (not imported: torch); 0: no limit
+    timeBudget: Annotated[int, WithinRange(0, 86400)] = int(REFINE_TIME_BUDGET)  # seconds; 0: no limit
 
 
 def getParameterNode():

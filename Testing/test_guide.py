@@ -11,6 +11,7 @@ from transformers import (
     Dinov2WithRegistersModel,
 )
 
+from guidino.networks import segdino_layers
 from guidino.guide import (
     DEFAULT_GUIDE,
     GUIDE_ENV,
@@ -21,7 +22,6 @@ from guidino.guide import (
     convert_official_state_dict,
     make_tiny_guide,
     resolve_guide_source,
-    segdino_layers,
 )
 
 HINTS = ("--guide", GUIDE_ENV, "hf auth login")

@@ -10,9 +10,10 @@ from conftest import synthetic_volume
 from test_cli import guidino
 
 from guidino.bundle import load_bundle, read_bundle_config
-from guidino.volume import InputError, image_data_from_sitk
-from guidino.training.refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, next_version_path,
-                                    refine_model, save_refined, simulate)
+from guidino.errors import InputError
+from guidino.imageio import image_data_from_sitk
+from guidino.training.refine import list_versions, next_version_path, refine_model, save_refined, simulate
+from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 

@@ -23,7 +23,8 @@ from guidino.geometry import Geometry
 from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED, sliceMask
 from guidino.guide import GuideGenerator, GuideNotFoundError
 from guidino.model import GuiDINOModel, ModelConfig
-from guidino.volume import InputError, segment_volume
+from guidino.errors import InputError
+from guidino.inference import segment_volume
 
 SMALL = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 

@@ -11,9 +11,9 @@ from conftest import synthetic_volume
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from guidino.bundle import build_model, read_bundle_config, save_bundle
 from guidino.model import ModelConfig
-from guidino.volume import InputError
+from guidino.errors import InputError
 from GuiDINOTrainLib import GuiDINOTrainLogic
-from guidino.training.refine import RefineSettings
+from guidino.training.settings import RefineSettings
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 

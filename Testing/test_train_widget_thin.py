@@ -54,7 +54,7 @@ def train():
         "qt": _stub("qt", QTimer=_Base),
         "slicer.i18n": _stub("slicer.i18n", tr=lambda text: text),
         "slicer.parameterNodeWrapper": _stub("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls,
-                                             Minimum=lambda *args: ("Minimum", args)),
+                                             WithinRange=lambda *args: ("WithinRange", args)),
         "slicer.ScriptedLoadableModule": _stub("slicer.ScriptedLoadableModule", ScriptedLoadableModule=_Base,
                                                ScriptedLoadableModuleLogic=_Base, ScriptedLoadableModuleTest=_Base,
                                                ScriptedLoadableModuleWidget=_Base),
@@ -79,7 +79,7 @@ def test_parts_string_from_the_check_boxes():
 
 
 def test_parts_string_is_what_the_engine_parses():
-    from guidino.training.refine import RefineSettings
+    from guidino.training.settings import RefineSettings
 
     for flags in [(1, 1, 0), (1, 1, 1), (0, 0, 1), (1, 0, 1)]:
         expected = tuple(n for n, on in zip(("tokenbook", "network", "lora"), flags) if on)
@@ -330,7 +330,7 @@ def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tin
     from GuiDINOSegmentLib import GuiDINOSegmentLogic
     from guidino.bundle import build_model, save_bundle
     from guidino.model import ModelConfig
-    from guidino.training.refine import RefineSettings
+    from guidino.training.settings import RefineSettings
 
     image, truth = synthetic_volume(shape=(8, 48, 40))
     sitk.WriteImage(image, str(tmp_path / "volume.nrrd"))
@@ -485,7 +485,7 @@ def test_parameters_are_saved_and_connected_to_the_ui(train):
     assert connected["timeBudget"] == "QSpinBox"  # parameterNodeWrapper's int connector takes QSpinBox
     assert {connected[n] for n in ("trainTokenBook", "trainNetwork", "trainLoRA")} == {"QCheckBox"}
     defaults = train.GuiDINOTrainParameterNode
-    from guidino.training.refine import REFINE_TIME_BUDGET
+    from guidino.training.settings import REFINE_TIME_BUDGET
 
     assert (defaults.trainTokenBook, defaults.trainNetwork, defaults.trainLoRA, defaults.timeBudget) == (
         True, True, False, REFINE_TIME_BUDGET)
@@ -497,7 +497,7 @@ def test_every_ui_name_the_module_uses_exists():
     assert used and used <= names, used - names
 
 
-def test_mrml_widgets_get_the_scene_and_the_spin_box_reads_zero_as_no_limit():
+def test_mrml_widgets_get_the_scene_and_the_spin_box_reads_zero_as_no_limit(train):
     ui = _ui()
     mrml = {w.get("name") for w in ui.iter("widget") if w.get("class", "").startswith("qMRML")} - {"GuiDINOTrain"}
     wired = {c.find("receiver").text for c in ui.iter("connection") if c.find("signal").text.startswith("mrmlScene")}
@@ -505,6 +505,8 @@ def test_mrml_widgets_get_the_scene_and_the_spin_box_reads_zero_as_no_limit():
     spin = next(w for w in ui.iter("widget") if w.get("name") == "timeBudgetSpinBox")
     props = {p.get("name"): p for p in spin.findall("property")}
     assert props["minimum"].find("number").text == "0" and props["specialValueText"].find("string").text == "no limit"
+    # the parameter's range is the spin box's: parameterNodeWrapper would otherwise reset its maximum
+    assert _parameterFields(train)["timeBudget"].__metadata__ == (("WithinRange", (0, int(props["maximum"].find("number").text))),)
     selector = next(w for w in ui.iter("widget") if w.get("name") == "segmentSelector")
     visible = next(p for p in selector.findall("property") if p.get("name") == "segmentationNodeSelectorVisible")
     assert visible.find("bool").text == "false"

@@ -9,7 +9,8 @@ from conftest import SHARED_DATA, synthetic_slices
 from guidino.bundle import build_model
 from guidino.model import ModelConfig
 from guidino.training.datasets import SliceSet, load_image_folder
-from guidino.training.trainer import TrainConfig, compute_guide_features, train, validation_dice
+from guidino.training.settings import TrainConfig
+from guidino.training.trainer import compute_guide_features, train, validation_dice
 
 
 SMALL = [8, 16, 32, 64, 128]  # light widths keep CPU tests fast
@@ -103,7 +104,7 @@ def test_real_kvasir_images_are_learned(tiny_guide):
 def test_labels_become_classes():
     import numpy as np
 
-    from guidino.volume import InputError
+    from guidino.errors import InputError
     from guidino.training.datasets import class_labels
 
     labels = np.array([[0, 1, 7], [8, 9, 0]])
@@ -131,8 +132,8 @@ def test_train_on_a_volume_folder_with_classes(tmp_path):
     from conftest import synthetic_volume
 
     from guidino.bundle import load_bundle
-    from guidino.volume import InputError
-    from guidino.training.commands import train_on_folder
+    from guidino.errors import InputError
+    from guidino.training.trainer import train_on_folder
 
     image, labels = synthetic_volume(shape=(8, 48, 40))
     classes = sitk.GetArrayFromImage(labels).astype(np.uint8)

@@ -11,8 +11,11 @@ from conftest import oblique_image, synthetic_volume
 from guidino.bundle import build_model
 from guidino.geometry import Geometry
 from guidino.model import ModelConfig
-from guidino.volume import (InputError, VolumeSlicer, image_data_from_sitk, read_image, resolve_batch_size,
-                                      segment_file, segment_volume, slice_axis)
+from guidino.axes import slice_axis
+from guidino.errors import InputError
+from guidino.imageio import image_data_from_sitk, read_image
+from guidino.inference import resolve_batch_size, segment_file, segment_volume
+from guidino.slicing import VolumeSlicer
 
 
 @pytest.fixture
@@ -61,11 +64,11 @@ def test_axis_follows_anatomy_not_array_order():
     image = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(6, 5, 4))
     image.SetDirection((0, 0, 1, 0, 1, 0, 1, 0, 0))
     geometry = image_data_from_sitk(image).geometry
-    assert slice_axis(geometry, "axial") == 2  # numpy axis of i
-    assert slice_axis(geometry, "sagittal") == 0  # numpy axis of k
-    assert slice_axis(geometry, "coronal") == 1
+    assert slice_axis(geometry.direction, "axial") == 2  # numpy axis of i
+    assert slice_axis(geometry.direction, "sagittal") == 0  # numpy axis of k
+    assert slice_axis(geometry.direction, "coronal") == 1
     with pytest.raises(InputError, match="unknown axis"):
-        slice_axis(geometry, "oblique")
+        slice_axis(geometry.direction, "oblique")
 
 
 def test_letterbox_keeps_physical_aspect(model):
@@ -131,7 +134,7 @@ def test_bad_inputs_are_refused_clearly(tmp_path, model):
 
 
 def test_intensity_normalisation_modes():
-    from guidino.volume import IntensityNormalizer
+    from guidino.slicing import IntensityNormalizer
 
     voxels = np.arange(-1000, 1001, dtype=np.int16)
     window = IntensityNormalizer({"mode": "window", "center": 40, "width": 400}, voxels)

@@ -21,7 +21,7 @@ import numpy as np
 
 from command import guidino
 from guidino.metrics import dice_score
-from guidino.volume import image_slice_axis, read_image, read_labels
+from guidino.imageio import image_slice_axis, read_image, read_labels
 
 
 def main():

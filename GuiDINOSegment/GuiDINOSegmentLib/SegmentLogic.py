@@ -23,8 +23,10 @@ import vtk
 from guidino.bundle import BundleError, load_bundle
 from guidino.geometry import Geometry
 from guidino.model import GuiDINOModel
-from guidino.volume import (AXES, ImageData, InputError, SegmentationResult, check_shape, check_voxels, segment_volume,
-                     slice_axis)
+from guidino.axes import check_axis, slice_axis
+from guidino.errors import InputError
+from guidino.imageio import ImageData, check_shape, check_voxels
+from guidino.inference import SegmentationResult, segment_volume
 
 NOT_PREDICTED = 255  # stored-prediction value of voxels no run has predicted yet
 PREDICTION_ROLE = "GuiDINOPrediction_"  # + segment id: segmentation node -> raw prediction labelmap
@@ -108,7 +110,7 @@ class GuiDINOSegmentLogic:
         segmentId = outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
         reviewed = self.reviewedSlices(outputSegmentation, segmentId) if segmentId else None
         if reviewed and reviewed["axis"] == axis and reviewed["slices"]:
-            count = image.voxels.shape[slice_axis(image.geometry, axis)]
+            count = image.voxels.shape[slice_axis(image.geometry.direction, axis)]
             slices = np.setdiff1d(np.arange(count) if slices is None else slices, reviewed["slices"])
         prediction = self.segmenter(model, image, axis=axis, slices=slices, device=device,
                                     progress=progressCallback, cancel=cancelEvent)
@@ -164,10 +166,10 @@ class GuiDINOSegmentLogic:
         image = imageDataFromVolume(inputVolume)
         geometry, shape = image.geometry, image.voxels.shape
         if prediction.labels.shape != shape or not prediction.geometry.is_close(geometry, tol=1e-4) \
-                or slice_axis(geometry, axis) != prediction.axis:
+                or slice_axis(geometry.direction, axis) != prediction.axis:
             raise InputError(f"this prediction was not computed on {inputVolume.GetName()} along the {axis} axis")
         reviewed = reviewed or self.reviewedSlices(segmentation, segmentId)
-        protected = sliceMask(shape, slice_axis(geometry, reviewed["axis"]), reviewed["slices"])
+        protected = sliceMask(shape, slice_axis(geometry.direction, reviewed["axis"]), reviewed["slices"])
         return sliceMask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
 
     def _record(self, inputVolume, segmentation, segmentId, prediction, write):
@@ -182,21 +184,20 @@ class GuiDINOSegmentLogic:
         axis, marked = self._marked(segmentation, segmentId)
         stored, edited = self._editedMask(segmentation, segmentId)
         if stored is not None:
-            edited = np.moveaxis(edited, slice_axis(volumeGeometry(stored), axis), 0)
+            edited = np.moveaxis(edited, slice_axis(volumeGeometry(stored).direction, axis), 0)
             marked = set(marked) | set(np.flatnonzero(edited.reshape(len(edited), -1).any(1)).tolist())
         return {"axis": axis, "slices": sorted(marked)}
 
     def markSliceReviewed(self, segmentation, segmentId, sliceIndex, axis="axial", reviewed=True):
         """Mark (or unmark) one slice as reviewed; unmarking also accepts its edits as the new baseline."""
-        if axis not in AXES:
-            raise InputError(f"unknown axis {axis!r}: choose one of {', '.join(AXES)}")
+        check_axis(axis)
         state = self.reviewedSlices(segmentation, segmentId)
         if axis != state["axis"] and state["slices"]:
             raise InputError(f"slices of this segment are reviewed along the {state['axis']} axis: review along "
                              f"that axis, or unmark slices {state['slices']} first")
         stored = self.predictionVolume(segmentation, segmentId)
         count = None if stored is None else slicer.util.arrayFromVolume(stored).shape[
-            slice_axis(volumeGeometry(stored), axis)]
+            slice_axis(volumeGeometry(stored).direction, axis)]
         if sliceIndex < 0 or (count is not None and sliceIndex >= count):
             upper = "" if count is None else f"..{count - 1}"
             raise InputError(f"slice {sliceIndex} does not exist: slice indices are 0{upper} along the {axis} axis")
@@ -237,7 +238,7 @@ class GuiDINOSegmentLogic:
         if stored is None:
             return
         raw = slicer.util.arrayFromVolume(stored)
-        accept = edited & sliceMask(raw.shape, slice_axis(volumeGeometry(stored), axis), [sliceIndex])
+        accept = edited & sliceMask(raw.shape, slice_axis(volumeGeometry(stored).direction, axis), [sliceIndex])
         raw[accept] = 1 - raw[accept]  # edited voxels of a binary prediction are its complement
         slicer.util.arrayFromVolumeModified(stored)
 

@@ -15,14 +15,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-AXES = ("axial", "coronal", "sagittal")
+from guidino.axes import AXES, AXIS_NORMAL, check_axis, slice_axis
+
 SLICE_MODES = ("all", "current", "range")  # module panel: which slices Run segments
 SCOPES = ("current", "visible", "all")  # Segment Editor effect: which slices Initialize/Update predicts
 DEVICES = ("auto", "cpu", "gpu")
 REFINE_UNAVAILABLE_TOOLTIP = "Available with the GuiDINO Train module"
-
-# The RAS component each slicing direction is normal to: axial slices are stacked along S, etc.
-_AXIS_NORMAL_RAS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 # -- parameters -> Logic arguments -----------------------------------------------------------
@@ -62,19 +60,6 @@ def sliceRangeForScope(scope, current=None, visible=None):
 
 
 # -- slice geometry (pure) -------------------------------------------------------------------
-def numpyAxisFor(ijkToRas, axis):
-    """The numpy axis (0, 1, 2 of a (k, j, i) voxel array) that slicing along ``axis`` steps through.
-
-    The voxel axis whose direction is closest to the axis normal: the rule of the engine's
-    ``volume.slice_axis`` (kept here torch-free; a test checks they agree).
-    """
-    if axis not in AXES:
-        raise ValueError(f"Unknown axis {axis!r}: choose one of {', '.join(AXES)}.")
-    columns = np.asarray(ijkToRas, dtype=float)[:3, :3]
-    directions = columns / np.linalg.norm(columns, axis=0)
-    return 2 - int(np.argmax(np.abs(directions[_AXIS_NORMAL_RAS[axis], :])))
-
-
 def slicePosition(rasToIjk, ras, numpyAxis):
     """Continuous voxel coordinate of RAS point ``ras`` along ``numpyAxis`` (voxel centres are integers)."""
     ijk = np.asarray(rasToIjk, dtype=float) @ np.append(np.asarray(ras, dtype=float)[:3], 1.0)
@@ -119,7 +104,7 @@ def viewLookingAlong(axis, normals):
     """Index of the slice view whose normal is closest to ``axis``'s normal (None without views)."""
     if not len(normals):
         return None
-    component = _AXIS_NORMAL_RAS[axis]
+    component = AXIS_NORMAL[check_axis(axis)]
     scores = [abs(n[component]) / np.linalg.norm(n[:3]) for n in (np.asarray(n, dtype=float) for n in normals)]
     return int(np.argmax(scores))
 
@@ -318,16 +303,21 @@ def worldRasToIjkNode(volumeNode):
     return np.linalg.inv(_worldFromLocalNode(volumeNode) @ ijkToRasNode(volumeNode))
 
 
+def numpyAxisNode(volumeNode, axis):
+    """The numpy axis of the volume's (k, j, i) array that slicing along ``axis`` steps through."""
+    return slice_axis(ijkToRasNode(volumeNode)[:3, :3], axis)
+
+
 def sliceCountNode(volumeNode, axis):
     """Number of slices of the volume along ``axis``."""
     dims = volumeNode.GetImageData().GetDimensions()  # i, j, k
-    return int(dims[::-1][numpyAxisFor(ijkToRasNode(volumeNode), axis)])
+    return int(dims[::-1][numpyAxisNode(volumeNode, axis)])
 
 
 def sliceIndexAtViewNode(volumeNode, sliceNode, axis):
     """Index along ``axis`` of the volume slice at the centre of a slice view (None outside the volume)."""
     centre = sliceViewCenter(_arrayFromMatrix(sliceNode.GetSliceToRAS()))
-    return sliceIndexFromRas(worldRasToIjkNode(volumeNode), centre, numpyAxisFor(ijkToRasNode(volumeNode), axis),
+    return sliceIndexFromRas(worldRasToIjkNode(volumeNode), centre, numpyAxisNode(volumeNode, axis),
                              sliceCountNode(volumeNode, axis))
 
 
@@ -335,7 +325,7 @@ def visibleSliceRangeNode(volumeNode, sliceNodes, axis):
     """(first, last) along ``axis`` of the volume slices the given slice views show, or None."""
     corners = [c for node in sliceNodes
                for c in sliceViewCorners(_arrayFromMatrix(node.GetXYToRAS()), node.GetDimensions())]
-    return sliceSpanFromRas(worldRasToIjkNode(volumeNode), corners, numpyAxisFor(ijkToRasNode(volumeNode), axis),
+    return sliceSpanFromRas(worldRasToIjkNode(volumeNode), corners, numpyAxisNode(volumeNode, axis),
                             sliceCountNode(volumeNode, axis))
 
 

@@ -223,10 +223,9 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             volume, model=model, axis=axis, sliceRange=sliceRange, progressCallback=progressCallback,
             cancelEvent=cancelEvent))
 
-        ijkToRas = helpers.ijkToRasNode(sourceVolume)
         labels = helpers.mergePreview(prediction.labels, helpers.arrayFromOrientedImage(mergedImage),
-                                      helpers.numpyAxisFor(ijkToRas, axis), prediction.processed,
-                                      helpers.numpyAxisFor(ijkToRas, reviewed["axis"]), reviewed["slices"])
+                                      helpers.numpyAxisNode(sourceVolume, axis), prediction.processed,
+                                      helpers.numpyAxisNode(sourceVolume, reviewed["axis"]), reviewed["slices"])
         image = helpers.orientedImageFromArrayNode(labels, sourceVolume, segmentationNode)
         outputLabelmap.DeepCopy(helpers.resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
         self._previewed = (sourceVolume, segmentationNode, segmentId, axis, prediction)

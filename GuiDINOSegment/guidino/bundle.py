@@ -14,15 +14,12 @@ from pathlib import Path
 import safetensors.torch
 
 from . import __version__
-from .guide import GuideGenerator, GuideNotFoundError
+from .errors import BundleError, GuideNotFoundError
+from .guide import GuideGenerator
 from .lora import add_lora, has_lora, load_lora, save_lora
 from .model import GuiDINOModel, ModelConfig
 
 BUNDLE_FORMAT = 1
-
-
-class BundleError(ValueError):
-    """A missing, corrupt or mismatched bundle; the message says what is wrong and what to do."""
 
 
 def save_bundle(model, out_dir, metrics=None, provenance=None):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-AXES = ("axial", "coronal", "sagittal")
+from .axes import AXES
+
 GUIDE_STRIDE_HELP = "run the guide on every n-th slice, interpolated between (auto: from the slice spacing; 1: every slice)"
 
 
@@ -34,14 +35,14 @@ class _Progress:
 
 
 def _make_tiny_guide(args):
-    from guidino.guide import RANDOM_ARCHITECTURES, make_tiny_guide
+    from .guide import RANDOM_ARCHITECTURES, make_tiny_guide
 
     print(make_tiny_guide(args.out_dir, seed=args.seed, **RANDOM_ARCHITECTURES[args.architecture]))
     return 0
 
 
 def _train(args):
-    from .training.commands import train_on_folder
+    from .training.trainer import train_on_folder
 
     bar = _Progress("training", "step")
     try:
@@ -60,8 +61,8 @@ def _train(args):
 
 
 def _segment(args):
-    from guidino.bundle import load_bundle
-    from guidino.volume import segment_file
+    from .bundle import load_bundle
+    from .inference import segment_file
 
     model = load_bundle(args.model, guide=args.guide)
     bar = _Progress("segmenting", "slice")
@@ -77,8 +78,8 @@ def _segment(args):
 
 
 def _evaluate(args):
-    from guidino.bundle import load_bundle, read_bundle_config
-    from guidino.evaluation import evaluate_pairs
+    from .bundle import load_bundle, read_bundle_config
+    from .evaluation import evaluate_pairs
 
     from .training.datasets import folder_pairs, is_image_folder, volume_label_pairs
 
@@ -105,7 +106,7 @@ def _evaluate(args):
 
 
 def _refine_settings(args):
-    from .training.refine import DEFAULT_NEW_MODEL, RefineSettings
+    from .training.settings import DEFAULT_NEW_MODEL, RefineSettings
 
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget or None,
@@ -113,7 +114,7 @@ def _refine_settings(args):
 
 
 def _refine(args):
-    from guidino.volume import read_image, read_labels
+    from .imageio import read_image, read_labels
 
     from .training.refine import load_starting_model, refine_model, save_refined
 
@@ -135,7 +136,7 @@ def _refine(args):
 
 
 def _simulate(args):
-    from guidino.volume import read_image, read_labels
+    from .imageio import read_image, read_labels
 
     from .training.refine import load_starting_model, simulate
 
@@ -175,6 +176,10 @@ def _int_list(text):
 
 
 def build_parser():
+    from .model import ModelConfig
+    from .networks import NETWORKS
+    from .training.settings import RefineSettings
+
     parser = argparse.ArgumentParser(prog="guidino", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -189,11 +194,12 @@ def build_parser():
     tr = commands.add_parser("train", help="train a model on a dataset folder and save a bundle")
     tr.add_argument("--data", required=True, help="2D folder (<split>/images, <split>/masks) or a folder of volumes with labels")
     tr.add_argument("--out", required=True, help="new bundle folder (never overwritten)")
-    tr.add_argument("--network", choices=("unet", "wnet", "segdino"), default="wnet")
+    tr.add_argument("--network", choices=tuple(NETWORKS), default=ModelConfig.network,
+                    help="; ".join(f"{name}: {spec.description}" for name, spec in NETWORKS.items()))
     tr.add_argument("--guide", default=None, help="hub id, HF folder or official .pth; 'none' for the unguided baseline "
                                                   "(default: $GUIDINO_GUIDE, else facebook/dinov3-vits16-pretrain-lvd1689m)")
     tr.add_argument("--lora", action="store_true", help="train LoRA adapters on the guide's attention")
-    tr.add_argument("--size", type=int, default=256)
+    tr.add_argument("--size", type=int, default=ModelConfig.input_size)
     tr.add_argument("--classes", type=int, default=2,
                     help="2: binary, any label > 0 is the target (default); C: labels 0..C-1, 0 = background")
     tr.add_argument("--window", type=lambda t: [float(v) for v in t.split(",")], default=None, metavar="CENTER,WIDTH",
@@ -254,10 +260,12 @@ def build_parser():
         cmd.add_argument("--axis", choices=AXES, default="axial")
         cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")
         cmd.add_argument("--lora", action="store_true")
-        cmd.add_argument("--steps", type=int, default=150)
-        cmd.add_argument("--time-budget", type=float, default=20.0,
-                         help="seconds of training per refine (default 20; 0: no limit, train all --steps)")
-        cmd.add_argument("--size", type=int, default=256, help="input size of a model started from nothing")
+        cmd.add_argument("--steps", type=int, default=RefineSettings.steps)
+        cmd.add_argument("--time-budget", type=float, default=RefineSettings.time_budget,
+                         help=f"seconds of training per refine (default {RefineSettings.time_budget:g}; 0: no limit, "
+                              "train all --steps)")
+        cmd.add_argument("--size", type=int, default=ModelConfig.input_size,
+                         help="input size of a model started from nothing")
         cmd.add_argument("--widths", type=_int_list, default=None, help="network widths of a model started from nothing")
         cmd.add_argument("--guide", default=None)
         cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -274,7 +282,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from guidino.runtime import tune_cpu_allocator
+    from .runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     try:

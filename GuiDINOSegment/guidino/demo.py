@@ -9,15 +9,16 @@ import torch
 from skimage.io import imsave
 from skimage.segmentation import find_boundaries
 
-from guidino.guide import GuideNotFoundError, make_tiny_guide
-from guidino.metrics import case_metrics
-from guidino.model import ModelConfig
-from guidino.bundle import build_model
-from guidino.volume import read_image, read_labels, segment_volume, write_image
-
-from .training.commands import load_guide, train_bundle
+from .bundle import build_model
+from .errors import GuideNotFoundError
+from .guide import load_guide, make_tiny_guide
+from .imageio import read_image, read_labels, write_image
+from .inference import segment_volume
+from .metrics import case_metrics
+from .model import ModelConfig
 from .training.datasets import check_labels, slices_of
-from .training.trainer import TrainConfig
+from .training.settings import TrainConfig
+from .training.trainer import train_bundle
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"  # GuiDINOSegment/Resources
 TRAIN_SLICES = (4, 11, 13, 15, 17, 21)  # four slices through the tumour, two without it

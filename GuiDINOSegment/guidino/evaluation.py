@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
+from .imageio import read_image, read_labels
+from .inference import segment_volume
 from .metrics import case_metrics, multiclass_case_metrics, summarize
-from .volume import read_image, read_labels, segment_volume
 
 
 def evaluate_pairs(model, pairs, axis="axial", device="auto", progress=None, guide_stride="auto"):

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, DINOv3ViTConfig, DINOv3ViTModel
 
+from .errors import GuideNotFoundError
+
 DEFAULT_GUIDE = "facebook/dinov3-vits16-pretrain-lvd1689m"
 GUIDE_ENV = "GUIDINO_GUIDE"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,10 +23,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 RANDOM_WEIGHTS_FLAG = "guidino_random_weights"  # set in the config of make_tiny_guide's models
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-class GuideNotFoundError(RuntimeError):
-    """The guide weights are not where they were looked for."""
 
 
 def _how_to_provide():
@@ -44,15 +42,6 @@ def _how_to_provide():
 def resolve_guide_source(source=None) -> str:
     """The guide to load: ``source`` argument > ``$GUIDINO_GUIDE`` > ``DEFAULT_GUIDE``."""
     return str(source or os.environ.get(GUIDE_ENV) or DEFAULT_GUIDE)
-
-
-def segdino_layers(num_layers) -> list[int]:
-    """The four blocks SegDINO reads (0-based): ViT-S/B [2, 5, 8, 11], ViT-L [4, 11, 17, 23], else evenly spaced."""
-    if num_layers == 24:
-        return [4, 11, 17, 23]  # DINOv3's own choice for ViT-L, not the even spacing
-    if num_layers < 4:
-        return list(range(num_layers))
-    return [round((i + 1) * num_layers / 4) - 1 for i in range(4)]
 
 
 # Official DINOv3 names -> DINOv3ViTModel names. Per block: (module path -> module path); "gamma" -> "lambda1".
@@ -365,6 +354,13 @@ class GuideGenerator(torch.nn.Module):
             )
         patches = tokens[:, prefix:]
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
+
+
+def load_guide(source):
+    """``none`` -> None (unguided); otherwise ``GuideGenerator.load(source)`` (default: DINOv3 ViT-S/16)."""
+    if source is not None and str(source).lower() == "none":
+        return None
+    return GuideGenerator.load(source)
 
 
 RANDOM_ARCHITECTURES = {  # for make_tiny_guide: DINOv3 ViT sizes (patch 16, 4 registers) and a tiny one for tests

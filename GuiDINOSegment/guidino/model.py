@@ -8,10 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import SegDINOHead, build_network
+from .networks import network_spec
 from .tokenbook import TokenBook
-
-NETWORKS = ("unet", "wnet", "segdino")
 
 
 @dataclass
@@ -32,10 +30,9 @@ class ModelConfig:
     normalization: dict = field(default_factory=lambda: {"mode": "percentile", "low": 0.5, "high": 99.5})
 
     def __post_init__(self):
-        if self.network not in NETWORKS:
-            raise ValueError(f"unknown network {self.network!r}: choose one of {', '.join(NETWORKS)}")
-        if self.network == "segdino" and not self.guided:
-            raise ValueError("the SegDINO baseline is a head on the DINOv3 guide: it needs a guide")
+        spec = network_spec(self.network)
+        if spec.needs_guide and not self.guided:
+            raise ValueError(f"the {self.network} network reads the guide's tokens: it needs a guide")
         if self.num_classes < 2:
             raise ValueError("num_classes counts the background: use 2 for a binary segmentation")
         if self.input_size % 32:
@@ -71,23 +68,10 @@ class GuiDINOModel(nn.Module):
             raise ValueError("a guided model needs a GuideGenerator (or set guided=False for the baseline)")
         self.config = config
         self.guide = guide if config.guided else None
-        self.tokenbook = None
-        if config.network == "segdino":
-            from .guide import segdino_layers
-
-            self.layers = list(config.segdino_layers or segdino_layers(guide.num_layers))
-            self.network = SegDINOHead(guide.embed_dim, len(self.layers), config.out_channels)
-        else:
-            self.layers = None
-            sizes = {}
-            if config.widths:
-                sizes["widths"] = tuple(config.widths)
-                if config.network == "wnet":
-                    sizes["global_widths"] = tuple(max(4, w // 2) for w in config.widths)
-            self.network = build_network(config.network, config.in_channels, config.out_channels, config.gate_stages,
-                                         **sizes)
-            if self.guide is not None:
-                self.tokenbook = TokenBook(guide.embed_dim, config.num_prototypes)
+        spec = network_spec(config.network)
+        self.network = spec.build(config, self.guide)
+        self.layers = spec.guide_layers(config, self.guide)  # the guide blocks SegDINO reads; None: final tokens
+        self.tokenbook = TokenBook(guide.embed_dim, config.num_prototypes) if spec.tokenbook and self.guide is not None else None
 
     @property
     def guide_is_trainable(self):

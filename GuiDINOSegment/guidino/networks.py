@@ -7,19 +7,24 @@ output feature map is multiplied by the guide resized bilinearly to that map's s
 itself is never gated. With ``guide=None`` a network is the plain, ungated baseline.
 """
 
+from dataclasses import dataclass
 from functools import partial
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "NETWORKS",
+    "NetworkSpec",
     "SegDINOHead",
     "UNet",
     "WNet",
     "build_network",
     "count_parameters",
     "deep_supervision_weights",
+    "segdino_layers",
 ]
 
 _ReLU = partial(nn.ReLU, inplace=True)
@@ -145,7 +150,9 @@ class _GatedEncoderDecoder(nn.Module):
 class UNet(_GatedEncoderDecoder):
     """Ronneberger U-Net (Conv3x3-BN-ReLU pairs, max-pool, transposed-conv up) with guide gating."""
 
-    def __init__(self, in_channels=3, out_channels=1, widths=(32, 64, 128, 256, 512), gate_stages=None):
+    DEFAULT_WIDTHS = (32, 64, 128, 256, 512)
+
+    def __init__(self, in_channels=3, out_channels=1, widths=DEFAULT_WIDTHS, gate_stages=None):
         super().__init__(widths, gate_stages, _ReLU)
         w = self.widths
         self.encoder = nn.ModuleList(
@@ -207,17 +214,20 @@ class WNet(_GatedEncoderDecoder):
     The deep-supervision heads always exist, so state dicts do not depend on the flag.
     """
 
+    DEFAULT_WIDTHS = (16, 32, 64, 128, 256)
+
     def __init__(
         self,
         in_channels=3,
         out_channels=1,
-        widths=(16, 32, 64, 128, 256),
-        global_widths=(8, 16, 32, 64, 128),
+        widths=DEFAULT_WIDTHS,
+        global_widths=None,
         gate_stages=None,
         deep_supervision=True,
     ):
         super().__init__(widths, gate_stages, nn.GELU, concat=False, double=False)
         w = self.widths
+        global_widths = global_branch_widths(w) if global_widths is None else tuple(global_widths)
         if len(global_widths) != len(w):
             raise ValueError(f"global_widths {global_widths} must have one width per stage of widths {w}")
         self.deep_supervision = deep_supervision
@@ -237,6 +247,11 @@ class WNet(_GatedEncoderDecoder):
         if self.training and self.deep_supervision:
             return [head(level) for head, level in zip(self.heads, levels)]
         return self.heads[0](levels[0])
+
+
+def global_branch_widths(widths):
+    """The light global branch's widths for conv widths ``widths``: half of each (at least 4)."""
+    return tuple(max(4, w // 2) for w in widths)
 
 
 def deep_supervision_weights(n):
@@ -270,16 +285,76 @@ class SegDINOHead(nn.Module):
         return resize(self.classifier(self.fuse(feats)), out_size)
 
 
-_NETWORKS = {"unet": UNet, "wnet": WNet}
+def segdino_layers(num_layers) -> list[int]:
+    """The four ViT blocks SegDINO reads (0-based): ViT-S/B [2, 5, 8, 11], ViT-L [4, 11, 17, 23], else evenly spaced."""
+    if num_layers == 24:
+        return [4, 11, 17, 23]  # DINOv3's own choice for ViT-L, not the even spacing
+    if num_layers < 4:
+        return list(range(num_layers))
+    return [round((i + 1) * num_layers / 4) - 1 for i in range(4)]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One entry of the network registry.
+
+    ``build(config, guide)`` returns the network for a ``ModelConfig`` (``guide``: the model's
+    GuideGenerator, or None for the unguided baseline). ``cls`` is the gated network class
+    (``forward(x, guide=None)``; None for SegDINO), whose ``DEFAULT_WIDTHS`` are the default
+    channels per stage. ``tokenbook``: a TokenBook guide mask gates it; otherwise it reads the
+    guide's tokens itself (SegDINO). ``needs_guide``: it cannot run without a guide.
+    """
+
+    description: str
+    build: Callable
+    cls: Optional[type] = None
+    tokenbook: bool = True
+    needs_guide: bool = False
+
+    @property
+    def widths(self):
+        return getattr(self.cls, "DEFAULT_WIDTHS", None)
+
+    def guide_layers(self, config, guide):
+        """The guide blocks the network reads (None: the guide's final tokens, through the TokenBook)."""
+        if self.tokenbook or guide is None:
+            return None
+        return list(config.segdino_layers or segdino_layers(guide.num_layers))
+
+
+def _build_gated(config, guide):
+    return build_network(config.network, config.in_channels, config.out_channels, config.gate_stages,
+                         **({"widths": tuple(config.widths)} if config.widths else {}))
+
+
+def _build_segdino(config, guide):
+    return SegDINOHead(guide.embed_dim, len(NETWORKS["segdino"].guide_layers(config, guide)), config.out_channels)
+
+
+# A new network: its class above and one line here (ModelConfig, the model and the CLI read this).
+NETWORKS = {
+    "unet": NetworkSpec("U-Net (Conv-BN-ReLU pairs), guide-gated", _build_gated, UNet),
+    "wnet": NetworkSpec("nnWNet-style (conv encoder + PoolFormer global branch), guide-gated", _build_gated, WNet),
+    "segdino": NetworkSpec("SegDINO baseline: a light head on four DINOv3 layers", _build_segdino,
+                           tokenbook=False, needs_guide=True),
+}
+
+
+def network_spec(name):
+    """The registry entry of network ``name``; a clear error naming the choices otherwise."""
+    spec = NETWORKS.get(str(name).lower())
+    if spec is None:
+        raise ValueError(f"unknown network {name!r}: choose one of {', '.join(NETWORKS)}")
+    return spec
 
 
 def build_network(name, in_channels, out_channels, gate_stages=None, **kwargs):
-    """A gated segmentation network by name ("unet" or "wnet"); ``kwargs`` go to its constructor."""
-    try:
-        cls = _NETWORKS[name.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown network {name!r}; valid choices: {', '.join(sorted(_NETWORKS))}") from None
-    return cls(in_channels=in_channels, out_channels=out_channels, gate_stages=gate_stages, **kwargs)
+    """A gated segmentation network of the registry by name; ``kwargs`` go to its constructor."""
+    spec = network_spec(name)
+    if spec.cls is None:
+        gated = ", ".join(n for n, s in NETWORKS.items() if s.cls is not None)
+        raise ValueError(f"{name!r} is not a gated network; gated networks: {gated}")
+    return spec.cls(in_channels=in_channels, out_channels=out_channels, gate_stages=gate_stages, **kwargs)
 
 
 def count_parameters(module):

@@ -1,7 +1,11 @@
-"""Process-level settings that make CPU inference faster."""
+"""Process-level settings: the compute device, and the allocator setting that makes CPU inference faster."""
 
 import ctypes
 import sys
+
+import torch
+
+from .errors import InputError
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -24,3 +28,11 @@ def tune_cpu_allocator(mmap_threshold=32 << 20, trim_threshold=1 << 30):
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+
+
+def resolve_device(device="auto"):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise InputError("a GPU was asked for but torch sees none; use --device cpu (or auto)")
+    return torch.device("cuda" if device == "gpu" else device)

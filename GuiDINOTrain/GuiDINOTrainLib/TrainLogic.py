@@ -12,10 +12,11 @@ import slicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
-from guidino.volume import ImageData, InputError
+from guidino.errors import InputError
+from guidino.imageio import ImageData
 
-from guidino.training.refine import (REFINE_TIME_BUDGET, RefineSettings, list_versions, load_starting_model, next_version_path,
-                     refine_model, save_refined)
+from guidino.training.refine import list_versions, load_starting_model, next_version_path, refine_model, save_refined
+from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
 
 def defaultModelsFolder():

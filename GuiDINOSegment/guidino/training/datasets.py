@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guidino.volume import InputError, VolumeSlicer, read_image, read_labels
+from ..errors import InputError
+from ..imageio import read_image, read_labels
+from ..model import ModelConfig
+from ..slicing import VolumeSlicer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -127,3 +130,44 @@ def is_image_folder(root):
 def photo_like(image_path):
     """True for 8-bit photographs (RGB or grey JPEG/PNG), which use a fixed 0..255 normalisation."""
     return read_image(image_path).voxels.dtype == np.uint8
+
+
+def model_config_for(data, network="wnet", guided=True, lora=False, size=256, widths=None, window=None,
+                     classes=2):
+    """The ModelConfig that suits a dataset folder: channels and intensity normalisation from its images.
+
+    ``window``: (center, width) of a CT window, instead of the per-volume robust percentiles.
+    ``classes``: 2 (binary: any label > 0 is the target) or C, with labels 0..C-1.
+    """
+    if is_image_folder(data):
+        first = read_image(folder_pairs(data, "train")[0][0])
+        normalization = PHOTO_NORMALIZATION if first.voxels.dtype == np.uint8 else {"mode": "percentile", "low": 0.5, "high": 99.5}
+        in_channels = first.channels
+    else:
+        normalization, in_channels = {"mode": "percentile", "low": 0.5, "high": 99.5}, 1
+    if window is not None:
+        normalization = {"mode": "window", "center": float(window[0]), "width": float(window[1])}
+    return ModelConfig(network=network, in_channels=in_channels, num_classes=classes, input_size=size, guided=guided,
+                       widths=widths,
+                       lora_rank=8 if lora else 0, normalization=normalization)
+
+
+def load_training_data(data, config, max_images=None, axis="axial"):
+    """(train, val) SliceSets: a 2D folder's train/ and val/ splits, or a folder of labelled volumes.
+
+    For volumes, the last volume is the validation set when there are two or more; with one,
+    every fifth slice is held out.
+    """
+    if is_image_folder(data):
+        return load_image_folder(data, "train", config, max_images), load_image_folder(data, "val", config)
+    sets = []
+    for image_path, label_path in volume_label_pairs(data):
+        image = read_image(image_path)
+        labels = check_labels(read_labels(label_path, like=image), str(label_path))
+        sets.append(slices_of(image, labels, config, axis=axis, name=image_path.name))
+    if len(sets) >= 2:
+        return SliceSet.concat(sets[:-1]), sets[-1]
+    everything = sets[0]
+    held_out = set(range(2, len(everything), 5))
+    return (everything.subset(i for i in range(len(everything)) if i not in held_out),
+            everything.subset(sorted(held_out)))

@@ -11,6 +11,8 @@ import functools
 
 import torch.nn.functional as F
 
+from ..networks import deep_supervision_weights
+
 # smooth = 1 keeps Dice near 0 for a confident all-background prediction of an empty batch
 # (MONAI's 1e-5 turns the 1e-9 residual probabilities into a loss of ~0.1) and is negligible otherwise.
 _DICE_KW = {"batch": True, "smooth_nr": 1.0, "smooth_dr": 1.0}
@@ -51,15 +53,9 @@ def _resize_target(target, size):
     return F.interpolate(target.float(), size=tuple(size), mode="nearest-exact").to(target.dtype)
 
 
-def _default_weights(n):
-    """Deep-supervision weights ∝ 2^-i, normalised to sum to 1."""
-    w = [2.0**-i for i in range(n)]
-    return [x / sum(w) for x in w]
-
-
 def deep_supervision_loss(outputs, target, weights=None):
     """Weighted ``segmentation_loss`` over outputs (full resolution first), target resized to each."""
-    weights = _default_weights(len(outputs)) if weights is None else list(weights)
+    weights = deep_supervision_weights(len(outputs)) if weights is None else list(weights)
     if len(weights) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs but {len(weights)} deep-supervision weights")
     target = _with_channel(target)

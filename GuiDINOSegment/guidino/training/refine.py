@@ -13,41 +13,17 @@ from typing import Optional
 
 import numpy as np
 
-from guidino.bundle import build_model, load_bundle, read_bundle_config, save_bundle
-from guidino.lora import add_lora, has_lora
-from guidino.metrics import dice_score
-from guidino.model import ModelConfig
-from guidino.volume import InputError, image_slice_axis, segment_volume
-
-from .commands import load_guide, seed_tokenbook
+from ..bundle import build_model, load_bundle, read_bundle_config, save_bundle
+from ..errors import InputError
+from ..guide import load_guide
+from ..imageio import image_slice_axis
+from ..inference import segment_volume
+from ..lora import add_lora, has_lora
+from ..metrics import dice_score
+from ..model import ModelConfig
 from .datasets import slices_of
-from .trainer import TrainConfig, learned_state, train
-
-# A new model (no bundle yet): the product's default network at its default size.
-DEFAULT_NEW_MODEL = {"network": "wnet", "input_size": 256}
-# Seconds of training per refine round: a whole round (training, held-out check, re-segmenting a
-# small volume) then stays within about 30 s on a 2-core CPU; on a GPU the steps end long before.
-REFINE_TIME_BUDGET = 20.0
-
-
-@dataclass
-class RefineSettings:
-    train: str = "tokenbook+network"  # parts joined by '+': tokenbook, network, lora
-    lora: bool = False  # add LoRA adapters to the guide (when the model has none) and train them
-    steps: int = 150
-    time_budget: Optional[float] = REFINE_TIME_BUDGET  # seconds of training; None: until ``steps``
-    batch_size: int = 4
-    lr: float = 1e-3
-    lora_lr: float = 5e-4
-    augment: bool = True
-    device: str = "auto"
-    seed: int = 0
-    keep_on_cancel: bool = True  # cancelled: keep the best model so far (True) or discard the round (False)
-    new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
-
-    def parts(self):
-        parts = tuple(p.strip() for p in self.train.split("+") if p.strip())
-        return parts + ("lora",) if self.lora and "lora" not in parts else parts
+from .settings import RefineSettings
+from .trainer import learned_state, seed_tokenbook, train
 
 
 @dataclass
@@ -105,11 +81,9 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     if fresh:
         seed_tokenbook(model, train_set)
     before = learned_state(model)
-    config = TrainConfig(steps=settings.steps, batch_size=min(settings.batch_size, max(1, len(train_set))),
-                         lr=settings.lr, lora_lr=settings.lora_lr, augment=settings.augment, parts=parts,
-                         device=settings.device, seed=settings.seed, time_budget=settings.time_budget,
-                         validate_every=max(1, settings.steps // 10) if val_set is not None else 0,
-                         patience=4 if val_set is not None else None)
+    config = settings.train_config(batch_size=min(settings.batch_size, max(1, len(train_set))),
+                                   validate_every=max(1, settings.steps // 10) if val_set is not None else 0,
+                                   patience=4 if val_set is not None else None)
     result = train(model, train_set, val_set, config, progress=progress, cancel=cancel)
     kept = model
     if result.stopped == "cancelled" and not settings.keep_on_cancel:

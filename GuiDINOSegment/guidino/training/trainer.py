@@ -1,6 +1,7 @@
 """Training of a GuiDINOModel on SliceSets: augmentation, poly schedule, best-on-validation, cancel, resume."""
 
 import math
+import platform
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -10,42 +11,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from guidino.training.augment import AugmentConfig, augment_batch
-from guidino.lora import has_lora
-from guidino.training.losses import GuiDINOLoss
-from guidino.volume import resolve_device
-
-PARTS = ("tokenbook", "network", "lora")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    steps: Optional[int] = None  # total optimiser steps; overrides epochs
-    batch_size: int = 4
-    optimizer: str = "adamw"  # adamw | sgd (Nesterov, momentum 0.99)
-    lr: Optional[float] = None  # default 1e-4 (AdamW) or 1e-2 (SGD)
-    lora_lr: float = 5e-4
-    weight_decay: Optional[float] = None  # default 1e-4 (AdamW) or 3e-5 (SGD)
-    poly_power: float = 0.9
-    guide_weight: float = 0.1
-    boundary_weight: float = 0.0
-    augment: bool = True
-    parts: tuple = PARTS  # what learns: any of tokenbook, network, lora
-    seed: int = 0
-    device: str = "auto"
-    validate_every: int = 0  # steps between validations; 0 = once per epoch
-    patience: Optional[int] = None  # stop after this many validations without improvement
-    time_budget: Optional[float] = None  # seconds: stop after the step that passes it (that step is validated)
-    cache_guide: bool = True  # frozen guide: compute its tokens once per image
-
-    def __post_init__(self):
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
-        unknown = set(self.parts) - set(PARTS)
-        if unknown or not self.parts:
-            raise ValueError(f"parts to train must be among {', '.join(PARTS)}; got {sorted(self.parts)}")
-
+from ..bundle import build_model, save_bundle
+from ..guide import load_guide
+from ..lora import has_lora
+from ..networks import count_parameters
+from ..runtime import resolve_device
+from .augment import AugmentConfig, augment_batch
+from .datasets import load_training_data, model_config_for
+from .losses import GuiDINOLoss, guide_target
+from .settings import TrainConfig
 
 @dataclass
 class TrainResult:
@@ -237,3 +211,53 @@ def _save_checkpoint(path, model, optimizer, scheduler, step, best, best_state, 
     torch.save({"state": learned_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, "best": best, "best_state": best_state, "history": history}, partial)
     partial.replace(path)
+
+
+def seed_tokenbook(model, slices, count=64):
+    """Initialise the TokenBook's prototypes from labelled training tokens (no-op without one)."""
+    if model.tokenbook is None or len(slices) == 0:
+        return
+    index = np.linspace(0, len(slices) - 1, min(count, len(slices))).astype(int)
+    tokens = compute_guide_features(model, slices.images[index], model.tokenbook.prototypes.device).float()
+    target = guide_target(slices.labels[index].long().to(tokens.device), tokens.shape[-2:])
+    model.tokenbook.initialize_from(tokens.cpu(), target.cpu())
+
+
+def train_bundle(model, train_set, val_set, out, train_config, provenance=None, progress=None, cancel=None,
+                 checkpoint=None, resume=False):
+    """Train ``model`` and save it as a new bundle at ``out``; returns (bundle path, TrainResult).
+
+    ``checkpoint``: a file rewritten at each validation; ``resume=True`` continues from it.
+    """
+    model.to(resolve_device(train_config.device))
+    seed_tokenbook(model, train_set)
+    result = train(model, train_set, val_set, train_config, progress=progress, cancel=cancel, checkpoint=checkpoint,
+                   resume=resume)
+    guide = model.guide
+    trainable, total = count_parameters(model)
+    metrics = {"val_dice_at_model_size": result.best_val_dice, "steps": result.steps,
+               "epochs": round(result.steps * train_config.batch_size / max(1, len(train_set)), 2),
+               "train_seconds": round(result.seconds, 2), "stopped": result.stopped,
+               "parameters": {"trainable": trainable, "total": total},
+               "guide_pretrained": None if guide is None else guide.pretrained}
+    provenance = {**(provenance or {}), "train_slices": len(train_set), "val_slices": len(val_set) if val_set else 0,
+                  "train_config": asdict(train_config), "result": result.to_dict(),
+                  "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                              "device": str(train_config.device), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    return save_bundle(model, out, metrics=metrics, provenance=provenance), result
+
+
+def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256, widths=None, window=None,
+                    classes=2, epochs=100, steps=None,
+                    max_images=None, device="auto", batch_size=4, optimizer="adamw", lr=None, seed=0,
+                    progress=None, cancel=None, checkpoint=None, resume=False):
+    """``guidino train``: train on a dataset folder and write a bundle."""
+    guide_model = load_guide(guide)
+    config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths,
+                              window=window, classes=classes)
+    train_set, val_set = load_training_data(data, config, max_images)
+    model = build_model(config, guide_model)
+    train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                               seed=seed, device=device)
+    return train_bundle(model, train_set, val_set, out, train_config, {"data": str(Path(data).resolve())},
+                        progress, cancel, checkpoint=checkpoint, resume=resume)

@@ -1,0 +1,159 @@
+"""Slice-by-slice segmentation of a whole volume (or one 2D image) in its exact geometry."""
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .geometry import Geometry
+from .imageio import read_image, write_image
+from .runtime import resolve_device
+from .slicing import VolumeSlicer
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray  # uint8 (D, H, W), input geometry
+    probability: np.ndarray  # float32 foreground probability
+    guide: Optional[np.ndarray]  # float32 guide in [0, 1] resampled to the input grid, None if unguided
+    geometry: Geometry
+    is_2d: bool
+    axis: int  # numpy axis the slices were taken along
+    processed: np.ndarray  # bool per slice along ``axis``: which slices were segmented
+    seconds: float
+    cancelled: bool = False
+    guide_stride: int = 1  # the guide ran on every n-th slice, interpolated between
+
+
+def resolve_guide_stride(model, slicer, guide_stride):
+    """The guide stride to use: ``"auto"`` (see ``VolumeSlicer.auto_guide_stride``) or an int >= 1;
+    always 1 for models without a TokenBook guide mask (unguided, SegDINO)."""
+    if model.tokenbook is None:
+        return 1
+    stride = auto_or_count(guide_stride, "guide stride", " (1 = the guide on every slice)")
+    return slicer.auto_guide_stride(model.guide.patch_size) if stride is None else stride
+
+
+def auto_or_count(value, name, hint=""):
+    """``None`` for ``"auto"``, else ``value`` as an int >= 1 (digit strings accepted); else a clear InputError."""
+    if value == "auto":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be 'auto' or a whole number >= 1{hint}, got {value!r}")
+    return value
+
+
+class SparseGuide:
+    """The guide computed on every ``stride``-th slice (and the last) and interpolated linearly between.
+
+    The guide is a coarse map (one value per 16-pixel patch); sampling it more finely through the
+    volume than across it adds cost, not information. Slices must be asked for in increasing order.
+    """
+
+    def __init__(self, model, slicer, stride, batch_size, device, todo):
+        self.model, self.slicer, self.stride = model, slicer, stride
+        self.batch_size, self.device = batch_size, device
+        self.anchors = sorted(set(np.concatenate(self._bounds(todo)).tolist()))
+        self.cache = {}
+
+    def _bounds(self, index):
+        low = (np.asarray(index) // self.stride) * self.stride
+        return low, np.minimum(low + self.stride, self.slicer.count - 1)
+
+    def __call__(self, index):
+        """Guide probabilities (B, 1, h, w) at the token grid for slices ``index``."""
+        low, high = self._bounds(index)
+        for old in [k for k in self.cache if k < low.min()]:
+            del self.cache[old]
+        while not all(k in self.cache for k in (*low.tolist(), *high.tolist())):
+            first = next(i for i, k in enumerate(self.anchors) if k >= low.min() and k not in self.cache)
+            batch = self.anchors[first:first + self.batch_size]  # whole batches: the guide is slow on small ones
+            self.cache.update(zip(batch, self.model.guide_probabilities(self.slicer.images(batch, self.device))))
+        weight = torch.as_tensor((index - low) / np.maximum(high - low, 1), dtype=torch.float32, device=self.device)
+        weight = weight[:, None, None, None]
+        below = torch.stack([self.cache[k] for k in low.tolist()]).float()
+        above = torch.stack([self.cache[k] for k in high.tolist()]).float()
+        return (1 - weight) * below + weight * above
+
+
+# Slices per batch for ``batch_size="auto"``. CPU: 4 keeps the largest activations of the 256-px
+# networks under glibc's 32 MiB mmap cap, measured fastest (BENCHMARKS.md, section 2). CUDA: large
+# batches keep the GPU busy; memory stays small (one batch of model-size slices).
+AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 64}
+
+
+def resolve_batch_size(batch_size, device):
+    """Slices per batch: ``"auto"`` (``AUTO_BATCH_SIZE`` for the device type) or an int >= 1."""
+    count = auto_or_count(batch_size, "batch size")
+    return AUTO_BATCH_SIZE.get(torch.device(device).type, AUTO_BATCH_SIZE["cpu"]) if count is None else count
+
+
+def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", device="auto",
+                   progress=None, cancel=None, guide_stride="auto"):
+    """Segment ``image`` (ImageData) slice by slice with ``model`` (GuiDINOModel).
+
+    ``slices``: indices along the chosen axis to segment (None = all); the others stay 0 and
+    ``processed`` is False there. ``progress(done, total)`` is called after each batch;
+    ``cancel`` (a ``threading.Event``) stops between batches, keeping what was done.
+    ``guide_stride``: run the guide on every n-th slice and interpolate it between (``"auto"``:
+    from the slice spacing, see ``VolumeSlicer.auto_guide_stride``); 1 runs it on every slice.
+    ``batch_size``: slices per batch (``"auto"``: see ``AUTO_BATCH_SIZE``). Memory stays bounded:
+    only one batch of slices is on the device at a time.
+    """
+    start = time.perf_counter()
+    device = resolve_device(device)
+    batch_size = resolve_batch_size(batch_size, device)
+    model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
+    slicer = VolumeSlicer(image, axis, model.config)
+    todo = slicer.check_indices(slices)
+    stride = resolve_guide_stride(model, slicer, guide_stride)
+    sparse_guide = SparseGuide(model, slicer, stride, batch_size, device, todo) if stride > 1 else None
+    grid = image.voxels.shape[:3]
+    labels = np.zeros(grid, np.uint8)
+    probability = np.zeros(grid, np.float32)
+    guide = np.zeros(grid, np.float32) if model.tokenbook is not None else None
+    processed = np.zeros(slicer.count, bool)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    cancelled = False
+    for first in range(0, len(todo), batch_size):
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        index = todo[first:first + batch_size]
+        with autocast:
+            images = slicer.images(index, device).contiguous(memory_format=torch.channels_last)
+            probs, guide_map = model.predict(images, None if sparse_guide is None else sparse_guide(index))
+        probs = slicer.restore(probs)
+        if probs.shape[1] == 1:
+            foreground, predicted = probs[:, 0], (probs[:, 0] >= 0.5).to(torch.uint8)
+        else:
+            foreground, predicted = 1.0 - probs[:, 0], probs.argmax(1).to(torch.uint8)
+        slicer.put(labels, predicted, index)
+        slicer.put(probability, foreground, index)
+        if guide is not None:
+            slicer.put(guide, slicer.restore(guide_map)[:, 0], index)
+        processed[index] = True
+        if progress is not None:
+            progress(int(processed.sum()), len(todo))
+    return SegmentationResult(labels, probability, guide, image.geometry, image.is_2d, slicer.axis, processed,
+                              time.perf_counter() - start, cancelled, stride)
+
+
+def segment_file(model, input_path, output_path, guide_output=None, probability_output=None, **options):
+    """Read a volume or image, segment it (``segment_volume`` options) and write the results."""
+    image = read_image(input_path)
+    result = segment_volume(model, image, **options)
+    write_image(result.labels, image.geometry, output_path, image.is_2d)
+    if guide_output is not None:
+        if result.guide is None:
+            raise InputError("--guide-output: this model has no guide (an unguided baseline)")
+        write_image(result.guide, image.geometry, guide_output, image.is_2d)
+    if probability_output is not None:
+        write_image(result.probability, image.geometry, probability_output, image.is_2d)
+    return result

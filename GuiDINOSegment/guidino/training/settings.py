@@ -1,0 +1,73 @@
+"""Training settings and the refine defaults, declared once (no torch: the Slicer panels read them).
+
+``TrainConfig`` drives one training run (``trainer.train``). ``RefineSettings`` are a refine round's
+choices; its training part is built from them (``RefineSettings.train_config``), never copied.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+PARTS = ("tokenbook", "network", "lora")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    steps: Optional[int] = None  # total optimiser steps; overrides epochs
+    batch_size: int = 4
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov, momentum 0.99)
+    lr: Optional[float] = None  # default 1e-4 (AdamW) or 1e-2 (SGD)
+    lora_lr: float = 5e-4
+    weight_decay: Optional[float] = None  # default 1e-4 (AdamW) or 3e-5 (SGD)
+    poly_power: float = 0.9
+    guide_weight: float = 0.1
+    boundary_weight: float = 0.0
+    augment: bool = True
+    parts: tuple = PARTS  # what learns: any of tokenbook, network, lora
+    seed: int = 0
+    device: str = "auto"
+    validate_every: int = 0  # steps between validations; 0 = once per epoch
+    patience: Optional[int] = None  # stop after this many validations without improvement
+    time_budget: Optional[float] = None  # seconds: stop after the step that passes it (that step is validated)
+    cache_guide: bool = True  # frozen guide: compute its tokens once per image
+
+    def __post_init__(self):
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
+        unknown = set(self.parts) - set(PARTS)
+        if unknown or not self.parts:
+            raise ValueError(f"parts to train must be among {', '.join(PARTS)}; got {sorted(self.parts)}")
+
+
+# ModelConfig settings of a model refined from nothing (no bundle yet); empty: the product's defaults.
+DEFAULT_NEW_MODEL = {}
+# Seconds of training per refine round: a whole round (training, held-out check, re-segmenting a
+# small volume) then stays within about 30 s on a 2-core CPU; on a GPU the steps end long before.
+REFINE_TIME_BUDGET = 20.0
+
+
+@dataclass
+class RefineSettings:
+    """A refine round's settings; fields named as TrainConfig's are its training settings."""
+
+    train: str = "tokenbook+network"  # parts joined by '+': tokenbook, network, lora
+    lora: bool = False  # add LoRA adapters to the guide (when the model has none) and train them
+    steps: int = 150
+    time_budget: Optional[float] = REFINE_TIME_BUDGET  # seconds of training; None: until ``steps``
+    batch_size: int = 4
+    lr: float = 1e-3
+    lora_lr: float = 5e-4
+    augment: bool = True
+    device: str = "auto"
+    seed: int = 0
+    keep_on_cancel: bool = True  # cancelled: keep the best model so far (True) or discard the round (False)
+    new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
+
+    def parts(self):
+        parts = tuple(p.strip() for p in self.train.split("+") if p.strip())
+        return parts + ("lora",) if self.lora and "lora" not in parts else parts
+
+    def train_config(self, **changes):
+        """This round's TrainConfig: the TrainConfig fields these settings have, the parts, then ``changes``."""
+        shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name in self.__dataclass_fields__}
+        return TrainConfig(**{**shared, "parts": self.parts(), **changes})
