@@ -53,14 +53,14 @@ def shared_data():
 @pytest.fixture(scope="session")
 def tiny_guide_dir(tmp_path_factory):
     """A tiny random DINOv3 (4 register tokens) saved in Hugging Face layout."""
-    from guidino.guide import make_tiny_guide
+    from guidino.guides.hf_vit import make_tiny_guide
 
     return make_tiny_guide(tmp_path_factory.mktemp("guide") / "tiny-dinov3", seed=0)
 
 
 @pytest.fixture
 def tiny_guide(tiny_guide_dir):
-    from guidino.guide import GuideGenerator
+    from guidino.guides import GuideGenerator
 
     return GuideGenerator.load(str(tiny_guide_dir))
 

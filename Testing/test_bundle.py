@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from guidino.bundle import BundleError, build_model, load_bundle, read_bundle_config, save_bundle
-from guidino.guide import GuideGenerator, GuideNotFoundError, make_tiny_guide
+from guidino.guides import GuideGenerator, GuideNotFoundError
+from guidino.guides.hf_vit import make_tiny_guide
 from guidino.model import ModelConfig
 
 

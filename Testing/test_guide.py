@@ -11,18 +11,18 @@ from transformers import (
     Dinov2WithRegistersModel,
 )
 
-from guidino.networks import segdino_layers
-from guidino.guide import (
+from guidino.guides import (
     DEFAULT_GUIDE,
     GUIDE_ENV,
     IMAGENET_MEAN,
     IMAGENET_STD,
     GuideGenerator,
     GuideNotFoundError,
-    convert_official_state_dict,
-    make_tiny_guide,
     resolve_guide_source,
 )
+from guidino.guides.dinov3_official import convert_official_state_dict
+from guidino.guides.hf_vit import HuggingFaceViTGuide, make_tiny_guide
+from guidino.networks import segdino_layers
 
 HINTS = ("--guide", GUIDE_ENV, "hf auth login")
 
@@ -60,7 +60,7 @@ def test_patch_grid_is_pinned(tiny_dir, model):
     guide = (
         GuideGenerator.load(str(tiny_dir))
         if model == "dinov3"
-        else GuideGenerator(_dinov2(registers=model == "dinov2_registers"), model)
+        else HuggingFaceViTGuide(_dinov2(registers=model == "dinov2_registers"), model)
     )
     image = _images(1, 3, 64, 96)  # a 4 x 6 patch grid: non-square pins raster order
     patches = [(2, 4), (3, 1), (0, 5)]
@@ -117,14 +117,14 @@ def test_backbone_frozen_and_in_eval_under_a_training_parent(tiny_dir):
     parent = torch.nn.ModuleDict({"guide": guide, "head": torch.nn.Conv2d(64, 1, 1)})
     parent.train()
     assert guide.training and parent["head"].training
-    assert not any(module.training for module in guide.vit.modules())
+    assert not any(module.training for module in guide.encoder.modules())
     assert not any(p.requires_grad for p in guide.parameters())
     image = _images(1, 3, 64, 64)
     first = guide(image)
     torch.testing.assert_close(guide(image), first, rtol=0, atol=0)
     assert not first.requires_grad
 
-    guide.vit.train()  # what the override prevents: RoPE augmentation makes features random
+    guide.encoder.train()  # what the override prevents: RoPE augmentation makes features random
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         assert not torch.allclose(
@@ -248,7 +248,7 @@ def test_official_pth_gives_the_hf_model_outputs(tmp_path, variant):
     torch.save(_to_official(model), path)
 
     loaded = GuideGenerator.load(str(path))
-    reference = GuideGenerator(model, "hf")
+    reference = HuggingFaceViTGuide(model, "hf")
     assert loaded.source == str(path) and loaded.pretrained
     assert loaded.num_register_tokens == config.num_register_tokens
     image = _images(2, 3, 48, 32)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from guidino.guide import GuideGenerator, make_tiny_guide
-from guidino.lora import LORA_TARGETS, add_lora, has_lora, load_lora, save_lora
+from guidino.guides import GuideGenerator
+from guidino.guides.hf_vit import make_tiny_guide
+from guidino.lora import add_lora, has_lora, load_lora, save_lora
 
 ADAPTERS = "adapter_model.safetensors"
 
@@ -48,9 +49,10 @@ def test_only_adapters_trainable_and_backbone_stays_in_eval(guide, image):
     assert add_lora(guide, rank=4) is guide and has_lora(guide)
     trainable = [name for name, p in guide.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
-    assert len(trainable) == 2 * len(LORA_TARGETS) * guide.num_layers
+    assert guide.lora_targets == ("q_proj", "k_proj", "v_proj", "o_proj")  # DINOv3's attention
+    assert len(trainable) == 2 * len(guide.lora_targets) * guide.num_layers
     guide.train()
-    assert not any(module.training for module in guide.vit.modules())
+    assert not any(module.training for module in guide.encoder.modules())
     torch.testing.assert_close(guide(image), before)  # lora_B starts at zero
     with pytest.raises(ValueError, match="already"):
         add_lora(guide)

@@ -21,7 +21,7 @@ from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from guidino.bundle import BundleError, build_model, load_bundle, save_bundle
 from guidino.geometry import Geometry
 from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED, sliceMask
-from guidino.guide import GuideGenerator, GuideNotFoundError
+from guidino.guides import GuideGenerator, GuideNotFoundError
 from guidino.model import GuiDINOModel, ModelConfig
 from guidino.errors import InputError
 from guidino.inference import segment_volume

@@ -22,7 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from guidino.bundle import build_model, save_bundle
-from guidino.guide import RANDOM_ARCHITECTURES, GuideGenerator, make_tiny_guide
+from guidino.guides import GuideGenerator
+from guidino.guides.hf_vit import RANDOM_ARCHITECTURES, make_tiny_guide
 from guidino.model import ModelConfig
 from guidino.runtime import tune_cpu_allocator
 from machine import cpu_times, steal_since

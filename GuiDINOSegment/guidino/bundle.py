@@ -15,7 +15,7 @@ import safetensors.torch
 
 from . import __version__
 from .errors import BundleError, GuideNotFoundError
-from .guide import GuideGenerator
+from .guides import GuideGenerator
 from .lora import add_lora, has_lora, load_lora, save_lora
 from .model import GuiDINOModel, ModelConfig
 
@@ -38,8 +38,9 @@ def save_bundle(model, out_dir, metrics=None, provenance=None):
             "guidino_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model.config.to_dict(),
-            "guide": None if guide is None else {"source": guide.source, "sha256": guide.weights_hash(),
-                                                 "embed_dim": guide.embed_dim, "pretrained": guide.pretrained},
+            "guide": None if guide is None else {"source": guide.source, "family": guide.family,
+                                                 "sha256": guide.weights_hash(), "embed_dim": guide.embed_dim,
+                                                 "pretrained": guide.pretrained},
             "provenance": provenance or {},
         }
         (partial / "config.json").write_text(json.dumps(config, indent=2))
@@ -114,11 +115,14 @@ def load_bundle(bundle, guide=None, device="cpu"):
 
 
 def _load_guide(source, recorded, bundle):
-    candidates = [source] if source is not None else [recorded["source"], os.environ.get("GUIDINO_GUIDE")]
+    """The guide a bundle names: ``source`` if given (its family detected), else the recorded source by its
+    recorded family (bundles made before families were recorded: detected), else ``$GUIDINO_GUIDE``."""
+    candidates = [(source, None)] if source is not None else [
+        (recorded["source"], recorded.get("family")), (os.environ.get("GUIDINO_GUIDE"), None)]
     errors = []
-    for candidate in dict.fromkeys(c for c in candidates if c):
+    for candidate, family in dict.fromkeys((c, f) for c, f in candidates if c):
         try:
-            return GuideGenerator.load(candidate)
+            return GuideGenerator.load(candidate, family=family)
         except GuideNotFoundError as error:
             errors.append(str(error))
     raise GuideNotFoundError(f"model bundle {bundle} needs its guide {recorded['source']}, which cannot be loaded:\n"

@@ -35,8 +35,11 @@ class _Progress:
 
 
 def _make_tiny_guide(args):
-    from .guide import RANDOM_ARCHITECTURES, make_tiny_guide
+    from .errors import InputError
+    from .guides.hf_vit import RANDOM_ARCHITECTURES, make_tiny_guide
 
+    if args.architecture not in RANDOM_ARCHITECTURES:
+        raise InputError(f"--architecture {args.architecture!r}: choose one of {', '.join(RANDOM_ARCHITECTURES)}")
     print(make_tiny_guide(args.out_dir, seed=args.seed, **RANDOM_ARCHITECTURES[args.architecture]))
     return 0
 
@@ -187,8 +190,8 @@ def build_parser():
                                                        "and speed benchmarks: never an accurate guide")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--architecture", choices=("tiny", "vits16", "vitb16", "vitl16"), default="tiny",
-                      help="tiny (default) or a real DINOv3 size, with random weights")
+    tiny.add_argument("--architecture", default="tiny",
+                      help="tiny (default), or a real DINOv3 size (vits16, vitb16, vitl16), with random weights")
     tiny.set_defaults(run=_make_tiny_guide)
 
     tr = commands.add_parser("train", help="train a model on a dataset folder and save a bundle")

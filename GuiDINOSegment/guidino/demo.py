@@ -11,7 +11,8 @@ from skimage.segmentation import find_boundaries
 
 from .bundle import build_model
 from .errors import GuideNotFoundError
-from .guide import load_guide, make_tiny_guide
+from .guides import load_guide
+from .guides.hf_vit import make_tiny_guide
 from .imageio import read_image, read_labels, write_image
 from .inference import segment_volume
 from .metrics import case_metrics

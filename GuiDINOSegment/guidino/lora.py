@@ -9,20 +9,19 @@ from pathlib import Path
 
 import torch
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
 def has_lora(guide) -> bool:
     """Whether LoRA adapters are attached to the guide."""
-    return hasattr(guide.vit, "peft_config")  # a peft wrapper; no peft import needed to tell
+    return hasattr(guide.encoder, "peft_config")  # a peft wrapper; no peft import needed to tell
 
 
-def add_lora(guide, rank=8, alpha=16, dropout=0.0, targets=LORA_TARGETS):
-    """Attach fresh LoRA adapters (rank, alpha) to the ``targets`` linear layers; only they are trainable."""
+def add_lora(guide, rank=8, alpha=16, dropout=0.0, targets=None):
+    """Attach fresh LoRA adapters (rank, alpha) to the ``targets`` linear layers (default: the guide family's
+    ``lora_targets``); only they are trainable."""
     from peft import LoraConfig  # peft takes seconds to import: only when LoRA is used
 
     if dropout:
         raise ValueError("LoRA dropout never acts here: the guide's ViT always runs in eval mode; use dropout=0")
+    targets = guide.lora_targets if targets is None else targets
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
     return _attach(guide, config)
 
@@ -31,7 +30,7 @@ def save_lora(guide, out_dir) -> Path:
     """Save the adapters (peft's ``save_pretrained``: adapter_config.json + adapter_model.safetensors)."""
     if not has_lora(guide):
         raise ValueError("the guide has no LoRA adapters to save")
-    guide.vit.save_pretrained(str(out_dir))
+    guide.encoder.save_pretrained(str(out_dir))
     return Path(out_dir)
 
 
@@ -51,11 +50,11 @@ def load_lora(guide, lora_dir):
     weights = load_peft_weights(str(lora_dir), device="cpu")
     _attach(guide, config)
     try:
-        _check_same_tensors(get_peft_model_state_dict(guide.vit), weights, lora_dir, "do not match the guide")
-        set_peft_model_state_dict(guide.vit, weights)
-        _check_same_tensors(get_peft_model_state_dict(guide.vit), weights, lora_dir, "did not load", values=True)
+        _check_same_tensors(get_peft_model_state_dict(guide.encoder), weights, lora_dir, "do not match the guide")
+        set_peft_model_state_dict(guide.encoder, weights)
+        _check_same_tensors(get_peft_model_state_dict(guide.encoder), weights, lora_dir, "did not load", values=True)
     except Exception:
-        guide.vit = guide.vit.unload()
+        guide.encoder = guide.encoder.unload()
         raise
     return guide
 
@@ -69,7 +68,7 @@ def _attach(guide, config):
     config.inference_mode = False
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5; not ours to fix
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        guide.vit = get_peft_model(guide.backbone, config)
+        guide.encoder = get_peft_model(guide.backbone, config)
     guide.train(guide.training)
     return guide
 

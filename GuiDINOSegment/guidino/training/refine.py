@@ -15,7 +15,7 @@ import numpy as np
 
 from ..bundle import build_model, load_bundle, read_bundle_config, save_bundle
 from ..errors import InputError
-from ..guide import load_guide
+from ..guides import load_guide
 from ..imageio import image_slice_axis
 from ..inference import segment_volume
 from ..lora import add_lora, has_lora

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..bundle import build_model, save_bundle
-from ..guide import load_guide
+from ..guides import load_guide
 from ..lora import has_lora
 from ..networks import count_parameters
 from ..runtime import resolve_device
