@@ -1,9 +1,10 @@
 """GuiDINO Segment: slice-by-slice segmentation of a volume, gated by a DINOv3 guide.
 
-The module file only wires the GUI. The work is in ``GuiDINOSegmentLib`` (``GuiDINOSegmentLogic``,
-imported on first use because it imports torch; ``DependencyLogic`` installs the packages), the
-panel's small decisions in ``SegmentEditorGuiDINOLib/WidgetHelpers.py``, and the Segment Editor
-effect in ``SegmentEditorGuiDINOLib/SegmentEditorEffect.py``.
+The module file only wires the GUI. Its Slicer code is in ``GuiDINOSegmentLib``: ``GuiDINOSegmentLogic``
+(imported on first use because it imports torch), ``DependencyLogic`` (installs the packages),
+``WidgetHelpers`` (the panel's small decisions) and ``SegmentSettings`` (one run's settings); the
+Segment Editor effect is ``SegmentEditorGuiDINOLib/SegmentEditorEffect.py``. The computing is done by
+the engine, the ``guidino`` package beside them (see ARCHITECTURE.md).
 """
 
 import logging
@@ -98,7 +99,7 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None  # the running helpers.PredictionJob
-        self._request = None  # where its result goes; None once the scene was closed
+        self._request = None  # its SegmentationJob (where the result goes); None once the scene was closed
         self._timer = None
 
     def setup(self):
@@ -209,23 +210,13 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                   f"{p.inputVolume.GetName()} GuiDINO")
                 segmentation.CreateDefaultDisplayNodes()
                 p.outputSegmentation = segmentation
-            self.logic.checkInputs(p.inputVolume, p.outputSegmentation)
             current = self.currentSliceIndex(p.inputVolume, p.axis) if p.sliceMode == "current" else None
-            sliceRange = helpers.sliceRangeFor(p.sliceMode, p.sliceFirst, p.sliceLast, current)
-            self.logic.guideSource = helpers.optionalText(p.guideSource)
-            # As the Logic's process: the chosen bundle, else the one this segmentation was refined to.
-            model = helpers.optionalText(p.modelPath) or self.logic.activeModel(p.outputSegmentation)
-            axis, device = p.axis, p.device
-            volume = helpers.detachedVolumeCopyNode(p.inputVolume)  # the worker never reads the scene's nodes
-
-            def compute(progressCallback, cancelEvent):  # worker thread
-                return self.logic.computePrediction(volume, model=model, axis=axis, sliceRange=sliceRange,
-                                                    device=device, progressCallback=progressCallback,
-                                                    cancelEvent=cancelEvent)
-
-            self._request = dict(inputVolume=p.inputVolume, outputSegmentation=p.outputSegmentation,
-                                 segmentName=p.segmentName or "GuiDINO", axis=axis, showGuide=p.showGuide)
-            self._job = helpers.PredictionJob(compute).start()
+            job = self.logic.prepareSegmentation(p.inputVolume, p.outputSegmentation,
+                                                 helpers.panelSettings(p, current))  # validates once
+            self._request = job
+            self._job = helpers.PredictionJob(
+                lambda progressCallback, cancelEvent: self.logic.computeSegmentation(job, progressCallback,
+                                                                                     cancelEvent)).start()
             self.ui.progressBar.value = 0
             self.ui.progressBar.format = _("Loading the model...")
             self.setStatus("")
@@ -239,25 +230,23 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not state.finished:
             return
         self._timer.stop()
-        request, self._job, self._request = self._request, None, None
+        job, self._job, self._request = self._request, None, None
         self.updateGui()
         if state.error is not None:
             self.showError(str(state.error), state.errorDetails)
-        elif request is None:
+        elif job is None:
             self.setStatus(_("Cancelled: the scene was closed."))
-        elif not all(slicer.mrmlScene.IsNodePresent(request[n]) for n in ("inputVolume", "outputSegmentation")):
+        elif not all(slicer.mrmlScene.IsNodePresent(node) for node in (job.inputVolume, job.segmentation)):
             self.setStatus(_("Nothing written: the input volume or the segmentation was removed while GuiDINO ran."))
         else:
             try:
-                result = self.logic.applyPrediction(request["inputVolume"], request["outputSegmentation"],
-                                                    prediction=state.result, segmentName=request["segmentName"],
-                                                    axis=request["axis"], showGuide=request["showGuide"])
+                result = self.logic.applySegmentation(job, state.result)
             except Exception as error:
                 self.showError(str(error), traceback.format_exc())
                 return
             status = _("{slices} segmented in {time}.").format(
                 slices=helpers.slicesText(result.slicesProcessed), time=helpers.formatDuration(result.seconds))
-            if getattr(result, "cancelled", state.cancelRequested):
+            if result.cancelled:
                 status += " " + _("Cancelled: the slices done were kept.")
             self.setStatus(status)
             self.onGuideDisplay()

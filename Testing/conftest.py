@@ -116,3 +116,11 @@ def synthetic_volume(shape=(12, 48, 40), seed=0):
     labels = sitk.GetImageFromArray(blob.astype(np.uint8))
     labels.CopyInformation(reference)
     return image, labels
+
+
+@pytest.fixture
+def tiny_model(tiny_guide):
+    """A small untrained guided UNet (64 px) on the tiny guide."""
+    from guidino.model import GuiDINOModel, ModelConfig
+
+    return GuiDINOModel(ModelConfig(network="unet", input_size=64, widths=[8, 16, 32]), tiny_guide).eval()

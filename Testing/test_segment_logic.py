@@ -20,9 +20,10 @@ from slicer_harness import HeadlessSlicer
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from guidino.bundle import BundleError, build_model, load_bundle, save_bundle
 from guidino.geometry import Geometry
-from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED, sliceMask
+from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED
 from guidino.guides import GuideGenerator, GuideNotFoundError
 from guidino.model import GuiDINOModel, ModelConfig
+from guidino.review import slice_mask
 from guidino.errors import InputError
 from guidino.inference import segment_volume
 
@@ -40,7 +41,7 @@ class ThresholdSegmenter:
 
     def __call__(self, model, image, **options):
         result = segment_volume(model, image, **options)
-        processed = sliceMask(image.voxels.shape, result.axis, np.flatnonzero(result.processed))
+        processed = slice_mask(image.voxels.shape, result.axis, np.flatnonzero(result.processed))
         result.labels = ((image.voxels > self.threshold) & processed).astype(np.uint8)
         return result
 
@@ -129,7 +130,8 @@ def test_process_writes_the_segment_in_the_input_geometry(scene, logic, model, t
 
 def test_slice_range_and_compute_prediction(scene, logic, model):
     nodes = scene.mrml.GetNumberOfNodes()
-    preview = logic.computePrediction(scene.volume, model=model, sliceRange=(3, 5))
+    job = logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, sliceRange=(3, 5))
+    preview = logic.computeSegmentation(job)
     assert scene.mrml.GetNumberOfNodes() == nodes  # no scene change
     assert np.flatnonzero(preview.processed).tolist() == [3, 4, 5]
 
@@ -141,7 +143,7 @@ def test_slice_range_and_compute_prediction(scene, logic, model):
     with pytest.raises(InputError, match="slice indices must be in 0..11"):
         logic.process(scene.volume, scene.segmentation, model=model, sliceRange=(10, 12))
     with pytest.raises(InputError, match="first <= last"):
-        logic.computePrediction(scene.volume, model=model, sliceRange=(5, 3))
+        logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, sliceRange=(5, 3))
 
 
 def test_guide_volume_has_the_input_geometry_and_probability_display(scene, logic, model):
@@ -375,25 +377,78 @@ def test_prediction_written_by_another_writer_is_recorded_not_reviewed(scene, lo
     segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId  # baseline: > 500
     logic.markSliceReviewed(scene.segmentation, segment_id, 4)
     other = GuiDINOSegmentLogic(segmenter=ThresholdSegmenter(threshold=700))
-    prediction = other.computePrediction(scene.volume, model=model)
+    job = other.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
+    assert 4 not in job.slices  # reviewed slices are dropped before anything is computed
+    prediction = other.computeSegmentation(job)
     current = segment_array(scene, segment_id)
     mine = current[4].copy()
-    written = np.where(sliceMask(current.shape, 0, [4]), current, prediction.labels)
+    written = np.where(slice_mask(current.shape, 0, [4]), current, prediction.labels)
     assert not np.array_equal(written, current)
     set_segment_array(scene, segment_id, written)  # what an editor Apply does, reviewed slice 4 kept
     assert len(logic.reviewedSlices(scene.segmentation, segment_id)["slices"]) > 1  # looks like user edits
-    logic.recordPrediction(scene.volume, scene.segmentation, segment_id, prediction)
+    logic.recordPrediction(job, prediction)
     assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4]
     np.testing.assert_array_equal(segment_array(scene, segment_id)[4], mine)
 
     edited = segment_array(scene, segment_id)  # a user edit after the apply still counts as a correction
     edited[7, :5, :5] = 1 - edited[7, :5, :5]
     set_segment_array(scene, segment_id, edited)
-    logic.recordPrediction(scene.volume, scene.segmentation, segment_id, prediction)
+    logic.recordPrediction(job, prediction)
     assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4, 7]
 
-    logic.checkInputs(scene.volume, scene.segmentation)
     with pytest.raises(InputError, match="no output segmentation"):
-        logic.checkInputs(scene.volume, None)
+        logic.prepareSegmentation(scene.volume, None, model=model)
     guide = logic.updateGuideVolume(scene.volume, prediction)
     np.testing.assert_array_equal(ijk_to_ras(guide), ijk_to_ras(scene.volume))
+
+
+# -- one job per run ---------------------------------------------------------------------------------
+def test_a_run_validates_the_volume_once(scene, logic, model, monkeypatch):
+    import GuiDINOSegmentLib.SegmentLogic as module
+
+    calls = []
+    check = module.check_voxels
+    monkeypatch.setattr(module, "check_voxels", lambda *args: calls.append(args[1]) or check(*args))
+    logic.process(scene.volume, scene.segmentation, model=model)
+    assert calls == ["oblique"]
+
+
+def test_a_prepared_job_holds_a_copy_and_skips_reviewed_slices(scene, logic, model):
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    logic.markSliceReviewed(scene.segmentation, segment_id, 6)
+    job = logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, sliceRange=(4, 8))
+    assert job.segmentId == segment_id and job.slices.tolist() == [4, 5, 7, 8] and job.requested == 5
+    before = job.image.voxels.copy()
+    slicer.util.arrayFromVolume(scene.volume)[:] = 0  # the user changes the scene while the job computes
+    slicer.util.arrayFromVolumeModified(scene.volume)
+    np.testing.assert_array_equal(job.image.voxels, before)
+    prediction = logic.computeSegmentation(job)
+    assert np.flatnonzero(prediction.processed).tolist() == [4, 5, 7, 8]
+
+
+def test_the_preview_and_the_panel_write_by_one_rule(scene, logic, model):
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model, sliceRange=(0, 3)).segmentId
+    logic.markSliceReviewed(scene.segmentation, segment_id, 2)
+    edited = segment_array(scene, segment_id)
+    edited[2] = 1 - edited[2]  # the user's reviewed slice differs from any prediction
+    set_segment_array(scene, segment_id, edited)
+    other = GuiDINOSegmentLogic(segmenter=ThresholdSegmenter(threshold=700))
+    job = other.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
+    prediction = other.computeSegmentation(job)
+    preview = other.previewLabels(job, prediction)
+    other.applySegmentation(job, prediction)
+    np.testing.assert_array_equal(segment_array(scene, segment_id), preview)
+    np.testing.assert_array_equal(preview[2], edited[2])  # reviewed: the user's
+    assert (preview != edited).any()
+
+
+def test_missing_models_and_bad_ranges_are_refused_before_any_work(scene, tmp_path):
+    logic = GuiDINOSegmentLogic(segmenter=lambda *args, **kwargs: pytest.fail("computed"))
+    with pytest.raises(BundleError, match="no model bundle chosen"):
+        logic.prepareSegmentation(scene.volume, scene.segmentation)
+    with pytest.raises(BundleError, match="not found"):
+        logic.prepareSegmentation(scene.volume, scene.segmentation, model=str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="unknown axis"):
+        logic.prepareSegmentation(scene.volume, scene.segmentation, axis="oblique")
+    with pytest.raises(InputError, match="no segment 'nope'"):
+        logic.prepareSegmentation(scene.volume, scene.segmentation, segmentId="nope")

@@ -25,7 +25,11 @@ from conftest import synthetic_volume
 
 from GuiDINOSegmentLib import DependencyLogic as deps
 from guidino.geometry import Geometry
+from guidino.inference import SegmentationResult
+from guidino.review import merge_prediction, slice_mask
+from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "GuiDINOSegment"
@@ -184,31 +188,33 @@ def test_optional_text_settings():
     assert helpers.optionalText(f" {hubId} ") == hubId
 
 
-# -- preview merge ---------------------------------------------------------------------------
-def test_preview_keeps_reviewed_and_unprocessed_slices():
+# -- the write rule (engine) -----------------------------------------------------------------------
+def test_write_rule_keeps_reviewed_and_unprocessed_slices():
     rng = np.random.default_rng(1)
     predicted = rng.integers(0, 2, (6, 5, 4)).astype(np.uint8)
     current = rng.integers(0, 2, (6, 5, 4)).astype(np.int16)  # segment arrays come in the volume's dtype
     processed = np.array([True, True, True, False, True, True])
-    merged = helpers.mergePreview(predicted, current, 0, processed, reviewedAxis=0, reviewedSlices=[1, 4, 99])
+    writable = slice_mask(current.shape, 0, np.flatnonzero(processed)) & ~slice_mask(current.shape, 0, [1, 4])
+    merged = merge_prediction(current, predicted, writable)
     assert merged.dtype == np.uint8
     for k in range(6):
         expected = predicted[k] if processed[k] and k not in (1, 4) else current[k]
         np.testing.assert_array_equal(merged[k], expected, err_msg=f"slice {k}")
 
 
-def test_preview_with_reviewed_slices_along_another_axis():
+def test_write_rule_with_reviewed_slices_along_another_axis():
     predicted = np.ones((4, 5, 6), np.uint8) * 3  # multi-class labels count as the segment
     current = np.zeros((4, 5, 6), np.uint8)
-    merged = helpers.mergePreview(predicted, current, 0, np.ones(4, bool), reviewedAxis=2, reviewedSlices=[0, 5])
+    writable = slice_mask(current.shape, 0, range(4)) & ~slice_mask(current.shape, 2, [0, 5])
+    merged = merge_prediction(current, predicted, writable)
     assert set(np.unique(merged)) == {0, 1}
     assert (merged[:, :, [0, 5]] == 0).all() and (merged[:, :, 1:5] == 1).all()
     with pytest.raises(ValueError, match="different grids"):
-        helpers.mergePreview(predicted, current[:, :, :5], 0, np.ones(4, bool))
+        merge_prediction(current[:, :, :5], predicted, writable)
 
 
-def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, oblique):
-    """The effect's path: preview labelmap -> Slicer's segment editor logic (Set mode) -> undo."""
+def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, oblique, tiny_model):
+    """The effect's path: the Logic's preview labels -> Slicer's segment editor logic (Set mode) -> undo."""
     scene = headless_slicer.scene
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation.CreateDefaultDisplayNodes()
@@ -230,9 +236,18 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
 
     predicted = np.zeros_like(original)
     predicted[:, 0:5, 0:5] = 1
-    processed = np.array([True] * 6 + [False])  # the last slice was not segmented
-    current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, oblique)
-    merged = helpers.mergePreview(predicted, current, 0, processed, reviewedAxis=0, reviewedSlices=[2])
+
+    def segmenter(model, image, axis, slices, **options):  # the prediction of slices 0-5 (not 6)
+        processed = np.isin(np.arange(7), slices)
+        return SegmentationResult(predicted * slice_mask(predicted.shape, 0, slices), predicted.astype(np.float32),
+                                  None, image.geometry, False, 0, processed, 0.0)
+
+    logic = GuiDINOSegmentLogic(segmenter=segmenter)
+    logic.markSliceReviewed(segmentation, segmentId, 2)
+    job = logic.prepareSegmentation(oblique, segmentation, SegmentSettings(segmentId=segmentId, model=tiny_model,
+                                                                             sliceRange=(0, 5), showGuide=False))
+    assert job.slices.tolist() == [0, 1, 3, 4, 5]  # the reviewed slice is not computed
+    merged = logic.previewLabels(job, logic.computeSegmentation(job))
     preview = helpers.resampleToReference(helpers.orientedImageFromArrayNode(merged, oblique, segmentation),
                                           editor.GetAlignedSourceVolume())
 
@@ -275,15 +290,6 @@ def test_oriented_image_follows_volume_and_segmentation_transforms(headless_slic
                                helpers.ijkToRasNode(oblique)[:3, 3] + [5, 0, 0], atol=1e-9)
     with pytest.raises(ValueError, match="does not fit"):
         helpers.orientedImageFromArrayNode(voxels[:3], oblique)
-
-
-def test_detached_copy_is_independent_of_the_scene(headless_slicer, oblique):
-    copy = helpers.detachedVolumeCopyNode(oblique)
-    assert copy.GetScene() is None and copy.GetName() == oblique.GetName()
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(copy), slicer.util.arrayFromVolume(oblique))
-    np.testing.assert_allclose(helpers.ijkToRasNode(copy), helpers.ijkToRasNode(oblique))
-    slicer.util.arrayFromVolume(oblique)[:] = 0
-    assert slicer.util.arrayFromVolume(copy).any()
 
 
 # -- background job --------------------------------------------------------------------------
@@ -362,15 +368,13 @@ def test_worker_computes_and_main_thread_applies(headless_slicer, tmp_path, tiny
     segmentation.CreateDefaultDisplayNodes()
     logic = GuiDINOSegmentLogic()
     model = build_model(ModelConfig(network="unet", input_size=64), tiny_guide).eval()
-    snapshot = helpers.detachedVolumeCopyNode(volume)
-    job = helpers.PredictionJob(lambda progress, cancel: logic.computePrediction(
-        snapshot, model=model, axis="axial", sliceRange=(1, 3), device="cpu", progressCallback=progress,
-        cancelEvent=cancel)).start()
+    prepared = logic.prepareSegmentation(volume, segmentation, SegmentSettings(model=model, sliceRange=(1, 3),
+                                                                              device="cpu", showGuide=False))
+    job = helpers.PredictionJob(lambda progress, cancel: logic.computeSegmentation(prepared, progress, cancel)).start()
     state = job.wait(120)
     assert state.error is None, state.errorDetails
     assert (state.done, state.total) == (3, 3)
-    result = logic.applyPrediction(volume, segmentation, prediction=state.result, segmentName="GuiDINO",
-                                   axis="axial", showGuide=False)
+    result = logic.applySegmentation(prepared, state.result)
     assert result.slicesProcessed == 3
     assert segmentation.GetSegmentation().GetSegmentIdBySegmentName("GuiDINO") == result.segmentId
 
@@ -525,3 +529,14 @@ def test_effect_is_registered_from_its_source_file():
     assert [ast.unparse(b) for b in cls.bases] == ["AbstractScriptedSegmentEditorAutoCompleteEffect"]
     assert 'scriptedEffect.name = "GuiDINO"' in ast.get_source_segment(GUI_FILES[1].read_text(), cls)
     assert (MODULE / "SegmentEditorGuiDINOLib" / "SegmentEditorEffect.png").is_file()
+
+
+def test_the_panel_builds_one_settings_object():
+    parameters = SimpleNamespace(segmentName="", modelPath=Path("."), guideSource=" /weights/vits16 ", axis="coronal",
+                                 sliceMode="range", sliceFirst=9, sliceLast=4, device="cpu", showGuide=False,
+                                 guideOpacity=0.3, inputVolume=None, outputSegmentation=None)
+    settings = helpers.panelSettings(parameters)
+    assert settings == SegmentSettings(segmentName="GuiDINO", model=None, guideSource="/weights/vits16",
+                                       axis="coronal", sliceRange=(4, 9), device="cpu", showGuide=False)
+    parameters.sliceMode = "current"
+    assert helpers.panelSettings(parameters, currentSlice=7).sliceRange == 7

@@ -231,16 +231,19 @@ class RecordingLogic:
         self._record("corrections")
         return {"axis": "axial", "slices": [2]}
 
-    def computePrediction(self, volume, model=None, axis="axial", progressCallback=None, cancelEvent=None):
-        self._record("computePrediction")
-        assert volume.GetScene() is None, "the worker must read a detached copy"
-        progressCallback(3, 3)
-        return SimpleNamespace(model=model, axis=axis)
+    def prepareSegmentation(self, inputVolume, segmentation, settings=None):
+        self._record("prepareSegmentation")
+        assert inputVolume.GetScene() is not None  # prepared from the scene, on the main thread
+        return SimpleNamespace(settings=settings)
 
-    def applyPrediction(self, inputVolume, segmentation, prediction, segmentName="GuiDINO", axis="axial",
-                        showGuide=True):
-        self._record("applyPrediction")
-        self.applied = (prediction.model, segmentName, axis)
+    def computeSegmentation(self, job, progressCallback=None, cancelEvent=None):
+        self._record("computeSegmentation")
+        progressCallback(3, 3)
+        return SimpleNamespace(model=job.settings.model, axis=job.settings.axis)
+
+    def applySegmentation(self, job, prediction):
+        self._record("applySegmentation")
+        self.applied = (prediction.model, job.settings.segmentId, prediction.axis)
         return SimpleNamespace(slicesProcessed=3, seconds=0.5, cancelled=False)
 
 
@@ -257,8 +260,8 @@ def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
     run = panel.RefineRun(logic, *scene_nodes).train("prepared")
     states = _pollUntilDone(run)
     assert [(name, main) for name, main in logic.calls] == [
-        ("runRefine", False), ("finishRefine", True), ("corrections", True), ("computePrediction", False),
-        ("applyPrediction", True)]
+        ("runRefine", False), ("finishRefine", True), ("corrections", True), ("prepareSegmentation", True),
+        ("computeSegmentation", False), ("applySegmentation", True)]
     assert logic.applied == ("/m/volume-v001", "target", "axial")
     final = states[-1]
     assert final.error is None and run.stage == "done"
@@ -421,7 +424,7 @@ CALLS, OTHER = _logicCalls(MODULE_FILE, PANEL_FILE)  # the widget and the run it
 def test_the_module_delegates_to_the_logic():
     names = {name for _, name in CALLS}
     assert {"prepareRefine", "runRefine", "finishRefine", "rollback", "versions", "corrections"} <= names
-    assert {"computePrediction", "applyPrediction", "activeModel"} <= names
+    assert {"prepareSegmentation", "computeSegmentation", "applySegmentation", "activeModel"} <= names
 
 
 @pytest.mark.parametrize("owner,name", sorted(CALLS), ids=lambda v: v if isinstance(v, str) else None)

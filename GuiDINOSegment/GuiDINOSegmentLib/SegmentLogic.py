@@ -5,10 +5,17 @@ Usable without the widget (scripts, batch, tests)::
     logic = GuiDINOSegmentLogic()
     result = logic.process(volumeNode, segmentationNode, model="/path/to/bundle", axis="axial")
 
+Every run is one ``SegmentationJob`` in three phases, whoever starts it (the panel, the Segment
+Editor effect, a refine round, ``process``): ``prepareSegmentation`` on the main thread (reads the
+settings, validates the inputs once, resolves the model, copies the voxels, drops reviewed slices),
+``computeSegmentation`` anywhere (no MRML), then ``applySegmentation`` (or, for the effect,
+``previewLabels`` + ``recordPrediction``) on the main thread, through one write rule.
+
 The raw prediction of every processed voxel is kept in a hidden labelmap volume referenced from the
 segmentation node, so that later edits of the segment are recognised as corrections (reviewed slices).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -20,13 +27,16 @@ import numpy as np
 import slicer
 import vtk
 
-from guidino.bundle import BundleError, load_bundle
-from guidino.geometry import Geometry
-from guidino.model import GuiDINOModel
 from guidino.axes import check_axis, slice_axis
-from guidino.errors import InputError
+from guidino.bundle import load_bundle, read_bundle_config
+from guidino.errors import BundleError, InputError
+from guidino.geometry import Geometry
 from guidino.imageio import ImageData, check_shape, check_voxels
 from guidino.inference import SegmentationResult, segment_volume
+from guidino.model import GuiDINOModel
+from guidino.review import merge_prediction, slice_mask
+
+from .SegmentSettings import SegmentSettings
 
 NOT_PREDICTED = 255  # stored-prediction value of voxels no run has predicted yet
 PREDICTION_ROLE = "GuiDINOPrediction_"  # + segment id: segmentation node -> raw prediction labelmap
@@ -35,6 +45,24 @@ GUIDE_INPUT_ROLE = "GuiDINOInput"  # guide volume -> the volume it was computed 
 GUIDE_COLOR_NAME = "GuiDINO guide"
 GUIDE_COLORS = ((0.0, (0.0, 0.0, 0.5)), (0.25, (0.0, 0.4, 1.0)), (0.6, (1.0, 1.0, 0.0)), (1.0, (1.0, 0.0, 0.0)))
 GUIDE_THRESHOLD = 0.05  # guide values below it are transparent in the slice views
+
+
+@dataclass
+class SegmentationJob:
+    """One segmentation run, prepared on the main thread; ``computeSegmentation`` reads only the copies here."""
+
+    inputVolume: object  # the nodes: main thread only
+    segmentation: object
+    segmentId: str  # "" until the first write creates the segment
+    segmentName: str
+    image: ImageData  # a copy of the voxels: the scene may change while the job computes
+    model: object  # a bundle path or a GuiDINOModel
+    guideSource: Optional[str]
+    axis: str
+    slices: np.ndarray  # the slices to compute along ``axis``: those asked for, minus the reviewed ones
+    requested: int  # how many slices were asked for
+    settings: SegmentSettings
+    started: float
 
 
 @dataclass
@@ -62,22 +90,34 @@ class GuiDINOSegmentLogic:
         self._cachedModel = (None, None)  # (key, model): one model at a time, a ViT is large
 
     # -- models ----------------------------------------------------------------------------
-    def loadModel(self, path=None):
-        """The model of bundle ``path`` (default: ``defaultModelPath``), cached while the bundle is unchanged."""
-        path = path or self.defaultModelPath
+    def loadModel(self, path=None, guideSource=None):
+        """The model of bundle ``path`` (default: ``defaultModelPath``), cached while the bundle is unchanged.
+
+        ``guideSource``: where the bundle's guide is, if not where it says (default: ``guideSource``).
+        """
+        bundle = self._resolveModel(path)
+        guide = guideSource or self.guideSource
+        config = bundle / "config.json"
+        key = (bundle, config.stat().st_mtime_ns if config.is_file() else None, guide)
+        if self._cachedModel[0] != key:
+            self._cachedModel = (None, None)  # release the old model before loading the new one
+            self._cachedModel = (key, self.bundleLoader(bundle, guide=guide))
+        return self._cachedModel[1]
+
+    def _resolveModel(self, model):
+        """A GuiDINOModel as it is; else the bundle folder (``model``, else ``defaultModelPath``), checked."""
+        if isinstance(model, GuiDINOModel):
+            return model
+        path = model or self.defaultModelPath
         if not path:
             raise BundleError("no model bundle chosen: select a model folder in GuiDINO Segment, "
                               "or set the GUIDINO_MODEL environment variable to one")
         bundle = Path(path).expanduser().resolve()
-        config = bundle / "config.json"
-        key = (bundle, config.stat().st_mtime_ns if config.is_file() else None, self.guideSource)
-        if self._cachedModel[0] != key:
-            self._cachedModel = (None, None)  # release the old model before loading the new one
-            self._cachedModel = (key, self.bundleLoader(bundle, guide=self.guideSource))
-        return self._cachedModel[1]
+        read_bundle_config(bundle)  # a missing or corrupt bundle is refused before any work
+        return bundle
 
-    def _model(self, model):
-        return model if isinstance(model, GuiDINOModel) else self.loadModel(model)
+    def _model(self, model, guideSource=None):
+        return model if isinstance(model, GuiDINOModel) else self.loadModel(model, guideSource)
 
     def activeModel(self, segmentation):
         """The bundle a segmentation was last refined to (saved with the scene), or None."""
@@ -87,13 +127,77 @@ class GuiDINOSegmentLogic:
         """Make ``bundle`` the model later runs on this segmentation use when none is given."""
         segmentation.SetAttribute(ACTIVE_MODEL_ATTRIBUTE, str(bundle))
 
-    # -- segmentation ----------------------------------------------------------------------
-    def computePrediction(self, inputVolume, model=None, axis="axial", sliceRange=None, device="auto",
-                          progressCallback=None, cancelEvent=None):
-        """The engine's SegmentationResult for ``inputVolume``; the scene is not changed."""
-        return self.segmenter(self._model(model), imageDataFromVolume(inputVolume), axis=axis,
-                              slices=sliceIndices(sliceRange), device=device, progress=progressCallback,
-                              cancel=cancelEvent)
+    # -- segmentation: prepare (main thread) -> compute (anywhere) -> apply (main thread) -----------
+    def prepareSegmentation(self, inputVolume, outputSegmentation, settings=None, **changes):
+        """Main thread: validate the inputs once, resolve the model, copy the voxels, drop reviewed slices.
+
+        ``settings``: a SegmentSettings (default: its defaults), with ``changes`` applied. Refuses a missing
+        model or bundle, bad slice ranges, and unusable volumes or segmentations before anything is computed.
+        An unbound segmentation is bound to the volume's geometry.
+        """
+        started = time.perf_counter()
+        settings = dataclasses.replace(settings or SegmentSettings(), **changes)
+        check_axis(settings.axis)
+        image = imageDataFromVolume(inputVolume, copy=True)
+        checkSegmentation(outputSegmentation, inputVolume)
+        segmentation = outputSegmentation.GetSegmentation()
+        segmentId = settings.segmentId or segmentation.GetSegmentIdBySegmentName(settings.segmentName) or ""
+        if settings.segmentId and segmentation.GetSegment(settings.segmentId) is None:
+            raise InputError(f"{outputSegmentation.GetName()} has no segment {settings.segmentId!r}")
+        segmentName = segmentation.GetSegment(segmentId).GetName() if segmentId else settings.segmentName
+        model = self._resolveModel(settings.model if settings.model is not None
+                                   else self.activeModel(outputSegmentation))
+        axisIndex = slice_axis(image.geometry.direction, settings.axis)
+        count = image.voxels.shape[axisIndex]
+        requested = np.arange(count) if settings.sliceRange is None else np.asarray(sliceIndices(settings.sliceRange))
+        if requested.size and (requested.min() < 0 or requested.max() >= count):
+            raise InputError(f"slice indices must be in 0..{count - 1} along the {settings.axis} axis")
+        todo = requested
+        if segmentId:
+            reviewed = self.reviewedSlices(outputSegmentation, segmentId)
+            if reviewed["axis"] == settings.axis:
+                todo = np.setdiff1d(requested, reviewed["slices"])
+        return SegmentationJob(inputVolume, outputSegmentation, segmentId, segmentName, image, model,
+                               settings.guideSource or self.guideSource, settings.axis, todo, int(requested.size),
+                               settings, started)
+
+    def computeSegmentation(self, job, progressCallback=None, cancelEvent=None):
+        """Any thread, no scene access: load the model (cached) and segment the job's slices."""
+        settings = job.settings
+        return self.segmenter(self._model(job.model, job.guideSource), job.image, axis=job.axis, slices=job.slices,
+                              batch_size=settings.batchSize, device=settings.device, progress=progressCallback,
+                              cancel=cancelEvent, guide_stride=settings.guideStride)
+
+    def applySegmentation(self, job, prediction):
+        """Main thread: write the prediction into the segment by the one write rule, show the guide."""
+        segmentation = job.segmentation.GetSegmentation()
+        if not job.segmentId or segmentation.GetSegment(job.segmentId) is None:
+            job.segmentId = (segmentation.GetSegmentIdBySegmentName(job.segmentName)
+                             or segmentation.AddEmptySegment("", job.segmentName))
+        reviewed = self.reviewedSlices(job.segmentation, job.segmentId)
+        write = self._writable(job, prediction, reviewed)
+        if write.any():
+            labels = merge_prediction(self._segmentArray(job), prediction.labels, write)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId, job.inputVolume)
+            self._record(job, prediction, write)
+        if not reviewed["slices"]:  # the reviewed axis follows the runs until a slice is reviewed
+            self._storeMarked(job.segmentation, job.segmentId, job.axis, [])
+        guide = self.showPredictionGuide(job, prediction) if job.settings.showGuide else None
+        return ProcessResult(job.segmentId, guide, int(prediction.processed.sum()), time.perf_counter() - job.started,
+                             prediction.cancelled, prediction)
+
+    def previewLabels(self, job, prediction):
+        """What Apply would leave in the segment (0/1 uint8, the volume's grid): the prediction where the write
+        rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it."""
+        return merge_prediction(self._segmentArray(job), prediction.labels, self._writable(job, prediction))
+
+    def showPredictionGuide(self, job, prediction):
+        """Show the prediction's guide as the overlay of the job's volume; None for unguided models."""
+        if prediction.guide is None:
+            return None
+        guide = self.updateGuideVolume(job.inputVolume, prediction)
+        self.showGuideVolume(guide)
+        return guide
 
     def process(self, inputVolume, outputSegmentation, segmentName="GuiDINO", model=None, axis="axial",
                 sliceRange=None, device="auto", showGuide=True, progressCallback=None, cancelEvent=None):
@@ -102,78 +206,44 @@ class GuiDINOSegmentLogic:
         ``sliceRange``: None (all slices), one index, or (first, last) inclusive, along ``axis``.
         ``cancelEvent`` (threading.Event) stops between slice batches; processed slices are kept.
         """
-        start = time.perf_counter()
-        image = imageDataFromVolume(inputVolume)
-        checkSegmentation(outputSegmentation, inputVolume)
-        model = self._model(model if model is not None else self.activeModel(outputSegmentation))
-        slices = sliceIndices(sliceRange)
-        segmentId = outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
-        reviewed = self.reviewedSlices(outputSegmentation, segmentId) if segmentId else None
-        if reviewed and reviewed["axis"] == axis and reviewed["slices"]:
-            count = image.voxels.shape[slice_axis(image.geometry.direction, axis)]
-            slices = np.setdiff1d(np.arange(count) if slices is None else slices, reviewed["slices"])
-        prediction = self.segmenter(model, image, axis=axis, slices=slices, device=device,
-                                    progress=progressCallback, cancel=cancelEvent)
-        result = self.applyPrediction(inputVolume, outputSegmentation, prediction, segmentName, axis, showGuide)
-        result.seconds = time.perf_counter() - start
-        return result
+        job = self.prepareSegmentation(inputVolume, outputSegmentation, SegmentSettings(
+            segmentName=segmentName, model=model, axis=axis, sliceRange=sliceRange, device=device, showGuide=showGuide))
+        return self.applySegmentation(job, self.computeSegmentation(job, progressCallback, cancelEvent))
 
-    def checkInputs(self, inputVolume, outputSegmentation):
-        """Refuse unusable inputs before any work (main thread); binds an unbound segmentation to the volume."""
-        imageDataFromVolume(inputVolume)
-        checkSegmentation(outputSegmentation, inputVolume)
+    def recordPrediction(self, job, prediction):
+        """After another writer applied ``previewLabels`` (the Segment Editor effect), store the raw baseline.
 
-    def applyPrediction(self, inputVolume, outputSegmentation, prediction, segmentName="GuiDINO", axis="axial",
-                        showGuide=True):
-        """Write a ``computePrediction`` result (made along ``axis``) as ``process`` does; main thread only."""
-        start = time.perf_counter()
-        self.checkInputs(inputVolume, outputSegmentation)
-        segmentation = outputSegmentation.GetSegmentation()
-        segmentId = segmentation.GetSegmentIdBySegmentName(segmentName) or segmentation.AddEmptySegment("", segmentName)
-        reviewed = self.reviewedSlices(outputSegmentation, segmentId)
-        write = self._writable(inputVolume, outputSegmentation, segmentId, prediction, axis)
-        if write.any():
-            current = slicer.util.arrayFromSegmentBinaryLabelmap(outputSegmentation, segmentId, inputVolume) > 0
-            labels = np.where(write, prediction.labels > 0, current).astype(np.uint8)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(labels, outputSegmentation, segmentId, inputVolume)
-            self._record(inputVolume, outputSegmentation, segmentId, prediction, write)
-        if not reviewed["slices"]:  # the reviewed axis follows the runs until a slice is reviewed
-            self._storeMarked(outputSegmentation, segmentId, axis, [])
-        guide = None
-        if showGuide and prediction.guide is not None:
-            guide = self.updateGuideVolume(inputVolume, prediction)
-            self.showGuideVolume(guide)
-        return ProcessResult(segmentId, guide, int(prediction.processed.sum()),
-                             prediction.seconds + time.perf_counter() - start, prediction.cancelled, prediction)
-
-    def recordPrediction(self, inputVolume, outputSegmentation, segmentId, prediction, axis="axial"):
-        """After another writer applied ``prediction`` (the Segment Editor effect), store it as the raw baseline.
-
-        Recorded are the processed voxels, outside explicitly marked slices, where the segment now equals the
-        prediction: what the writer put there. Voxels it did not write (the user's reviewed content, masked or
-        non-editable areas) keep their baseline, so the user's edits still count as corrections.
+        Recorded are the writable voxels where the segment now equals the prediction: what the writer put
+        there. Voxels it did not write (the user's reviewed content, masked or non-editable areas) keep their
+        baseline, so the user's edits still count as corrections.
         """
-        axisMarked, marked = self._marked(outputSegmentation, segmentId)
-        write = self._writable(inputVolume, outputSegmentation, segmentId, prediction, axis,
-                               {"axis": axisMarked, "slices": marked})
-        current = slicer.util.arrayFromSegmentBinaryLabelmap(outputSegmentation, segmentId, inputVolume) > 0
-        write &= current == (prediction.labels > 0)
+        axisMarked, marked = self._marked(job.segmentation, job.segmentId)
+        write = self._writable(job, prediction, {"axis": axisMarked, "slices": marked})
+        write &= (self._segmentArray(job) > 0) == (prediction.labels > 0)
         if write.any():
-            self._record(inputVolume, outputSegmentation, segmentId, prediction, write)
+            self._record(job, prediction, write)
 
-    def _writable(self, inputVolume, segmentation, segmentId, prediction, axis, reviewed=None):
-        """Voxels a prediction may write: its processed slices minus the reviewed ones (default: all reviewed)."""
-        image = imageDataFromVolume(inputVolume)
-        geometry, shape = image.geometry, image.voxels.shape
+    def _writable(self, job, prediction, reviewed=None):
+        """The write rule: the voxels a prediction may change are its processed slices minus the reviewed ones
+        (``reviewed``: default, the segment's reviewed slices now)."""
+        geometry, shape = job.image.geometry, job.image.voxels.shape[:3]
         if prediction.labels.shape != shape or not prediction.geometry.is_close(geometry, tol=1e-4) \
-                or slice_axis(geometry.direction, axis) != prediction.axis:
-            raise InputError(f"this prediction was not computed on {inputVolume.GetName()} along the {axis} axis")
-        reviewed = reviewed or self.reviewedSlices(segmentation, segmentId)
-        protected = sliceMask(shape, slice_axis(geometry.direction, reviewed["axis"]), reviewed["slices"])
-        return sliceMask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
+                or slice_axis(geometry.direction, job.axis) != prediction.axis:
+            raise InputError(f"this prediction was not computed on {job.inputVolume.GetName()} along the "
+                             f"{job.axis} axis")
+        if reviewed is None:
+            reviewed = (self.reviewedSlices(job.segmentation, job.segmentId) if job.segmentId
+                        else {"axis": job.axis, "slices": []})
+        protected = slice_mask(shape, slice_axis(geometry.direction, reviewed["axis"]), reviewed["slices"])
+        return slice_mask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
 
-    def _record(self, inputVolume, segmentation, segmentId, prediction, write):
-        stored = self._storedPrediction(segmentation, segmentId, inputVolume)
+    def _segmentArray(self, job):
+        if not job.segmentId:
+            return np.zeros(job.image.voxels.shape[:3], np.uint8)
+        return slicer.util.arrayFromSegmentBinaryLabelmap(job.segmentation, job.segmentId, job.inputVolume)
+
+    def _record(self, job, prediction, write):
+        stored = self._storedPrediction(job.segmentation, job.segmentId, job.inputVolume)
         raw = slicer.util.arrayFromVolume(stored)
         raw[write] = prediction.labels[write] > 0
         slicer.util.arrayFromVolumeModified(stored)
@@ -238,7 +308,7 @@ class GuiDINOSegmentLogic:
         if stored is None:
             return
         raw = slicer.util.arrayFromVolume(stored)
-        accept = edited & sliceMask(raw.shape, slice_axis(volumeGeometry(stored).direction, axis), [sliceIndex])
+        accept = edited & slice_mask(raw.shape, slice_axis(volumeGeometry(stored).direction, axis), [sliceIndex])
         raw[accept] = 1 - raw[accept]  # edited voxels of a binary prediction are its complement
         slicer.util.arrayFromVolumeModified(stored)
 
@@ -270,7 +340,7 @@ class GuiDINOSegmentLogic:
                                                        f"{inputVolume.GetName()} GuiDINO guide")
             guide.SetNodeReferenceID(GUIDE_INPUT_ROLE, inputVolume.GetID())
         values = _matchGrid(guide, inputVolume, 0.0, np.float32)
-        processed = sliceMask(values.shape, prediction.axis, np.flatnonzero(prediction.processed))
+        processed = slice_mask(values.shape, prediction.axis, np.flatnonzero(prediction.processed))
         values[processed] = prediction.guide[processed]
         slicer.util.arrayFromVolumeModified(guide)
         if guide.GetDisplayNode() is None:
@@ -307,8 +377,11 @@ def volumeGeometry(volumeNode):
     return Geometry.from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix))
 
 
-def imageDataFromVolume(volumeNode):
-    """The engine's ImageData of a scalar volume node (voxels shared, not copied); InputError if unusable."""
+def imageDataFromVolume(volumeNode, copy=False):
+    """The engine's ImageData of a scalar volume node; InputError if unusable. Main thread only.
+
+    The voxels are shared with the node unless ``copy`` (a job that computes while the scene changes).
+    """
     if volumeNode is None:
         raise InputError("no input volume: select the scalar volume to segment")
     name = volumeNode.GetName()
@@ -322,12 +395,13 @@ def imageDataFromVolume(volumeNode):
     if image is None or 0 in image.GetDimensions():
         raise InputError(f"{name}: the volume has no voxels; load its image data first")
     voxels = check_voxels(slicer.util.arrayFromVolume(volumeNode), name)
-    return ImageData(voxels, volumeGeometry(volumeNode))
+    return ImageData(voxels.copy() if copy else voxels, volumeGeometry(volumeNode))
 
 
 def _isSequenceItem(volumeNode):
-    return any(browser.IsProxyNodeID(volumeNode.GetID())
-               for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"))
+    nodeId = volumeNode.GetID()  # None outside a scene: vtkMRMLSequenceBrowserNode.IsProxyNodeID would crash on it
+    return bool(nodeId) and volumeNode.GetScene() is not None and any(
+        browser.IsProxyNodeID(nodeId) for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"))
 
 
 def checkSegmentation(segmentationNode, volumeNode):
@@ -362,13 +436,6 @@ def sliceIndices(sliceRange):
     if first > last:
         raise InputError(f"slice range ({first}, {last}) is empty: give (first, last) with first <= last")
     return list(range(first, last + 1))
-
-
-def sliceMask(shape, axis, indices):
-    """A boolean voxel mask selecting slices ``indices`` along numpy axis ``axis``."""
-    mask = np.zeros(shape, bool)
-    np.moveaxis(mask, axis, 0)[np.asarray(list(indices), dtype=int)] = True
-    return mask
 
 
 def _matchGrid(node, like, fill, dtype):

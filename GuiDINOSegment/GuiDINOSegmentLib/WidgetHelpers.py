@@ -1,8 +1,8 @@
 """Small helpers shared by the GuiDINO Segment panel and its Segment Editor effect.
 
-The GUI's decisions (which slices, which slice index a view shows, how a preview keeps the
-user's reviewed slices, how far a background job has got) are plain functions here, so they are
-tested without the Slicer application. Functions whose name ends in ``Node`` take MRML nodes and
+The GUI's decisions (the run's settings, which slices, which slice index a view shows, how far a
+background job has got) are plain functions here, so they are tested without the Slicer
+application. Functions whose name ends in ``Node`` take MRML nodes and
 import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here imports qt.
 """
 
@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 
 from guidino.axes import AXES, AXIS_NORMAL, check_axis, slice_axis
+
+from .SegmentSettings import DEFAULT_SEGMENT_NAME, SegmentSettings
 
 SLICE_MODES = ("all", "current", "range")  # module panel: which slices Run segments
 SCOPES = ("current", "visible", "all")  # Segment Editor effect: which slices Initialize/Update predicts
@@ -45,6 +47,17 @@ def sliceRangeFor(mode, first=0, last=0, current=None):
             raise ValueError(f"Slice {first} does not exist: slice indices start at 0.")
         return first, last
     raise ValueError(f"Unknown slice mode {mode!r}: choose one of {', '.join(SLICE_MODES)}.")
+
+
+def panelSettings(parameters, currentSlice=None):
+    """The SegmentSettings of one Run of the GuiDINO Segment panel, from its parameter node.
+
+    ``currentSlice``: the index the slice view shows along the axis (for the "current" slice mode).
+    """
+    return SegmentSettings.fromParameters(
+        parameters, segmentName=parameters.segmentName or DEFAULT_SEGMENT_NAME,
+        model=optionalText(parameters.modelPath), guideSource=optionalText(parameters.guideSource),
+        sliceRange=sliceRangeFor(parameters.sliceMode, parameters.sliceFirst, parameters.sliceLast, currentSlice))
 
 
 def sliceRangeForScope(scope, current=None, visible=None):
@@ -109,27 +122,6 @@ def viewLookingAlong(axis, normals):
     return int(np.argmax(scores))
 
 
-# -- preview merge (pure) --------------------------------------------------------------------
-def mergePreview(predicted, current, numpyAxis, processed, reviewedAxis=None, reviewedSlices=()):
-    """The labelmap a Segment Editor preview shows and Apply writes (0/1, uint8).
-
-    GuiDINO's labels where it segmented a slice that the user has not reviewed; the user's current
-    segment everywhere else, so that applying the preview never changes reviewed or unsegmented
-    slices. ``processed`` flags the slices along ``numpyAxis`` that were segmented;
-    ``reviewedSlices`` are indices along ``reviewedAxis`` (from the Logic's ``reviewedSlices``).
-    """
-    predicted, current = np.asarray(predicted), np.asarray(current)
-    if predicted.shape != current.shape:
-        raise ValueError(f"The prediction {predicted.shape} and the segment {current.shape} have different grids.")
-    writable = np.zeros(predicted.shape, bool)
-    np.moveaxis(writable, numpyAxis, 0)[np.asarray(processed, dtype=bool)] = True
-    if reviewedAxis is not None:
-        count = predicted.shape[reviewedAxis]
-        reviewed = [int(i) for i in reviewedSlices if 0 <= int(i) < count]
-        np.moveaxis(writable, reviewedAxis, 0)[reviewed] = False
-    return np.where(writable, predicted > 0, current > 0).astype(np.uint8)
-
-
 # -- progress (pure) -------------------------------------------------------------------------
 def formatDuration(seconds):
     seconds = max(0, int(round(seconds)))
@@ -189,7 +181,7 @@ class JobState:
 class PredictionJob:
     """Runs ``compute(progressCallback, cancelEvent)`` on a worker thread; the GUI polls ``poll()``.
 
-    The worker only computes (the Logic's ``computePrediction``); the caller applies the result to
+    The worker only computes (the Logic's ``computeSegmentation``); the caller applies the result to
     MRML on the main thread once ``poll().finished``. ``cancel()`` sets the event the Logic checks
     between slice batches, so a cancelled job still finishes, with the slices done so far.
     """
@@ -333,22 +325,6 @@ def viewLookingAlongNode(sliceNodes, axis):
     """The slice node among ``sliceNodes`` that looks along ``axis`` best (None when there is none)."""
     index = viewLookingAlong(axis, [sliceViewNormal(_arrayFromMatrix(n.GetSliceToRAS())) for n in sliceNodes])
     return None if index is None else sliceNodes[index]
-
-
-def detachedVolumeCopyNode(volumeNode):
-    """A deep copy of a scalar volume, outside the scene: a worker thread can read it while the scene changes."""
-    import slicer
-    import vtk
-
-    copy = slicer.vtkMRMLScalarVolumeNode()
-    copy.SetName(volumeNode.GetName())
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    copy.SetIJKToRASMatrix(matrix)
-    image = vtk.vtkImageData()
-    image.DeepCopy(volumeNode.GetImageData())
-    copy.SetAndObserveImageData(image)
-    return copy
 
 
 def orientedImageFromArrayNode(array, volumeNode, segmentationNode=None):

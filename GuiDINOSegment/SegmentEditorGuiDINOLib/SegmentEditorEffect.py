@@ -21,6 +21,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorAutoCompleteEffect
 from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 
 SCOPE_LABELS = (("current", "Current slice"), ("visible", "Visible range"), ("all", "All slices"))
@@ -34,7 +35,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         scriptedEffect.name = "GuiDINO"  # modules find effects by name: not translated
         scriptedEffect.title = "GuiDINO"
         self.logic = None  # GuiDINOSegmentLogic, created on first preview (it imports torch)
-        self._previewed = None  # (sourceVolume, segmentationNode, segmentId, axis, prediction) of the preview
+        self._previewed = None  # (SegmentationJob, prediction) of the preview
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -170,10 +171,8 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         self.selectedSegmentIds = vtk.vtkStringArray()
         self.selectedSegmentIds.InsertNextValue(segmentId)
 
-        current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, sourceVolume) > 0
-        mergedImage = helpers.orientedImageFromArrayNode(current, sourceVolume, segmentationNode)
         outputLabelmap = slicer.vtkOrientedImageData()
-        self.computePreviewLabelmap(mergedImage, outputLabelmap)
+        self.computePreviewLabelmap(None, outputLabelmap)  # the Logic reads the segment itself
 
         if previewNode is None:
             previewNode = self.createPreviewNode(segmentationNode, segmentId)
@@ -204,33 +203,30 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         return previewNode
 
     def computePreviewLabelmap(self, mergedImage, outputLabelmap):
-        """Run the model over the scope; ``mergedImage``: the segment now (source volume grid).
+        """Run the model over the scope; ``outputLabelmap`` receives what Apply would leave in the segment
+        (``mergedImage``, the auto-complete effects' seed image, is not needed: the Logic reads the segment).
 
-        ``outputLabelmap`` receives the prediction on the unreviewed slices it covers and the segment's
-        current content elsewhere, on the grid of the editor's source image.
+        The Logic's one write rule decides: the prediction on the unreviewed slices the scope covers, the
+        segment's current content elsewhere, on the grid of the editor's source image.
         """
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = parameterSetNode.GetSegmentationNode()
         sourceVolume = parameterSetNode.GetSourceVolumeNode()
-        segmentId = self.selectedSegmentIds.GetValue(0)
         axis = self.scriptedEffect.parameter("Axis") or "axial"
-        sliceRange = self.sliceRange(sourceVolume, axis, self.scriptedEffect.parameter("Scope") or "all")
-        reviewed = self.logic.reviewedSlices(segmentationNode, segmentId)
-        model = (helpers.optionalText(self.scriptedEffect.parameter("ModelPath"))
-                 or self.logic.activeModel(segmentationNode))
-        volume = helpers.detachedVolumeCopyNode(sourceVolume)  # the worker never reads the scene's nodes
-        prediction = self.runInBackground(lambda progressCallback, cancelEvent: self.logic.computePrediction(
-            volume, model=model, axis=axis, sliceRange=sliceRange, progressCallback=progressCallback,
-            cancelEvent=cancelEvent))
-
-        labels = helpers.mergePreview(prediction.labels, helpers.arrayFromOrientedImage(mergedImage),
-                                      helpers.numpyAxisNode(sourceVolume, axis), prediction.processed,
-                                      helpers.numpyAxisNode(sourceVolume, reviewed["axis"]), reviewed["slices"])
-        image = helpers.orientedImageFromArrayNode(labels, sourceVolume, segmentationNode)
+        settings = SegmentSettings(
+            segmentId=self.selectedSegmentIds.GetValue(0), axis=axis,
+            model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")),
+            sliceRange=self.sliceRange(sourceVolume, axis, self.scriptedEffect.parameter("Scope") or "all"),
+            showGuide=bool(self.scriptedEffect.integerParameter("ShowGuide")))
+        job = self.logic.prepareSegmentation(sourceVolume, segmentationNode, settings)  # main thread
+        prediction = self.runInBackground(
+            lambda progressCallback, cancelEvent: self.logic.computeSegmentation(job, progressCallback, cancelEvent))
+        image = helpers.orientedImageFromArrayNode(self.logic.previewLabels(job, prediction), sourceVolume,
+                                                   segmentationNode)
         outputLabelmap.DeepCopy(helpers.resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
-        self._previewed = (sourceVolume, segmentationNode, segmentId, axis, prediction)
-        if self.scriptedEffect.integerParameter("ShowGuide") and prediction.guide is not None:
-            self.logic.showGuideVolume(self.logic.updateGuideVolume(sourceVolume, prediction), True)
+        self._previewed = (job, prediction)
+        if settings.showGuide:
+            self.logic.showPredictionGuide(job, prediction)
 
     def sliceRange(self, volume, axis, scope):
         sliceNodes = helpers.shownSliceNodes()
@@ -273,9 +269,8 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         previewed = self._previewed if self.getPreviewNode() is not None else None
         AbstractScriptedSegmentEditorAutoCompleteEffect.onApply(self)
         if previewed is not None:
-            sourceVolume, segmentationNode, segmentId, axis, prediction = previewed
             try:  # after the editor wrote it: the Logic records what now equals the prediction
-                self.logic.recordPrediction(sourceVolume, segmentationNode, segmentId, prediction, axis=axis)
+                self.logic.recordPrediction(*previewed)
             except Exception as error:
                 logging.warning(f"GuiDINO: the prediction was applied but not recorded ({error}); slices it changed "
                                 "may count as reviewed for GuiDINO Segment")

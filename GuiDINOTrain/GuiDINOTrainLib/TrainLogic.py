@@ -12,9 +12,9 @@ import slicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
+from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from guidino.errors import InputError
 from guidino.imageio import ImageData
-
 from guidino.training.refine import list_versions, load_starting_model, next_version_path, refine_model, save_refined
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
@@ -82,7 +82,7 @@ class GuiDINOTrainLogic:
                       timeBudgetSeconds=REFINE_TIME_BUDGET, resegment=True, keepOnCancel=True, settings=None):
         """Main thread: copy what training needs out of the scene (voxels, the user's labels, corrections)."""
         started = time.perf_counter()
-        source = imageDataFromVolume(inputVolume)
+        image = imageDataFromVolume(inputVolume, copy=True)  # the user may edit the scene while training runs
         corrections = self.corrections(segmentation, segmentId)
         if not corrections["slices"]:
             raise InputError("no corrections yet: correct the segment on a few slices with the Segment Editor "
@@ -91,8 +91,8 @@ class GuiDINOTrainLogic:
         parent = model or self.segmentLogic.activeModel(segmentation) or self.segmentLogic.defaultModelPath
         settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
                                               keep_on_cancel=keepOnCancel)
-        return PreparedRefine(inputVolume, segmentation, segmentId, ImageData(source.voxels.copy(), source.geometry),
-                              labels, corrections, parent, settings, resegment, started)
+        return PreparedRefine(inputVolume, segmentation, segmentId, image, labels, corrections, parent, settings,
+                              resegment, started)
 
     def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
         """Any thread, no scene access: load the starting model and fine-tune it (``refine.RefineResult``)."""
@@ -131,10 +131,10 @@ class GuiDINOTrainLogic:
 
     def _resegment(self, inputVolume, segmentation, segmentId, bundle, axis):
         before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
-        name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
-        axis = axis or self.corrections(segmentation, segmentId)["axis"]
-        self.segmentLogic.process(inputVolume, segmentation, segmentName=name, model=str(bundle), axis=axis,
-                                  showGuide=True)
+        logic = self.segmentLogic
+        job = logic.prepareSegmentation(inputVolume, segmentation, SegmentSettings(
+            segmentId=segmentId, model=str(bundle), axis=axis or self.corrections(segmentation, segmentId)["axis"]))
+        logic.applySegmentation(job, logic.computeSegmentation(job))
         after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
         return int(np.count_nonzero((before > 0) != (after > 0)))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from GuiDINOSegmentLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 
 PREFERRED_SEGMENT_NAME = "GuiDINO"  # the segment GuiDINO Segment writes by default
 NOTHING_TO_TRAIN = "Choose what to train: TokenBook, Network or LoRA."
@@ -195,19 +196,18 @@ class RefineRun:
     job with ``poll()``/``cancel()`` (``WidgetHelpers.PredictionJob`` by default).
     """
 
-    def __init__(self, logic, inputVolume, segmentation, segmentId, timeBudget=None, startJob=None, detach=None):
+    def __init__(self, logic, inputVolume, segmentation, segmentId, timeBudget=None, startJob=None):
         self.logic = logic
         self.inputVolume, self.segmentation, self.segmentId = inputVolume, segmentation, segmentId
         self.timeBudget = timeBudget
         self._startJob = startJob or (lambda compute: helpers.PredictionJob(compute).start())
-        self._detach = detach or helpers.detachedVolumeCopyNode
         self.stage = "idle"  # training | segmenting | done
         self.job = None
         self.refined = None  # the RefineFromCorrectionsResult once saved
         self.messages = []
         self._prepared = None
         self._latest = None  # the latest training progress entry (replaced whole by the worker)
-        self._axis = None
+        self._segmentation = None  # the re-segmentation's SegmentationJob
         self._abandoned = False
         self.cancelRequested = False
 
@@ -226,17 +226,18 @@ class RefineRun:
         return self
 
     def resegment(self, bundle, message=""):
-        """Start re-segmenting the unreviewed slices with ``bundle`` on a worker thread."""
-        self._axis = self.logic.corrections(self.segmentation, self.segmentId)["axis"]
-        volume, model, axis = self._detach(self.inputVolume), str(bundle), self._axis
+        """Prepare (main thread) and start re-segmenting the unreviewed slices with ``bundle`` (worker thread)."""
+        job = self.logic.segmentLogic.prepareSegmentation(
+            self.inputVolume, self.segmentation, SegmentSettings(
+                segmentId=self.segmentId, model=str(bundle),
+                axis=self.logic.corrections(self.segmentation, self.segmentId)["axis"]))
         if message:
             self.messages.append(message)
 
-        def compute(progressCallback, cancelEvent):  # worker thread: reads the detached copy only
-            return self.logic.segmentLogic.computePrediction(volume, model=model, axis=axis,
-                                                             progressCallback=progressCallback,
-                                                             cancelEvent=cancelEvent)
+        def compute(progressCallback, cancelEvent):  # worker thread: reads the job's copies only
+            return self.logic.segmentLogic.computeSegmentation(job, progressCallback, cancelEvent)
 
+        self._segmentation = job
         self.stage, self.job = "segmenting", self._startJob(compute)
         return self
 
@@ -278,13 +279,9 @@ class RefineRun:
                 return self._done(note)
             self.resegment(self.refined.bundle)
             return RunState(False, 0, "Re-segmenting the unreviewed slices...")
-        segment = self.segmentation.GetSegmentation().GetSegment(self.segmentId)
-        if segment is None:
+        if self.segmentation.GetSegmentation().GetSegment(self.segmentId) is None:
             return self._done("Nothing written: the segment was removed meanwhile.")
-        applied = self.logic.segmentLogic.applyPrediction(self.inputVolume, self.segmentation, state.result,
-                                                          segmentName=segment.GetName(), axis=self._axis,
-                                                          showGuide=True)
-        return self._done(segmentedSummary(applied))
+        return self._done(segmentedSummary(self.logic.segmentLogic.applySegmentation(self._segmentation, state.result)))
 
     def _done(self, message):
         self.stage = "done"
