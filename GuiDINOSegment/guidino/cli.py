@@ -34,6 +34,22 @@ class _Progress:
         self.bar.close()
 
 
+UNTRAINED_GUIDE_WARNING = "UNTRAINED GUIDE: these numbers are not GuiDINO's accuracy"
+
+
+def _label_untrained_guide(summary, pretrained):
+    """Put the untrained-guide warning into a report whose guide has random weights; True when it did."""
+    if pretrained is False:
+        summary["warning"] = UNTRAINED_GUIDE_WARNING
+    return pretrained is False
+
+
+def _write_json(path, data):
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+
+
 def _make_tiny_guide(args):
     from .errors import InputError
     from .guides.hf_vit import RANDOM_ARCHITECTURES, make_tiny_guide
@@ -96,15 +112,12 @@ def _evaluate(args):
         bar.close()
     guide = read_bundle_config(args.model).get("guide")
     summary["guide"] = guide
-    if guide is not None and not guide.get("pretrained"):
-        summary["warning"] = "UNTRAINED GUIDE: these numbers are not GuiDINO's accuracy"
+    _label_untrained_guide(summary, None if guide is None else guide.get("pretrained"))
     print(f"{args.split}: n={summary['n']} dice={summary['dice']:.4f} iou={summary['iou']:.4f} "
           f"hd95={summary['hd95']:.2f} ({summary['units']['hd95']})" + (f"  [{summary['warning']}]" if "warning" in summary else ""))
     for value, scores in summary.get("classes", {}).items():
         print(f"  class {value}: dice={scores['dice']:.4f} iou={scores['iou']:.4f} hd95={scores['hd95']:.2f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+    _write_json(args.json, summary)
     return 0
 
 
@@ -155,12 +168,9 @@ def _simulate(args):
 
     summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
                        settings=_refine_settings(args), device=args.device, progress=report)
-    if summary["guide_pretrained"] is False:
-        summary["warning"] = "UNTRAINED GUIDE: these numbers are not GuiDINO's accuracy"
+    if _label_untrained_guide(summary, summary["guide_pretrained"]):
         print(f"[{summary['warning']}]")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+    _write_json(args.json, summary)
     return 0
 
 
