@@ -81,3 +81,44 @@ def test_make_tiny_guide(tmp_path):
     run = guidino("make-tiny-guide", tmp_path / "tiny")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "tiny" / "config.json").exists()
+
+
+def test_a_killed_training_resumes_to_the_model_the_whole_run_makes(tmp_path, disc_dataset):
+    """kill -9 at a checkpoint, then --resume: the same weights and the same curve as an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    common = ["train", "--data", disc_dataset, "--guide", "none", "--network", "unet", "--size", 64, "--widths",
+              "8,16,32", "--steps", 150, "--device", "cpu", "--seed", 1]
+    whole = guidino(*common, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+
+    checkpoint = tmp_path / "train.ckpt"
+    args = [sys.executable, "-m", "guidino.cli", *map(str, common), "--out", str(tmp_path / "killed"),
+            "--checkpoint", str(checkpoint)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 20):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 20 <= killed_at < 150 and not (tmp_path / "killed").exists()
+
+    resumed = guidino(*common, "--out", tmp_path / "killed", "--checkpoint", checkpoint, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "killed"))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+    def curve(name):
+        history = json.loads((tmp_path / name / "config.json").read_text())["provenance"]["result"]["history"]
+        return [(h["step"], h["loss"], h["val_dice"]) for h in history]
+
+    assert curve("killed") == curve("whole")

@@ -64,19 +64,72 @@ def test_cancel_keeps_the_best_weights(tiny_guide):
     assert validation_dice(model, val_set, torch.device("cpu")) == pytest.approx(result.best_val_dice)
 
 
-def test_resume_continues_from_the_checkpoint(tiny_guide, tmp_path):
+def _curve(result):
+    return [(h["step"], h["loss"], h["val_dice"]) for h in result.history]
+
+
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path):
     train_set, val_set = _sets()
+    config = TrainConfig(steps=20, batch_size=3, device="cpu", validate_every=5)  # 8 slices: batches straddle epochs
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
+
+    whole_model = fresh()
+    whole = train(whole_model, train_set, val_set, config)
     checkpoint = tmp_path / "train.ckpt"
-    model = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
     cancel = threading.Event()
-    first = train(model, train_set, val_set, TrainConfig(steps=20, batch_size=4, device="cpu", validate_every=5),
-                  progress=lambda e: e["step"] >= 10 and cancel.set(), cancel=cancel, checkpoint=checkpoint)
+    first = train(fresh(), train_set, val_set, config, progress=lambda e: e["step"] >= 10 and cancel.set(),
+                  cancel=cancel, checkpoint=checkpoint)
     assert first.steps == 10 and checkpoint.exists()
-    fresh = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
-    second = train(fresh, train_set, val_set, TrainConfig(steps=20, batch_size=4, device="cpu", validate_every=5),
-                   checkpoint=checkpoint, resume=True)
-    assert second.steps == 20
-    assert [h["step"] for h in second.history] == [5, 10, 15, 20]
+    resumed_model = fresh()
+    torch.manual_seed(123)  # whatever the caller's generators hold: the checkpoint restores them
+    resumed = train(resumed_model, train_set, val_set, config, checkpoint=checkpoint, resume=True)
+    assert resumed.steps == 20 and [h["step"] for h in resumed.history] == [5, 10, 15, 20]
+    assert _curve(resumed) == _curve(whole)
+    for key, value in whole_model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_resume_refuses_a_missing_corrupt_or_foreign_checkpoint(tmp_path):
+    from guidino.errors import InputError
+
+    train_set, val_set = _sets()
+    model = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
+    config = TrainConfig(steps=4, batch_size=4, device="cpu", validate_every=2)
+    with pytest.raises(InputError, match="no checkpoint at .*missing.ckpt"):
+        train(model, train_set, val_set, config, checkpoint=tmp_path / "missing.ckpt", resume=True)
+    with pytest.raises(InputError, match="needs --checkpoint"):
+        train(model, train_set, val_set, config, resume=True)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(InputError, match="corrupt.ckpt cannot be read"):
+        train(model, train_set, val_set, config, checkpoint=corrupt, resume=True)
+    checkpoint = tmp_path / "train.ckpt"
+    train(model, train_set, val_set, config, checkpoint=checkpoint)
+    with pytest.raises(InputError, match="another training"):
+        train(model, train_set, val_set, TrainConfig(steps=6, batch_size=4, device="cpu", validate_every=2),
+              checkpoint=checkpoint, resume=True)
+    assert not list(tmp_path.glob(".*partial*"))  # no half-written checkpoint left behind
+
+
+def test_one_seed_fixes_the_whole_training(disc_dataset, tmp_path):
+    from guidino.bundle import load_bundle
+    from guidino.training.trainer import train_on_folder
+
+    options = dict(network="unet", guide="none", size=64, widths=SMALL, steps=6, device="cpu", seed=3)
+    runs = []
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) * 1000 + ord(name))  # other global state before each run
+        bundle, result = train_on_folder(disc_dataset, tmp_path / name, **options)
+        runs.append((load_bundle(bundle), result))
+    (first, a), (second, b) = runs
+    assert _curve(a) == _curve(b)
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    other, _ = train_on_folder(disc_dataset, tmp_path / "c", **{**options, "seed": 4})
+    assert any(not torch.equal(v, load_bundle(other).state_dict()[k]) for k, v in first.state_dict().items())
 
 
 def test_time_budget_stops_training_after_a_validated_step():

@@ -36,3 +36,15 @@ def resolve_device(device="auto"):
     if device in ("gpu", "cuda") and not torch.cuda.is_available():
         raise InputError("a GPU was asked for but torch sees none; use --device cpu (or auto)")
     return torch.device("cuda" if device == "gpu" else device)
+
+
+def seed_everything(seed):
+    """Seed Python's, numpy's and torch's global generators (CPU and CUDA): call it before building a model,
+    so that one seed fixes the initial weights as well as the training that follows."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -21,6 +21,7 @@ from ..inference import segment_volume
 from ..lora import add_lora, has_lora
 from ..metrics import dice_score
 from ..model import ModelConfig
+from ..runtime import seed_everything
 from .datasets import slices_of
 from .settings import RefineSettings
 from .trainer import learned_state, seed_tokenbook, train
@@ -62,6 +63,7 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     settings = settings or RefineSettings()
     start = time.perf_counter()
     slices = sorted(set(int(s) for s in slices))
+    seed_everything(settings.seed)  # before anything random is built (a new model, LoRA adapters)
     if model is None:
         model = build_model(ModelConfig(**{**settings.new_model, "in_channels": image.channels}), load_guide(guide))
         fresh = True

@@ -1,6 +1,7 @@
 """Training of a GuiDINOModel on SliceSets: augmentation, poly schedule, best-on-validation, cancel, resume."""
 
 import math
+import os
 import platform
 import time
 from contextlib import nullcontext
@@ -15,7 +16,8 @@ from ..bundle import build_model, save_bundle
 from ..guides import load_guide
 from ..lora import has_lora
 from ..networks import count_parameters
-from ..runtime import resolve_device
+from ..errors import InputError
+from ..runtime import resolve_device, seed_everything
 from .augment import AugmentConfig, augment_batch
 from .datasets import load_training_data, model_config_for
 from .losses import GuiDINOLoss, guide_target
@@ -124,7 +126,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     config = config or TrainConfig()
     start = time.perf_counter()
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed)
     model.to(device)
@@ -143,16 +145,19 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     val_features = compute_guide_features(model, val_set.images, device) if cached and val_set else None
 
     step, best, best_state, history, stale = 0, None, None, [], 0
-    if resume and checkpoint and Path(checkpoint).exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    order = np.empty(0, int)
+    run = _run_identity(config, train_set, val_set, total)
+    if resume:
+        saved = _load_checkpoint(checkpoint, device, run)
         model.load_state_dict(saved["state"], strict=False)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        step, best, best_state, history = saved["step"], saved["best"], saved["best_state"], saved["history"]
-        order_rng = np.random.default_rng(config.seed + step)
-        generator.manual_seed(config.seed + step)
+        step, best, best_state, history, stale = (saved[k] for k in ("step", "best", "best_state", "history", "stale"))
+        order = saved["order"]
+        order_rng.bit_generator.state = saved["order_rng"]
+        generator.set_state(saved["generator"].to(generator.get_state().device))
+        torch.set_rng_state(saved["torch_rng"])
     stopped, running, seen = "finished", torch.zeros((), device=device), 0
-    order = np.empty(0, int)
     while step < total:
         if cancel is not None and cancel.is_set():
             stopped = "cancelled"
@@ -189,8 +194,12 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
                 best, best_state, stale = val, learned_state(model), 0
             elif val is not None:
                 stale += 1
-            if checkpoint:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, step, best, best_state, history)
+            if checkpoint:  # everything the next step depends on: a resumed run ends where this one would
+                _save_checkpoint(checkpoint, {
+                    "run": run, "state": learned_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "best": best, "best_state": best_state,
+                    "history": history, "stale": stale, "order": order, "order_rng": order_rng.bit_generator.state,
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
             if progress is not None:
                 progress(entry)
             if config.patience is not None and stale >= config.patience:
@@ -205,12 +214,41 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     return TrainResult(best, step, time.perf_counter() - start, history, stopped)
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, step, best, best_state, history):
+def _run_identity(config, train_set, val_set, total):
+    """What a checkpoint must match to be resumed: the settings that shape the steps, and the data."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("device", "time_budget")}
+    return {"settings": settings, "total": total, "train": list(train_set.names),
+            "val": list(val_set.names) if val_set is not None else []}
+
+
+def _save_checkpoint(path, content):
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"state": learned_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "best": best, "best_state": best_state, "history": history}, partial)
-    partial.replace(path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(content, partial)
+        partial.replace(path)  # atomic: the checkpoint is the old one or the new one, never half
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path, device, run):
+    if not path:
+        raise InputError("--resume needs --checkpoint FILE: the training state to continue from")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--resume: no checkpoint at {path}; run without --resume to start the training, "
+                         "or give the checkpoint file it wrote")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(saved, dict) or "order_rng" not in saved:
+            raise ValueError("not a GuiDINO training checkpoint (or one written by an older GuiDINO)")
+    except Exception as error:
+        raise InputError(f"--resume: {path} cannot be read ({str(error).splitlines()[0] if str(error) else error}); "
+                         "start again without --resume") from None
+    if saved["run"] != run:
+        raise InputError(f"--resume: {path} belongs to another training (other data or settings); resume with "
+                         "the same data and options, or start again without --resume")
+    return saved
 
 
 def seed_tokenbook(model, slices, count=64):
@@ -256,6 +294,7 @@ def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256,
     config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths,
                               window=window, classes=classes)
     train_set, val_set = load_training_data(data, config, max_images)
+    seed_everything(seed)  # before the model is built: the seed fixes its initial weights too
     model = build_model(config, guide_model)
     train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
                                seed=seed, device=device)
