@@ -20,7 +20,7 @@ from slicer_harness import HeadlessSlicer
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from guidino.bundle import BundleError, build_model, load_bundle, save_bundle
 from guidino.geometry import Geometry
-from GuiDINOSegmentLib.SegmentLogic import NOT_PREDICTED
+from GuiDINOSegmentLib.SegmentLogic import BASELINE_HASH_ATTRIBUTE, REVIEW_TAG
 from guidino.guides import GuideGenerator, GuideNotFoundError
 from guidino.model import GuiDINOModel, ModelConfig
 from guidino.review import slice_mask
@@ -184,9 +184,10 @@ def test_guide_volume_has_the_input_geometry_and_probability_display(scene, logi
 def test_edited_and_marked_slices_are_reviewed(scene, logic, model):
     segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
     assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "axial", "slices": []}
-    prediction = logic.predictionVolume(scene.segmentation, segment_id)
-    assert prediction.GetHideFromEditors() and prediction.GetName() == "seg GuiDINO GuiDINO prediction"
-    np.testing.assert_array_equal(ijk_to_ras(prediction), ijk_to_ras(scene.volume))
+    baseline = logic.baselineVolume(scene.segmentation, segment_id)
+    assert baseline.GetHideFromEditors() and baseline.GetName() == "seg GuiDINO GuiDINO baseline"
+    np.testing.assert_array_equal(ijk_to_ras(baseline), ijk_to_ras(scene.volume))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(baseline), blob(scene))  # the segment as last seen
 
     edited = segment_array(scene, segment_id)
     edited[2, 10:20, 10:20] = 1 - edited[2, 10:20, 10:20]
@@ -195,19 +196,25 @@ def test_edited_and_marked_slices_are_reviewed(scene, logic, model):
 
     logic.markSliceReviewed(scene.segmentation, segment_id, 5)
     assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "axial", "slices": [2, 5]}
-    assert json.loads(scene.segmentation.GetAttribute(f"GuiDINO.Reviewed.{segment_id}")) == {
-        "axis": "axial", "slices": [5]}
-    with pytest.raises(InputError, match="reviewed along the axial axis"):
-        logic.markSliceReviewed(scene.segmentation, segment_id, 3, axis="coronal")
-    with pytest.raises(InputError, match="slice 12 does not exist"):
+    state = logic.reviewState(scene.segmentation, segment_id)
+    assert (state.marked, state.edited) == ({"axial": [5]}, {"axial": [2]})
+    segment = scene.segmentation.GetSegmentation().GetSegment(segment_id)
+    value = vtk.reference("")
+    assert segment.GetTag(REVIEW_TAG, value) and str(value).startswith("1:")  # kept with the segment
+    with pytest.raises(InputError, match="slice 12 does not exist: slice indices are 0..11 along the axial axis"):
         logic.markSliceReviewed(scene.segmentation, segment_id, 12)
+    with pytest.raises(InputError, match="slice 999 does not exist"):
+        logic.markSliceReviewed(scene.segmentation, segment_id, 999, axis="sagittal")
 
-    logic.markSliceReviewed(scene.segmentation, segment_id, 2, reviewed=False)  # the edit becomes the baseline
-    logic.markSliceReviewed(scene.segmentation, segment_id, 5, reviewed=False)
-    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == []
-    np.testing.assert_array_equal(segment_array(scene, segment_id), edited)
-    logic.markSliceReviewed(scene.segmentation, segment_id, 3, axis="coronal")  # nothing reviewed: axis may change
+    logic.markSliceReviewed(scene.segmentation, segment_id, 3, axis="coronal")  # marks along several axes coexist
     assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "coronal", "slices": [3]}
+    assert logic.reviewedSlices(scene.segmentation, segment_id, axis="axial")["slices"] == [2, 5]
+
+    logic.markSliceReviewed(scene.segmentation, segment_id, 2, reviewed=False)  # the edit goes to the model
+    logic.markSliceReviewed(scene.segmentation, segment_id, 5, reviewed=False)
+    logic.markSliceReviewed(scene.segmentation, segment_id, 3, axis="coronal", reviewed=False)
+    assert logic.reviewedSlices(scene.segmentation, segment_id, axis="axial")["slices"] == []
+    np.testing.assert_array_equal(segment_array(scene, segment_id), edited)
 
 
 def test_reviewed_slices_are_untouched_across_runs(scene, logic, segmenter, model):
@@ -230,7 +237,7 @@ def test_reviewed_slices_are_untouched_across_runs(scene, logic, segmenter, mode
     assert result.slicesProcessed == 21
     after = segment_array(scene, segment_id)
     np.testing.assert_array_equal(after[[3, 8]], user[[3, 8]])
-    assert logic.reviewedSlices(scene.segmentation, segment_id) == {"axis": "axial", "slices": [3, 8]}
+    assert logic.reviewedSlices(scene.segmentation, segment_id, axis="axial") == {"axis": "axial", "slices": [3, 8]}
 
 
 def test_cancel_midway_keeps_processed_slices_and_a_consistent_scene(scene, logic, model):
@@ -248,15 +255,18 @@ def test_cancel_midway_keeps_processed_slices_and_a_consistent_scene(scene, logi
     written = segment_array(scene, segment_id)
     np.testing.assert_array_equal(written[:done], blob(scene)[:done])
     np.testing.assert_array_equal(written[done:], user[done:])
-    stored = slicer.util.arrayFromVolume(logic.predictionVolume(scene.segmentation, segment_id))
-    assert (stored[done:] == NOT_PREDICTED).all() and (stored[:done] != NOT_PREDICTED).all()
+    stored = slicer.util.arrayFromVolume(logic.baselineVolume(scene.segmentation, segment_id))
+    np.testing.assert_array_equal(stored, written)  # the segment as GuiDINO left it
     assert not slicer.util.arrayFromVolume(result.guideVolumeNode)[done:].any()
     assert scene.mrml.GetFirstNodeByName("__temp__") is None
-    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == []
+    # drawn before GuiDINO ever ran on the segment: every slice holding content is the user's
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [10, 11]
 
     result = logic.process(scene.volume, scene.segmentation, model=model)  # the rest can be done afterwards
     assert not result.cancelled
-    np.testing.assert_array_equal(segment_array(scene, segment_id), blob(scene))
+    expected = blob(scene)
+    expected[10:] = user[10:]
+    np.testing.assert_array_equal(segment_array(scene, segment_id), expected)
     assert len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")) == 1
     assert len([n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                 if n.GetName().endswith("GuiDINO guide")]) == 1
@@ -344,9 +354,9 @@ def test_reviewed_state_and_prediction_survive_a_scene_save_and_reload(scene, lo
     edited[4] = 0
     set_segment_array(scene, result.segmentId, edited)
     logic.markSliceReviewed(scene.segmentation, result.segmentId, 9)
-    prediction = logic.predictionVolume(scene.segmentation, result.segmentId)
+    baseline = logic.baselineVolume(scene.segmentation, result.segmentId)
     for node, name in [(scene.volume, "oblique.nrrd"), (scene.segmentation, "seg.seg.nrrd"),
-                       (prediction, "prediction.nrrd"), (result.guideVolumeNode, "guide.nrrd")]:
+                       (baseline, "baseline.nrrd"), (result.guideVolumeNode, "guide.nrrd")]:
         if node.GetStorageNode() is None:
             node.AddDefaultStorageNode()
         node.GetStorageNode().SetFileName(str(tmp_path / name))
@@ -361,8 +371,9 @@ def test_reviewed_state_and_prediction_survive_a_scene_save_and_reload(scene, lo
         assert reloaded.scene.Import()
         segmentation = reloaded.scene.GetFirstNode("seg", "vtkMRMLSegmentationNode")
         assert logic.reviewedSlices(segmentation, result.segmentId) == {"axis": "axial", "slices": [4, 9]}
-        stored = logic.predictionVolume(segmentation, result.segmentId)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(stored), slicer.util.arrayFromVolume(prediction))
+        stored = logic.baselineVolume(segmentation, result.segmentId)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(stored), slicer.util.arrayFromVolume(baseline))
+        assert stored.GetAttribute(BASELINE_HASH_ATTRIBUTE) == baseline.GetAttribute(BASELINE_HASH_ATTRIBUTE)
         volume = reloaded.scene.GetFirstNode("oblique", "vtkMRMLScalarVolumeNode")
         guide = logic.guideVolume(volume)
         assert guide.GetDisplayNode().GetColorNode().GetName() == "GuiDINO guide"
@@ -373,7 +384,7 @@ def test_reviewed_state_and_prediction_survive_a_scene_save_and_reload(scene, lo
 
 
 def test_prediction_written_by_another_writer_is_recorded_not_reviewed(scene, logic, model):
-    """The Segment Editor effect writes through the editor, then records the prediction as the baseline."""
+    """The Segment Editor effect writes through the editor; what it wrote is GuiDINO's, not the user's."""
     segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId  # baseline: > 500
     logic.markSliceReviewed(scene.segmentation, segment_id, 4)
     other = GuiDINOSegmentLogic(segmenter=ThresholdSegmenter(threshold=700))
@@ -384,16 +395,13 @@ def test_prediction_written_by_another_writer_is_recorded_not_reviewed(scene, lo
     mine = current[4].copy()
     written = np.where(slice_mask(current.shape, 0, [4]), current, prediction.labels)
     assert not np.array_equal(written, current)
-    set_segment_array(scene, segment_id, written)  # what an editor Apply does, reviewed slice 4 kept
-    assert len(logic.reviewedSlices(scene.segmentation, segment_id)["slices"]) > 1  # looks like user edits
-    logic.recordPrediction(job, prediction)
+    other.applyThroughEditor(job, prediction, lambda: set_segment_array(scene, segment_id, written))  # an Apply
     assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4]
     np.testing.assert_array_equal(segment_array(scene, segment_id)[4], mine)
 
     edited = segment_array(scene, segment_id)  # a user edit after the apply still counts as a correction
     edited[7, :5, :5] = 1 - edited[7, :5, :5]
     set_segment_array(scene, segment_id, edited)
-    logic.recordPrediction(job, prediction)
     assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4, 7]
 
     with pytest.raises(InputError, match="no output segmentation"):

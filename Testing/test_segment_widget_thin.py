@@ -222,7 +222,15 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
     segmentId = segmentation.GetSegmentation().AddEmptySegment("liver", "liver")
     original = np.zeros((7, 12, 10), np.uint8)
     original[1:6, 3:9, 2:7] = 1
-    slicer.util.updateSegmentBinaryLabelmapFromArray(original, segmentation, segmentId, oblique)
+    predictions = [original]  # what the fake model predicts: first the original segment, by a GuiDINO run
+
+    def segmenter(model, image, axis, slices, **options):
+        processed = np.isin(np.arange(7), slices)
+        return SegmentationResult(predictions[-1] * slice_mask(original.shape, 0, slices),
+                                  predictions[-1].astype(np.float32), None, image.geometry, False, 0, processed, 0.0)
+
+    logic = GuiDINOSegmentLogic(segmenter=segmenter)
+    logic.process(oblique, segmentation, segmentName="liver", model=tiny_model, showGuide=False)
 
     editor = slicer.vtkSlicerSegmentEditorLogic()
     editor.SetMRMLScene(scene)
@@ -236,18 +244,13 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
 
     predicted = np.zeros_like(original)
     predicted[:, 0:5, 0:5] = 1
-
-    def segmenter(model, image, axis, slices, **options):  # the prediction of slices 0-5 (not 6)
-        processed = np.isin(np.arange(7), slices)
-        return SegmentationResult(predicted * slice_mask(predicted.shape, 0, slices), predicted.astype(np.float32),
-                                  None, image.geometry, False, 0, processed, 0.0)
-
-    logic = GuiDINOSegmentLogic(segmenter=segmenter)
+    predictions.append(predicted)
     logic.markSliceReviewed(segmentation, segmentId, 2)
     job = logic.prepareSegmentation(oblique, segmentation, SegmentSettings(segmentId=segmentId, model=tiny_model,
                                                                              sliceRange=(0, 5), showGuide=False))
-    assert job.slices.tolist() == [0, 1, 3, 4, 5]  # the reviewed slice is not computed
-    merged = logic.previewLabels(job, logic.computeSegmentation(job))
+    assert job.slices.tolist() == [0, 1, 3, 4, 5]  # the reviewed slice is not computed (slice 6: out of scope)
+    prediction = logic.computeSegmentation(job)
+    merged = logic.previewLabels(job, prediction)
     preview = helpers.resampleToReference(helpers.orientedImageFromArrayNode(merged, oblique, segmentation),
                                           editor.GetAlignedSourceVolume())
 
@@ -255,7 +258,9 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
     editorNode.SetSourceVolumeIntensityMask(True)
     editorNode.SetSourceVolumeIntensityMaskRange(0, 2000)
     assert editor.SaveStateForUndo()
-    editor.ModifySegmentByLabelmap(segmentation, segmentId, preview, editor.ModificationModeSet, False, False)
+    logic.applyThroughEditor(job, prediction, lambda: editor.ModifySegmentByLabelmap(
+        segmentation, segmentId, preview, editor.ModificationModeSet, False, False))
+    assert logic.reviewedSlices(segmentation, segmentId)["slices"] == [2]  # what Apply wrote is not an edit
     after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, oblique)
     voxels = slicer.util.arrayFromVolume(oblique)
     editable = (voxels >= 0) & (voxels <= 2000)
@@ -268,6 +273,7 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
     editor.Undo()
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, oblique),
                                   original)
+    assert logic.reviewedSlices(segmentation, segmentId)["slices"] == [2]  # undone slices are not reviewed either
 
 
 def test_oriented_image_follows_volume_and_segmentation_transforms(headless_slicer, oblique):

@@ -15,10 +15,12 @@ The raw prediction of every processed voxel is kept in a hidden labelmap volume 
 segmentation node, so that later edits of the segment are recognised as corrections (reviewed slices).
 """
 
+import contextlib
 import dataclasses
-import json
+import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,20 +29,21 @@ import numpy as np
 import slicer
 import vtk
 
-from guidino.axes import check_axis, slice_axis
+from guidino.axes import check_axis, numpy_axes, slice_axis
 from guidino.bundle import load_bundle, read_bundle_config
 from guidino.errors import BundleError, InputError
 from guidino.geometry import Geometry
 from guidino.imageio import ImageData, check_shape, check_voxels
 from guidino.inference import SegmentationResult, segment_volume
 from guidino.model import GuiDINOModel
-from guidino.review import merge_prediction, slice_mask
+from guidino.review import (ReviewState, attribute_edits, changed_from_fingerprint, content_hash, content_slices,
+                            fingerprint, merge_prediction, slice_mask)
 
 from .SegmentSettings import SegmentSettings
 
-NOT_PREDICTED = 255  # stored-prediction value of voxels no run has predicted yet
-PREDICTION_ROLE = "GuiDINOPrediction_"  # + segment id: segmentation node -> raw prediction labelmap
-REVIEWED_ATTRIBUTE = "GuiDINO.Reviewed."  # + segment id: JSON {"axis": ..., "slices": [...]} of marked slices
+REVIEW_TAG = "GuiDINO.ReviewState"  # segment tag: the ReviewState (saved in .seg.nrrd, restored by undo)
+BASELINE_ROLE = "GuiDINOBaseline_"  # + segment id: segmentation node -> hidden labelmap, the segment as last seen
+BASELINE_HASH_ATTRIBUTE = "GuiDINO.BaselineHash"  # on that labelmap: the content hash it holds
 GUIDE_INPUT_ROLE = "GuiDINOInput"  # guide volume -> the volume it was computed from
 GUIDE_COLOR_NAME = "GuiDINO guide"
 GUIDE_COLORS = ((0.0, (0.0, 0.0, 0.5)), (0.25, (0.0, 0.4, 1.0)), (0.6, (1.0, 1.0, 0.0)), (1.0, (1.0, 0.0, 0.0)))
@@ -153,10 +156,9 @@ class GuiDINOSegmentLogic:
         if requested.size and (requested.min() < 0 or requested.max() >= count):
             raise InputError(f"slice indices must be in 0..{count - 1} along the {settings.axis} axis")
         todo = requested
-        if segmentId:
-            reviewed = self.reviewedSlices(outputSegmentation, segmentId)
-            if reviewed["axis"] == settings.axis:
-                todo = np.setdiff1d(requested, reviewed["slices"])
+        if segmentId:  # the user's slices along the run's axis are not even computed
+            state, _ = self._sync(outputSegmentation, segmentId, inputVolume, axis=settings.axis)
+            todo = np.setdiff1d(requested, state.user_slices(settings.axis))
         return SegmentationJob(inputVolume, outputSegmentation, segmentId, segmentName, image, model,
                                settings.guideSource or self.guideSource, settings.axis, todo, int(requested.size),
                                settings, started)
@@ -169,19 +171,24 @@ class GuiDINOSegmentLogic:
                               cancel=cancelEvent, guide_stride=settings.guideStride)
 
     def applySegmentation(self, job, prediction):
-        """Main thread: write the prediction into the segment by the one write rule, show the guide."""
+        """Main thread: write the prediction into the segment by the one write rule, show the guide.
+
+        Edits the user made while the job computed count first: their slices are the user's too.
+        """
         segmentation = job.segmentation.GetSegmentation()
         if not job.segmentId or segmentation.GetSegment(job.segmentId) is None:
             job.segmentId = (segmentation.GetSegmentIdBySegmentName(job.segmentName)
                              or segmentation.AddEmptySegment("", job.segmentName))
-        reviewed = self.reviewedSlices(job.segmentation, job.segmentId)
-        write = self._writable(job, prediction, reviewed)
+        state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis)
+        write = self._writable(job, prediction, state)
         if write.any():
-            labels = merge_prediction(self._segmentArray(job), prediction.labels, write)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId, job.inputVolume)
-            self._record(job, prediction, write)
-        if not reviewed["slices"]:  # the reviewed axis follows the runs until a slice is reviewed
-            self._storeMarked(job.segmentation, job.segmentId, job.axis, [])
+            labels = merge_prediction(current, prediction.labels, write)
+            with _watcher.writing(job.segmentation):
+                slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId,
+                                                                 job.inputVolume)
+            current = self._segmentArray(job) > 0
+        state.axis = job.axis
+        self._commit(job.segmentation, job.segmentId, job.inputVolume, state, current)
         guide = self.showPredictionGuide(job, prediction) if job.settings.showGuide else None
         return ProcessResult(job.segmentId, guide, int(prediction.processed.sum()), time.perf_counter() - job.started,
                              prediction.cancelled, prediction)
@@ -189,7 +196,9 @@ class GuiDINOSegmentLogic:
     def previewLabels(self, job, prediction):
         """What Apply would leave in the segment (0/1 uint8, the volume's grid): the prediction where the write
         rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it."""
-        return merge_prediction(self._segmentArray(job), prediction.labels, self._writable(job, prediction))
+        state, current = (self._sync(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
+                          else (None, self._segmentArray(job)))
+        return merge_prediction(current, prediction.labels, self._writable(job, prediction, state))
 
     def showPredictionGuide(self, job, prediction):
         """Show the prediction's guide as the overlay of the job's volume; None for unguided models."""
@@ -210,119 +219,143 @@ class GuiDINOSegmentLogic:
             segmentName=segmentName, model=model, axis=axis, sliceRange=sliceRange, device=device, showGuide=showGuide))
         return self.applySegmentation(job, self.computeSegmentation(job, progressCallback, cancelEvent))
 
-    def recordPrediction(self, job, prediction):
-        """After another writer applied ``previewLabels`` (the Segment Editor effect), store the raw baseline.
+    def applyThroughEditor(self, job, prediction, apply):
+        """The Segment Editor effect's Apply: ``apply()`` writes ``previewLabels`` through the editor (its masking,
+        overwrite settings and undo), then what it wrote is recorded as GuiDINO's, not as the user's edits.
 
-        Recorded are the writable voxels where the segment now equals the prediction: what the writer put
-        there. Voxels it did not write (the user's reviewed content, masked or non-editable areas) keep their
-        baseline, so the user's edits still count as corrections.
+        Voxels the editor wrote are those the write rule allowed that now equal the prediction; every other
+        change since GuiDINO last looked (the user's) still counts as an edit.
         """
-        axisMarked, marked = self._marked(job.segmentation, job.segmentId)
-        write = self._writable(job, prediction, {"axis": axisMarked, "slices": marked})
-        write &= (self._segmentArray(job) > 0) == (prediction.labels > 0)
-        if write.any():
-            self._record(job, prediction, write)
+        state, _ = self._sync(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
+        writable = self._writable(job, prediction, state)
+        with _watcher.writing(job.segmentation):
+            apply()
+        self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis,
+                   written=writable & ((self._segmentArray(job) > 0) == (prediction.labels > 0)))
 
-    def _writable(self, job, prediction, reviewed=None):
-        """The write rule: the voxels a prediction may change are its processed slices minus the reviewed ones
-        (``reviewed``: default, the segment's reviewed slices now)."""
+    def _writable(self, job, prediction, state=None):
+        """The write rule: a prediction may change its processed slices, minus every voxel of the user's slices
+        (marked or edited, along any axis; ``state``: the segment's ReviewState, None for a new segment)."""
         geometry, shape = job.image.geometry, job.image.voxels.shape[:3]
         if prediction.labels.shape != shape or not prediction.geometry.is_close(geometry, tol=1e-4) \
                 or slice_axis(geometry.direction, job.axis) != prediction.axis:
             raise InputError(f"this prediction was not computed on {job.inputVolume.GetName()} along the "
                              f"{job.axis} axis")
-        if reviewed is None:
-            reviewed = (self.reviewedSlices(job.segmentation, job.segmentId) if job.segmentId
-                        else {"axis": job.axis, "slices": []})
-        protected = slice_mask(shape, slice_axis(geometry.direction, reviewed["axis"]), reviewed["slices"])
-        return slice_mask(shape, prediction.axis, np.flatnonzero(prediction.processed)) & ~protected
+        writable = slice_mask(shape, prediction.axis, np.flatnonzero(prediction.processed))
+        return writable if state is None else writable & ~state.protected(shape, numpy_axes(geometry.direction))
 
     def _segmentArray(self, job):
         if not job.segmentId:
             return np.zeros(job.image.voxels.shape[:3], np.uint8)
         return slicer.util.arrayFromSegmentBinaryLabelmap(job.segmentation, job.segmentId, job.inputVolume)
 
-    def _record(self, job, prediction, write):
-        stored = self._storedPrediction(job.segmentation, job.segmentId, job.inputVolume)
-        raw = slicer.util.arrayFromVolume(stored)
-        raw[write] = prediction.labels[write] > 0
-        slicer.util.arrayFromVolumeModified(stored)
+    # -- reviewed slices: the ReviewState of each segment ---------------------------------------------
+    def reviewState(self, segmentation, segmentId, volume=None):
+        """The segment's ReviewState, brought up to date: edits made since GuiDINO last looked become the user's.
 
-    # -- reviewed slices -------------------------------------------------------------------
-    def reviewedSlices(self, segmentation, segmentId):
-        """{"axis", "slices"}: slices marked reviewed plus slices edited since their last prediction."""
-        axis, marked = self._marked(segmentation, segmentId)
-        stored, edited = self._editedMask(segmentation, segmentId)
-        if stored is not None:
-            edited = np.moveaxis(edited, slice_axis(volumeGeometry(stored).direction, axis), 0)
-            marked = set(marked) | set(np.flatnonzero(edited.reshape(len(edited), -1).any(1)).tolist())
-        return {"axis": axis, "slices": sorted(marked)}
+        ``volume``: the grid to look on (default: the volume the segmentation is bound to).
+        """
+        return self._sync(segmentation, segmentId, self._referenceVolume(segmentation, volume))[0]
 
-    def markSliceReviewed(self, segmentation, segmentId, sliceIndex, axis="axial", reviewed=True):
-        """Mark (or unmark) one slice as reviewed; unmarking also accepts its edits as the new baseline."""
+    def reviewedSlices(self, segmentation, segmentId, axis=None, volume=None):
+        """{"axis", "slices"}: the user's slices along ``axis`` (default: the axis of the latest run or mark):
+        marked reviewed, or edited (painted or erased) since GuiDINO last wrote them."""
+        state = self.reviewState(segmentation, segmentId, volume)
+        axis = check_axis(axis) if axis else state.axis
+        return {"axis": axis, "slices": state.user_slices(axis)}
+
+    def markSliceReviewed(self, segmentation, segmentId, sliceIndex, axis="axial", reviewed=True, volume=None):
+        """Mark (or unmark) one slice along ``axis`` as the user's. Unmarking gives it back to the model, its edits
+        included. Marks along several axes may coexist."""
         check_axis(axis)
-        state = self.reviewedSlices(segmentation, segmentId)
-        if axis != state["axis"] and state["slices"]:
-            raise InputError(f"slices of this segment are reviewed along the {state['axis']} axis: review along "
-                             f"that axis, or unmark slices {state['slices']} first")
-        stored = self.predictionVolume(segmentation, segmentId)
-        count = None if stored is None else slicer.util.arrayFromVolume(stored).shape[
-            slice_axis(volumeGeometry(stored).direction, axis)]
-        if sliceIndex < 0 or (count is not None and sliceIndex >= count):
-            upper = "" if count is None else f"..{count - 1}"
-            raise InputError(f"slice {sliceIndex} does not exist: slice indices are 0{upper} along the {axis} axis")
-        marked = set(self._marked(segmentation, segmentId)[1]) if axis == state["axis"] else set()
+        volume = self._referenceVolume(segmentation, volume)
+        count = slicer.util.arrayFromVolume(volume).shape[slice_axis(volumeGeometry(volume).direction, axis)]
+        if isinstance(sliceIndex, bool) or not isinstance(sliceIndex, (int, np.integer)) \
+                or not 0 <= sliceIndex < count:
+            raise InputError(f"slice {sliceIndex!r} does not exist: slice indices are 0..{count - 1} along the "
+                             f"{axis} axis")
+        state, current = self._sync(segmentation, segmentId, volume)
         if reviewed:
-            marked.add(int(sliceIndex))
+            state.add("marked", axis, [sliceIndex])
         else:
-            marked.discard(int(sliceIndex))
-            self._acceptEdits(segmentation, segmentId, axis, sliceIndex)
-        self._storeMarked(segmentation, segmentId, axis, marked)
+            state.remove(axis, [sliceIndex])
+        state.axis = axis
+        self._commit(segmentation, segmentId, volume, state, current)
 
-    def predictionVolume(self, segmentation, segmentId):
-        """The hidden labelmap holding the segment's raw prediction (255 = not predicted), or None."""
-        return segmentation.GetNodeReference(PREDICTION_ROLE + segmentId)
+    @staticmethod
+    def baselineVolume(segmentation, segmentId):
+        """The hidden labelmap holding the segment as GuiDINO last saw it (edits are measured against it), or None."""
+        return segmentation.GetNodeReference(BASELINE_ROLE + segmentId)
 
-    def _marked(self, segmentation, segmentId):
-        if segmentation.GetSegmentation().GetSegment(segmentId) is None:
+    def _referenceVolume(self, segmentation, volume=None):
+        if segmentation is None or not segmentation.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("no segmentation: select the segmentation holding the segment")
+        volume = volume or segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+        if volume is None:
+            raise InputError(f"{segmentation.GetName()} is not bound to a volume yet: run GuiDINO on it (or choose its "
+                             "volume) first")
+        return volume
+
+    @staticmethod
+    def _sync(segmentation, segmentId, volume, axis=None, written=None):
+        """(ReviewState, current content) of a segment, with the edits since the baseline made the user's.
+
+        The baseline is the hidden labelmap when its hash is the one the state names; otherwise (a reload, an
+        undo, a file saved elsewhere) the state's per-slice fingerprint bounds the changed voxels. A segment
+        without a state (content from before GuiDINO, or a file without its state) is the user's wherever it
+        has content. ``written``: voxels a GuiDINO writer just wrote (not edits). ``axis``: the axis of a new
+        state. Main thread only.
+        """
+        segment = segmentation.GetSegmentation().GetSegment(segmentId)
+        if segment is None:
             raise InputError(f"{segmentation.GetName()} has no segment {segmentId!r}")
-        text = segmentation.GetAttribute(REVIEWED_ATTRIBUTE + segmentId)
-        state = json.loads(text) if text else {"axis": "axial", "slices": []}
-        return state["axis"], [int(i) for i in state["slices"]]
+        current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume) > 0
+        axes = numpy_axes(volumeGeometry(volume).direction)
+        state = ReviewState.decode(_segmentTag(segment, REVIEW_TAG))
+        if state is None:  # nothing is known: whatever the segment holds is the user's
+            state = ReviewState(axis=axis or "axial")
+            state.add("edited", state.axis, content_slices(current, axes[state.axis]))
+            GuiDINOSegmentLogic._commit(segmentation, segmentId, volume, state, current)
+            _watcher.watch(segmentation)
+            return state, current
+        baseline = GuiDINOSegmentLogic._baseline(segmentation, segmentId, state, current.shape)
+        diff = current != baseline if baseline is not None else changed_from_fingerprint(current, state)
+        if diff is None:  # a state from another grid: nothing is known about this one
+            diff = current.copy()
+        if written is not None:
+            diff &= ~written
+        if diff.any():
+            for name, slices in attribute_edits(diff, axes, prefer=state.axis).items():
+                state.add("edited", name, slices)
+        if diff.any() or baseline is None or written is not None:
+            GuiDINOSegmentLogic._commit(segmentation, segmentId, volume, state, current)
+        _watcher.watch(segmentation)
+        return state, current
 
-    def _storeMarked(self, segmentation, segmentId, axis, slices):
-        segmentation.SetAttribute(REVIEWED_ATTRIBUTE + segmentId,
-                                  json.dumps({"axis": axis, "slices": sorted(int(i) for i in slices)}))
+    @staticmethod
+    def _baseline(segmentation, segmentId, state, shape):
+        node = GuiDINOSegmentLogic.baselineVolume(segmentation, segmentId)
+        if node is None or node.GetImageData() is None or node.GetAttribute(BASELINE_HASH_ATTRIBUTE) != state.baseline:
+            return None
+        baseline = slicer.util.arrayFromVolume(node)
+        return baseline > 0 if baseline.shape == shape else None
 
-    def _editedMask(self, segmentation, segmentId):
-        """(raw-prediction node, voxels whose segment content differs from it), or (None, None)."""
-        stored = self.predictionVolume(segmentation, segmentId)
-        if stored is None or stored.GetImageData() is None:
-            return None, None
-        raw = slicer.util.arrayFromVolume(stored)
-        current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, stored) > 0
-        return stored, (raw != NOT_PREDICTED) & (raw != current)
-
-    def _acceptEdits(self, segmentation, segmentId, axis, sliceIndex):
-        stored, edited = self._editedMask(segmentation, segmentId)
-        if stored is None:
-            return
-        raw = slicer.util.arrayFromVolume(stored)
-        accept = edited & slice_mask(raw.shape, slice_axis(volumeGeometry(stored).direction, axis), [sliceIndex])
-        raw[accept] = 1 - raw[accept]  # edited voxels of a binary prediction are its complement
-        slicer.util.arrayFromVolumeModified(stored)
-
-    def _storedPrediction(self, segmentation, segmentId, inputVolume):
-        """The raw-prediction node, created (or reset) on the input's grid when needed."""
-        stored = self.predictionVolume(segmentation, segmentId)
-        if stored is None:
+    @staticmethod
+    def _commit(segmentation, segmentId, volume, state, content):
+        """Make ``content`` the segment's baseline (hidden labelmap and fingerprint) and store ``state``."""
+        state.shape, state.fingerprint, state.baseline = content.shape, fingerprint(content), content_hash(content)
+        node = GuiDINOSegmentLogic.baselineVolume(segmentation, segmentId)
+        if node is None:
             name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
-            stored = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
-                                                        f"{segmentation.GetName()} {name} GuiDINO prediction")
-            stored.SetHideFromEditors(True)
-            segmentation.SetNodeReferenceID(PREDICTION_ROLE + segmentId, stored.GetID())
-        _matchGrid(stored, inputVolume, NOT_PREDICTED, np.uint8)
-        return stored
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                                      f"{segmentation.GetName()} {name} GuiDINO baseline")
+            node.SetHideFromEditors(True)
+            segmentation.SetNodeReferenceID(BASELINE_ROLE + segmentId, node.GetID())
+        _matchGrid(node, volume, 0, np.uint8)[:] = content
+        slicer.util.arrayFromVolumeModified(node)
+        node.SetAttribute(BASELINE_HASH_ATTRIBUTE, state.baseline)
+        with _watcher.writing(segmentation):
+            segmentation.GetSegmentation().GetSegment(segmentId).SetTag(REVIEW_TAG, state.encode())
 
     # -- guide -----------------------------------------------------------------------------
     def guideVolume(self, inputVolume):
@@ -449,6 +482,68 @@ def _matchGrid(node, like, fill, dtype):
         slicer.util.updateVolumeFromArray(node, np.full(shape, fill, dtype))
     node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
     return slicer.util.arrayFromVolume(node)
+
+
+def _segmentTag(segment, name):
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else ""
+
+
+class _SegmentWatcher:
+    """Brings the review state of GuiDINO's segments up to date after every change of their segmentation.
+
+    One observer per segmentation node in the process (the panel, the effect and the Train module share
+    it), so that each paint stroke is found on its own and given to the slice it was drawn on. Changes
+    GuiDINO makes itself (``writing``) are not edits. Mid-undo states (a segment momentarily without a
+    labelmap) are skipped.
+    """
+
+    def __init__(self):
+        self._observed = {}  # address of the vtkSegmentation -> (weak reference to the node, observer tag)
+        self._writing = set()
+
+    def watch(self, segmentationNode):
+        segmentation = segmentationNode.GetSegmentation()
+        known = self._observed.get(_address(segmentation))
+        if known is not None and known[0]() is segmentationNode:
+            return
+        node = weakref.ref(segmentationNode)
+
+        def onSegmentModified(caller, event, segmentId=None):
+            segmentationNode = node()
+            if segmentationNode is None or _address(segmentationNode.GetSegmentation()) in self._writing:
+                return
+            segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
+            volume = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+            if segment is None or volume is None or not _segmentTag(segment, REVIEW_TAG):
+                return
+            try:
+                GuiDINOSegmentLogic._sync(segmentationNode, segmentId, volume)
+            except RuntimeError:  # "Export of segment failed": a segment being restored by undo, seen midway
+                pass
+            except Exception:
+                logging.exception("GuiDINO: could not record an edit of %s", segmentationNode.GetName())
+
+        onSegmentModified.CallDataType = vtk.VTK_STRING
+        self._observed[_address(segmentation)] = (node, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified,
+                                                                           onSegmentModified))
+
+    @contextlib.contextmanager
+    def writing(self, segmentationNode):
+        key = _address(segmentationNode.GetSegmentation())
+        self._writing.add(key)
+        try:
+            yield
+        finally:
+            self._writing.discard(key)
+
+
+def _address(vtkObject):
+    """A stable key of the C++ object (Python wrappers may be recreated)."""
+    return vtkObject.GetAddressAsString(vtkObject.GetClassName())
+
+
+_watcher = _SegmentWatcher()
 
 
 def guideColorNode():

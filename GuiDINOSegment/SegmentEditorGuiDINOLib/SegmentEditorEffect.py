@@ -267,13 +267,11 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
 
     def onApply(self):
         previewed = self._previewed if self.getPreviewNode() is not None else None
-        AbstractScriptedSegmentEditorAutoCompleteEffect.onApply(self)
-        if previewed is not None:
-            try:  # after the editor wrote it: the Logic records what now equals the prediction
-                self.logic.recordPrediction(*previewed)
-            except Exception as error:
-                logging.warning(f"GuiDINO: the prediction was applied but not recorded ({error}); slices it changed "
-                                "may count as reviewed for GuiDINO Segment")
+        if previewed is None:
+            AbstractScriptedSegmentEditorAutoCompleteEffect.onApply(self)
+            return
+        # The editor writes (masking, overwrite settings, undo); the Logic records what it wrote as GuiDINO's.
+        self.logic.applyThroughEditor(*previewed, lambda: AbstractScriptedSegmentEditorAutoCompleteEffect.onApply(self))
 
     def reset(self):
         self._previewed = None

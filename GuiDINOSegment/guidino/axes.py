@@ -32,3 +32,8 @@ def slice_axis(voxel_axes, axis):
     columns = np.asarray(voxel_axes, dtype=float).reshape(3, 3)
     directions = columns / np.linalg.norm(columns, axis=0)
     return 2 - int(np.argmax(np.abs(directions[AXIS_NORMAL[check_axis(axis)], :])))
+
+
+def numpy_axes(voxel_axes):
+    """{axis name: the numpy axis slicing along it steps through} for every anatomical axis."""
+    return {axis: slice_axis(voxel_axes, axis) for axis in AXES}
