@@ -264,8 +264,9 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.currentSliceIndex(p.inputVolume, p.axis)
             if index is None:
                 raise ValueError(_("The slice view is outside {volume}.").format(volume=p.inputVolume.GetName()))
-            self.logic.markSliceReviewed(p.outputSegmentation, segmentId, index, axis=p.axis, reviewed=reviewed)
-            state = self.logic.reviewedSlices(p.outputSegmentation, segmentId)
+            self.logic.markSliceReviewed(p.outputSegmentation, segmentId, index, axis=p.axis, reviewed=reviewed,
+                                         volume=p.inputVolume)
+            state = self.logic.reviewedSlices(p.outputSegmentation, segmentId, axis=p.axis, volume=p.inputVolume)
             self.setStatus(_("Slice {index} {what}. Reviewed {axis} slices: {slices}.").format(
                 index=index, what=_("marked reviewed") if reviewed else _("unmarked"), axis=state["axis"],
                 slices=helpers.formatSlices(state["slices"])))

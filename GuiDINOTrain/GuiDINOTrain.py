@@ -269,7 +269,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not (p.segmentation and p.segmentId):
                 self.ui.correctionsLabel.text = _("Select the corrected segment.")
                 return
-            corrections = self.logic.corrections(p.segmentation, p.segmentId)
+            corrections = self.logic.corrections(p.segmentation, p.segmentId, volume=p.inputVolume)
         except Exception as error:
             logging.warning(f"GuiDINO Train: could not list the corrections or versions: {error}")
             self.ui.correctionsLabel.text = str(error)

@@ -227,7 +227,7 @@ class RecordingLogic:
         self._record("finishRefine")
         return _result(stopped=outcome.stopped, bundle=Path("/m/volume-v001"))
 
-    def corrections(self, segmentation, segmentId):
+    def corrections(self, segmentation, segmentId, volume=None):
         self._record("corrections")
         return {"axis": "axial", "slices": [2]}
 

@@ -316,7 +316,7 @@ class GuiDINOSegmentLogic:
             state = ReviewState(axis=axis or "axial")
             state.add("edited", state.axis, content_slices(current, axes[state.axis]))
             GuiDINOSegmentLogic._commit(segmentation, segmentId, volume, state, current)
-            _watcher.watch(segmentation)
+            _watcher.watch(segmentation, volume)
             return state, current
         baseline = GuiDINOSegmentLogic._baseline(segmentation, segmentId, state, current.shape)
         diff = current != baseline if baseline is not None else changed_from_fingerprint(current, state)
@@ -329,7 +329,7 @@ class GuiDINOSegmentLogic:
                 state.add("edited", name, slices)
         if diff.any() or baseline is None or written is not None:
             GuiDINOSegmentLogic._commit(segmentation, segmentId, volume, state, current)
-        _watcher.watch(segmentation)
+        _watcher.watch(segmentation, volume)
         return state, current
 
     @staticmethod
@@ -457,6 +457,9 @@ def checkSegmentation(segmentationNode, volumeNode):
         raise InputError(f"{segmentationNode.GetName()} is bound to another geometry than {volumeNode.GetName()}: "
                          "segment into a new segmentation, or set its geometry from this volume "
                          "(Segment Editor > Specify geometry)")
+    role = segmentationNode.GetReferenceImageGeometryReferenceRole()
+    if segmentationNode.GetNodeReference(role) is None:  # e.g. loaded from a file: remember the volume it fits
+        segmentationNode.SetNodeReferenceID(role, volumeNode.GetID())
 
 
 def sliceIndices(sliceRange):
@@ -500,21 +503,25 @@ class _SegmentWatcher:
 
     def __init__(self):
         self._observed = {}  # address of the vtkSegmentation -> (weak reference to the node, observer tag)
+        self._volumes = {}  # address of the vtkSegmentation -> weak reference to the volume its grid comes from
         self._writing = set()
 
-    def watch(self, segmentationNode):
+    def watch(self, segmentationNode, volumeNode):
+        """Observe ``segmentationNode``; its edits are measured on ``volumeNode``'s grid (the latest one given)."""
         segmentation = segmentationNode.GetSegmentation()
-        known = self._observed.get(_address(segmentation))
+        key = _address(segmentation)
+        known = self._observed.get(key)
+        self._volumes[key] = weakref.ref(volumeNode)
         if known is not None and known[0]() is segmentationNode:
             return
         node = weakref.ref(segmentationNode)
 
         def onSegmentModified(caller, event, segmentId=None):
             segmentationNode = node()
-            if segmentationNode is None or _address(segmentationNode.GetSegmentation()) in self._writing:
+            if segmentationNode is None or key in self._writing:
                 return
             segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
-            volume = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+            volume = self._volumes[key]()
             if segment is None or volume is None or not _segmentTag(segment, REVIEW_TAG):
                 return
             try:
@@ -525,7 +532,7 @@ class _SegmentWatcher:
                 logging.exception("GuiDINO: could not record an edit of %s", segmentationNode.GetName())
 
         onSegmentModified.CallDataType = vtk.VTK_STRING
-        self._observed[_address(segmentation)] = (node, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified,
+        self._observed[key] = (node, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified,
                                                                            onSegmentModified))
 
     @contextlib.contextmanager

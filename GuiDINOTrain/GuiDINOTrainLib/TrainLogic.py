@@ -58,9 +58,9 @@ class GuiDINOTrainLogic:
         self.segmentLogic = segmentLogic or GuiDINOSegmentLogic()
         self.modelsFolder = Path(modelsFolder) if modelsFolder else defaultModelsFolder()
 
-    def corrections(self, segmentation, segmentId):
-        """The reviewed slices of a segment (edited after the last prediction, or marked): the corrections."""
-        return self.segmentLogic.reviewedSlices(segmentation, segmentId)
+    def corrections(self, segmentation, segmentId, volume=None):
+        """The user's slices of a segment along the latest axis (edited or marked): the corrections."""
+        return self.segmentLogic.reviewedSlices(segmentation, segmentId, volume=volume)
 
     def refineFromCorrections(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network",
                               lora=False, timeBudgetSeconds=REFINE_TIME_BUDGET, resegment=True, progressCallback=None,
@@ -83,7 +83,7 @@ class GuiDINOTrainLogic:
         """Main thread: copy what training needs out of the scene (voxels, the user's labels, corrections)."""
         started = time.perf_counter()
         image = imageDataFromVolume(inputVolume, copy=True)  # the user may edit the scene while training runs
-        corrections = self.corrections(segmentation, segmentId)
+        corrections = self.corrections(segmentation, segmentId, volume=inputVolume)
         if not corrections["slices"]:
             raise InputError("no corrections yet: correct the segment on a few slices with the Segment Editor "
                              "(or press Mark slice reviewed on slices that are right), then Refine")
@@ -132,8 +132,9 @@ class GuiDINOTrainLogic:
     def _resegment(self, inputVolume, segmentation, segmentId, bundle, axis):
         before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
         logic = self.segmentLogic
-        job = logic.prepareSegmentation(inputVolume, segmentation, SegmentSettings(
-            segmentId=segmentId, model=str(bundle), axis=axis or self.corrections(segmentation, segmentId)["axis"]))
+        axis = axis or self.corrections(segmentation, segmentId, inputVolume)["axis"]
+        job = logic.prepareSegmentation(inputVolume, segmentation,
+                                        SegmentSettings(segmentId=segmentId, model=str(bundle), axis=axis))
         logic.applySegmentation(job, logic.computeSegmentation(job))
         after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
         return int(np.count_nonzero((before > 0) != (after > 0)))

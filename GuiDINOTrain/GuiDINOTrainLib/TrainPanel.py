@@ -230,7 +230,7 @@ class RefineRun:
         job = self.logic.segmentLogic.prepareSegmentation(
             self.inputVolume, self.segmentation, SegmentSettings(
                 segmentId=self.segmentId, model=str(bundle),
-                axis=self.logic.corrections(self.segmentation, self.segmentId)["axis"]))
+                axis=self.logic.corrections(self.segmentation, self.segmentId, volume=self.inputVolume)["axis"]))
         if message:
             self.messages.append(message)
 
