@@ -65,7 +65,7 @@ def test_guide_stride_option(tmp_path, disc_dataset, tiny_guide_dir):
     run = guidino("segment", "--model", bundle, "--input", volume, "--output", tmp_path / "s.nrrd", "--guide-stride", 3)
     assert run.returncode == 0 and "guide stride 3" in run.stdout, run.stderr
     run = guidino("segment", "--model", bundle, "--input", volume, "--output", tmp_path / "s.nrrd", "--guide-stride", 0)
-    assert run.returncode == 1 and "guide stride must be 'auto' or a whole number" in run.stderr
+    assert run.returncode == 2 and "guide stride must be 'auto' or a whole number" in run.stderr
 
 
 def test_tune_cpu_allocator():

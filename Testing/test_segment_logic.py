@@ -140,7 +140,7 @@ def test_slice_range_and_compute_prediction(scene, logic, model):
     assert result.slicesProcessed == 1 and written[4].any()
     np.testing.assert_array_equal(written[4], blob(scene)[4])
     assert not np.delete(written, 4, axis=0).any()
-    with pytest.raises(InputError, match="slice indices must be in 0..11"):
+    with pytest.raises(InputError, match="slice 12 does not exist: slice indices are 0..11"):
         logic.process(scene.volume, scene.segmentation, model=model, sliceRange=(10, 12))
     with pytest.raises(InputError, match="first <= last"):
         logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, sliceRange=(5, 3))
@@ -460,3 +460,14 @@ def test_missing_models_and_bad_ranges_are_refused_before_any_work(scene, tmp_pa
         logic.prepareSegmentation(scene.volume, scene.segmentation, axis="oblique")
     with pytest.raises(InputError, match="no segment 'nope'"):
         logic.prepareSegmentation(scene.volume, scene.segmentation, segmentId="nope")
+
+
+def test_removing_a_volume_or_segmentation_removes_guidinos_hidden_nodes(scene, logic, model):
+    result = logic.process(scene.volume, scene.segmentation, model=model)
+    guide, baseline = result.guideVolumeNode, logic.baselineVolume(scene.segmentation, result.segmentId)
+    assert scene.mrml.IsNodePresent(guide) and scene.mrml.IsNodePresent(baseline)
+    scene.mrml.RemoveNode(scene.segmentation)
+    assert not scene.mrml.IsNodePresent(baseline) and scene.mrml.IsNodePresent(guide)
+    scene.mrml.RemoveNode(scene.volume)
+    assert not scene.mrml.IsNodePresent(guide)
+    assert not slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode")

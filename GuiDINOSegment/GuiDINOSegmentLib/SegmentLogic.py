@@ -29,6 +29,7 @@ import numpy as np
 import slicer
 import vtk
 
+from guidino.arguments import slice_index, slice_indices
 from guidino.axes import check_axis, numpy_axes, slice_axis
 from guidino.bundle import load_bundle, read_bundle_config
 from guidino.errors import BundleError, InputError
@@ -152,9 +153,8 @@ class GuiDINOSegmentLogic:
                                    else self.activeModel(outputSegmentation))
         axisIndex = slice_axis(image.geometry.direction, settings.axis)
         count = image.voxels.shape[axisIndex]
-        requested = np.arange(count) if settings.sliceRange is None else np.asarray(sliceIndices(settings.sliceRange))
-        if requested.size and (requested.min() < 0 or requested.max() >= count):
-            raise InputError(f"slice indices must be in 0..{count - 1} along the {settings.axis} axis")
+        requested = np.arange(count) if settings.sliceRange is None else np.asarray(
+            slice_indices(sliceIndices(settings.sliceRange), count, settings.axis), dtype=int)
         todo = requested
         if segmentId:  # the user's slices along the run's axis are not even computed
             state, _ = self._sync(outputSegmentation, segmentId, inputVolume, axis=settings.axis)
@@ -270,10 +270,7 @@ class GuiDINOSegmentLogic:
         check_axis(axis)
         volume = self._referenceVolume(segmentation, volume)
         count = slicer.util.arrayFromVolume(volume).shape[slice_axis(volumeGeometry(volume).direction, axis)]
-        if isinstance(sliceIndex, bool) or not isinstance(sliceIndex, (int, np.integer)) \
-                or not 0 <= sliceIndex < count:
-            raise InputError(f"slice {sliceIndex!r} does not exist: slice indices are 0..{count - 1} along the "
-                             f"{axis} axis")
+        sliceIndex = slice_index(sliceIndex, count, axis)
         state, current = self._sync(segmentation, segmentId, volume)
         if reviewed:
             state.add("marked", axis, [sliceIndex])
@@ -372,6 +369,7 @@ class GuiDINOSegmentLogic:
             guide = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
                                                        f"{inputVolume.GetName()} GuiDINO guide")
             guide.SetNodeReferenceID(GUIDE_INPUT_ROLE, inputVolume.GetID())
+            _watcher.watchScene(inputVolume.GetScene())
         values = _matchGrid(guide, inputVolume, 0.0, np.float32)
         processed = slice_mask(values.shape, prediction.axis, np.flatnonzero(prediction.processed))
         values[processed] = prediction.guide[processed]
@@ -504,6 +502,7 @@ class _SegmentWatcher:
     def __init__(self):
         self._observed = {}  # address of the vtkSegmentation -> (weak reference to the node, observer tag)
         self._volumes = {}  # address of the vtkSegmentation -> weak reference to the volume its grid comes from
+        self._scenes = {}  # address of an MRML scene -> its node-removal observer tag
         self._writing = set()
 
     def watch(self, segmentationNode, volumeNode):
@@ -512,6 +511,7 @@ class _SegmentWatcher:
         key = _address(segmentation)
         known = self._observed.get(key)
         self._volumes[key] = weakref.ref(volumeNode)
+        self.watchScene(segmentationNode.GetScene())
         if known is not None and known[0]() is segmentationNode:
             return
         node = weakref.ref(segmentationNode)
@@ -535,6 +535,30 @@ class _SegmentWatcher:
         self._observed[key] = (node, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified,
                                                                            onSegmentModified))
 
+    def watchScene(self, scene):
+        """Remove GuiDINO's hidden nodes with what they belong to: a volume's guide overlay when the volume is
+        removed, a segmentation's baselines when the segmentation is (else memory grows run after run)."""
+        key = _address(scene)
+        if key in self._scenes:
+            return
+
+        def onNodeAboutToBeRemoved(caller, event, node=None):
+            if node is None:
+                return
+            if node.IsA("vtkMRMLSegmentationNode"):
+                doomed = [node.GetNthNodeReference(role, 0) for role in _roles(node) if role.startswith(BASELINE_ROLE)]
+            elif node.IsA("vtkMRMLScalarVolumeNode"):
+                doomed = [other for other in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                          if other.GetNodeReferenceID(GUIDE_INPUT_ROLE) == node.GetID()]
+            else:
+                return
+            for other in doomed:
+                if other is not None and other.GetScene() is caller:
+                    caller.RemoveNode(other)
+
+        onNodeAboutToBeRemoved.CallDataType = vtk.VTK_OBJECT
+        self._scenes[key] = scene.AddObserver(scene.NodeAboutToBeRemovedEvent, onNodeAboutToBeRemoved)
+
     @contextlib.contextmanager
     def writing(self, segmentationNode):
         key = _address(segmentationNode.GetSegmentation())
@@ -543,6 +567,10 @@ class _SegmentWatcher:
             yield
         finally:
             self._writing.discard(key)
+
+
+def _roles(node):
+    return [node.GetNthNodeReferenceRole(n) for n in range(node.GetNumberOfNodeReferenceRoles())]
 
 
 def _address(vtkObject):

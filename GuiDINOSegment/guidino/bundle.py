@@ -18,20 +18,34 @@ from .errors import BundleError, GuideNotFoundError
 from .guides import GuideGenerator
 from .lora import add_lora, has_lora, load_lora, save_lora
 from .model import GuiDINOModel, ModelConfig
+from .outputs import partial_path, remove_stale_partials
 
 BUNDLE_FORMAT = 1
 
 
+class BundleExistsError(BundleError):
+    """The bundle folder exists (maybe made a moment ago by another process): a saved model is never replaced."""
+
+
 def save_bundle(model, out_dir, metrics=None, provenance=None):
-    """Write ``model`` to a new folder ``out_dir`` (refused if it exists) and return its path."""
+    """Write ``model`` to a new folder ``out_dir`` and return its path.
+
+    The folder is written as a hidden temporary beside it and renamed at the end (a bundle is complete or
+    absent; what a killed save left is removed by the next save in that folder). An existing ``out_dir``
+    is never replaced: BundleExistsError, also when another process takes the name meanwhile.
+    """
     out = Path(out_dir)
     if out.exists():
-        raise BundleError(f"{out} already exists: a saved model is never replaced; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+        raise BundleExistsError(f"{out} already exists: a saved model is never replaced; choose a new folder")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BundleError(f"cannot write the model bundle {out}: {error.strerror or error}") from None
+    remove_stale_partials(out.parent)
+    partial = partial_path(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir()
         guide = model.guide
         config = {
             "format": BUNDLE_FORMAT,
@@ -49,7 +63,20 @@ def save_bundle(model, out_dir, metrics=None, provenance=None):
         if guide is not None and has_lora(guide):
             save_lora(guide, partial / "lora")
         (partial / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
-        partial.rename(out)  # atomic: a bundle is complete or absent
+        try:
+            os.rename(partial, out)  # atomic, and refused when the name was taken meanwhile
+        except OSError as error:
+            if out.exists():
+                raise BundleExistsError(f"{out} already exists: a saved model is never replaced; choose a new "
+                                        "folder") from None
+            raise
+    except BundleError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except Exception as error:  # a full disk, a read-only folder: safetensors and json report them their ways
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise BundleError(f"cannot write the model bundle {out}: {reason}") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -67,8 +94,14 @@ def read_bundle_config(bundle):
     try:
         config = json.loads((bundle / "config.json").read_text())
         config["model"] = ModelConfig.from_dict(config["model"])
-    except (ValueError, KeyError, TypeError) as error:
+        guide = config.get("guide")
+        if config["model"].guided and not (isinstance(guide, dict) and isinstance(guide.get("source"), str)
+                                           and isinstance(guide.get("sha256"), str)):
+            raise ValueError("the model is guided but names no guide (source and sha256)")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise BundleError(f"model bundle {bundle}: config.json is corrupt ({error})") from None
+    except OSError as error:
+        raise BundleError(f"model bundle {bundle}: config.json cannot be read ({error.strerror or error})") from None
     if config.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"model bundle {bundle} has format {config.get('format')}, this GuiDINO reads format "
                           f"{BUNDLE_FORMAT}: update GuiDINO or retrain the model")

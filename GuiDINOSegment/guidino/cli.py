@@ -8,7 +8,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .arguments import auto_or_count, positive_number, seconds, whole_number
 from .axes import AXES
+from .errors import InputError
+from .outputs import check_new_folder, check_outputs, write_text
 
 GUIDE_STRIDE_HELP = "run the guide on every n-th slice, interpolated between (auto: from the slice spacing; 1: every slice)"
 
@@ -46,16 +49,27 @@ def _label_untrained_guide(summary, pretrained):
 
 def _write_json(path, data):
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2))
+        write_text(path, json.dumps(data, indent=2))
+
+
+def _model_folders(bundle, guide=None):
+    """The folders a command must leave as they are: the bundle, and its guide where that is a local path."""
+    folders = [bundle] if bundle and str(bundle).lower() != "none" else []
+    sources = [guide]
+    if folders and (Path(bundle) / "config.json").is_file():
+        try:
+            sources.append((json.loads((Path(bundle) / "config.json").read_text()).get("guide") or {}).get("source"))
+        except (ValueError, OSError, AttributeError):
+            pass  # a corrupt bundle is refused when it is loaded
+    return folders + [s for s in sources if s and Path(str(s)).expanduser().exists()]
 
 
 def _make_tiny_guide(args):
-    from .errors import InputError
     from .guides.hf_vit import RANDOM_ARCHITECTURES, make_tiny_guide
 
     if args.architecture not in RANDOM_ARCHITECTURES:
         raise InputError(f"--architecture {args.architecture!r}: choose one of {', '.join(RANDOM_ARCHITECTURES)}")
+    check_new_folder(args.out_dir, "out_dir", "an existing folder (a guide a bundle uses, a bundle)")
     print(make_tiny_guide(args.out_dir, seed=args.seed, **RANDOM_ARCHITECTURES[args.architecture]))
     return 0
 
@@ -83,6 +97,9 @@ def _segment(args):
     from .bundle import load_bundle
     from .inference import segment_file
 
+    outputs = {"--output": args.output, "--guide-output": args.guide_output,
+               "--probability-output": args.probability_output}
+    check_outputs(outputs, inputs=[args.input], kept=_model_folders(args.model, args.guide))  # before any work
     model = load_bundle(args.model, guide=args.guide)
     bar = _Progress("segmenting", "slice")
     try:
@@ -102,6 +119,7 @@ def _evaluate(args):
 
     from .training.datasets import folder_pairs, is_image_folder, volume_label_pairs
 
+    check_outputs({"--json": args.json}, inputs=[args.data], kept=_model_folders(args.model, args.guide))
     model = load_bundle(args.model, guide=args.guide)
     pairs = folder_pairs(args.data, args.split) if is_image_folder(args.data) else volume_label_pairs(Path(args.data) / args.split)
     bar = _Progress(f"evaluating {args.split}", "case")
@@ -125,7 +143,7 @@ def _refine_settings(args):
     from .training.settings import DEFAULT_NEW_MODEL, RefineSettings
 
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
-    return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget or None,
+    return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
                           device=args.device, new_model=new_model)
 
 
@@ -134,13 +152,15 @@ def _refine(args):
 
     from .training.refine import load_starting_model, refine_model, save_refined
 
+    check_new_folder(args.out, "--out")  # before any work: a saved model is never replaced
+    settings = _refine_settings(args)
     image = read_image(args.volume)
     labels = read_labels(args.labels, like=image)
     model = load_starting_model(args.model, guide=args.guide)
     bar = _Progress("refining", "step")
     try:
         result = refine_model(image, labels, args.slices, model=model, guide=args.guide, axis=args.axis,
-                              settings=_refine_settings(args), progress=bar.training)
+                              settings=settings, progress=bar.training)
     finally:
         bar.close()
     parent = None if model is None else args.model
@@ -156,6 +176,8 @@ def _simulate(args):
 
     from .training.refine import load_starting_model, simulate
 
+    check_outputs({"--json": args.json}, inputs=[args.volume, args.label], kept=_model_folders(args.model, args.guide))
+    settings = _refine_settings(args)
     image = read_image(args.volume)
     truth = read_labels(args.label, like=image)
     model = load_starting_model(args.model, guide=args.guide)
@@ -167,7 +189,7 @@ def _simulate(args):
               f"segment {entry['segment_seconds']:.1f} s", flush=True)
 
     summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
-                       settings=_refine_settings(args), device=args.device, progress=report)
+                       settings=settings, device=args.device, progress=report)
     if _label_untrained_guide(summary, summary["guide_pretrained"]):
         print(f"[{summary['warning']}]")
     _write_json(args.json, summary)
@@ -184,8 +206,35 @@ def _demo(args):
         bar.close()
 
 
-def _int_list(text):
-    return [int(v) for v in text.split(",") if v.strip()]
+def _checked(check, name, **options):
+    """An argparse type from an argument check: its message (the engine's words) instead of a traceback."""
+    def parse(text):
+        try:
+            return check(text, name, **options)
+        except InputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _auto_or_count(text, name, hint=""):
+    """'auto', or the whole number: as the engine takes them."""
+    return "auto" if auto_or_count(text, name, hint) is None else int(text)
+
+
+def _whole_numbers(name, minimum=1):
+    """An argparse type for a comma-separated list of whole numbers >= ``minimum`` ("3,10,17")."""
+    def check(text, name):
+        values = [whole_number(v.strip(), name, minimum) for v in str(text).split(",") if v.strip()]
+        if not values:
+            raise InputError(f"{name} must be one or more whole numbers separated by commas, got {text!r}")
+        return values
+
+    return _checked(check, name)
+
+
+GUIDE_STRIDE = _checked(_auto_or_count, "guide stride", hint=" (1 = the guide on every slice)")
 
 
 def build_parser():
@@ -199,7 +248,7 @@ def build_parser():
     tiny = commands.add_parser("make-tiny-guide", help="write a random-weight DINOv3 (HF layout) for tests, offline runs "
                                                        "and speed benchmarks: never an accurate guide")
     tiny.add_argument("out_dir")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=0)
     tiny.add_argument("--architecture", default="tiny",
                       help="tiny (default), or a real DINOv3 size (vits16, vitb16, vitl16), with random weights")
     tiny.set_defaults(run=_make_tiny_guide)
@@ -212,21 +261,21 @@ def build_parser():
     tr.add_argument("--guide", default=None, help="hub id, HF folder or official .pth; 'none' for the unguided baseline "
                                                   "(default: $GUIDINO_GUIDE, else facebook/dinov3-vits16-pretrain-lvd1689m)")
     tr.add_argument("--lora", action="store_true", help="train LoRA adapters on the guide's attention")
-    tr.add_argument("--size", type=int, default=ModelConfig.input_size)
-    tr.add_argument("--classes", type=int, default=2,
+    tr.add_argument("--size", type=_checked(whole_number, "size", minimum=32), default=ModelConfig.input_size)
+    tr.add_argument("--classes", type=_checked(whole_number, "classes", minimum=2), default=2,
                     help="2: binary, any label > 0 is the target (default); C: labels 0..C-1, 0 = background")
     tr.add_argument("--window", type=lambda t: [float(v) for v in t.split(",")], default=None, metavar="CENTER,WIDTH",
                     help="CT window for intensity normalisation, e.g. 40,400 (default: per-volume percentiles)")
-    tr.add_argument("--widths", type=_int_list, default=None,
+    tr.add_argument("--widths", type=_whole_numbers("widths"), default=None,
                     help="channels per network stage, e.g. 8,16,32,64,128 (default: the authors' setup)")
     length = tr.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, default=100)
-    length.add_argument("--steps", type=int, default=None)
-    tr.add_argument("--max-images", type=int, default=None)
-    tr.add_argument("--batch-size", type=int, default=4)
+    length.add_argument("--epochs", type=_checked(whole_number, "epochs"), default=100)
+    length.add_argument("--steps", type=_checked(whole_number, "steps"), default=None)
+    tr.add_argument("--max-images", type=_checked(whole_number, "max images"), default=None)
+    tr.add_argument("--batch-size", type=_checked(whole_number, "batch size"), default=4)
     tr.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    tr.add_argument("--lr", type=float, default=None)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lr", type=_checked(positive_number, "learning rate"), default=None)
+    tr.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=0)
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     tr.add_argument("--checkpoint", default=None, help="training state file, rewritten at each validation")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint (same data and settings)")
@@ -239,8 +288,10 @@ def build_parser():
     seg.add_argument("--guide-output", default=None)
     seg.add_argument("--probability-output", default=None)
     seg.add_argument("--axis", choices=AXES, default="axial")
-    seg.add_argument("--batch-size", default="auto", help="slices per batch (auto: 4 on CPU, 64 on a GPU)")
-    seg.add_argument("--guide-stride", default="auto", help=GUIDE_STRIDE_HELP)
+    seg.add_argument("--batch-size", default="auto", type=_checked(_auto_or_count, "batch size"),
+                     help="slices per batch (auto: 4 on CPU, 64 on a GPU)")
+    seg.add_argument("--guide-stride", default="auto", type=GUIDE_STRIDE,
+                    help=GUIDE_STRIDE_HELP)
     seg.add_argument("--guide", default=None, help="where the bundle's guide weights are, if not where they were")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     seg.set_defaults(run=_segment)
@@ -252,7 +303,8 @@ def build_parser():
     ev.add_argument("--json", default=None)
     ev.add_argument("--axis", choices=AXES, default="axial")
     ev.add_argument("--guide", default=None)
-    ev.add_argument("--guide-stride", default="auto", help=GUIDE_STRIDE_HELP)
+    ev.add_argument("--guide-stride", default="auto", type=GUIDE_STRIDE,
+                    help=GUIDE_STRIDE_HELP)
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.set_defaults(run=_evaluate)
 
@@ -263,23 +315,23 @@ def build_parser():
         if name == "refine":
             cmd.add_argument("--model", required=True, help="bundle to refine, or 'none' to start from nothing")
             cmd.add_argument("--labels", required=True, help="label volume holding the corrections")
-            cmd.add_argument("--slices", required=True, type=_int_list, help="corrected slice indices, e.g. 3,10,17")
+            cmd.add_argument("--slices", required=True, type=_whole_numbers("slices", minimum=0), help="corrected slice indices, e.g. 3,10,17")
             cmd.add_argument("--out", required=True, help="new bundle folder (never overwritten)")
         else:
             cmd.add_argument("--label", required=True, help="the true label volume the robot corrects from")
             cmd.add_argument("--model", default=None, help="starting bundle (default: start from nothing)")
-            cmd.add_argument("--rounds", type=int, required=True)
+            cmd.add_argument("--rounds", type=_checked(whole_number, "rounds"), required=True)
             cmd.add_argument("--json", default=None)
         cmd.add_argument("--axis", choices=AXES, default="axial")
         cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")
         cmd.add_argument("--lora", action="store_true")
-        cmd.add_argument("--steps", type=int, default=RefineSettings.steps)
-        cmd.add_argument("--time-budget", type=float, default=RefineSettings.time_budget,
+        cmd.add_argument("--steps", type=_checked(whole_number, "steps"), default=RefineSettings.steps)
+        cmd.add_argument("--time-budget", type=_checked(seconds, "time budget"), default=RefineSettings.time_budget,
                          help=f"seconds of training per refine (default {RefineSettings.time_budget:g}; 0: no limit, "
                               "train all --steps)")
-        cmd.add_argument("--size", type=int, default=ModelConfig.input_size,
+        cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32), default=ModelConfig.input_size,
                          help="input size of a model started from nothing")
-        cmd.add_argument("--widths", type=_int_list, default=None, help="network widths of a model started from nothing")
+        cmd.add_argument("--widths", type=_whole_numbers("widths"), default=None, help="network widths of a model started from nothing")
         cmd.add_argument("--guide", default=None)
         cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         cmd.set_defaults(run=_refine if name == "refine" else _simulate)
@@ -287,7 +339,7 @@ def build_parser():
     demo = commands.add_parser("demo", help="train on a few slices of the bundled brain MRI, segment it, write results")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--guide", default=None)
-    demo.add_argument("--steps", type=int, default=200)
+    demo.add_argument("--steps", type=_checked(whole_number, "steps"), default=200)
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     demo.set_defaults(run=_demo)
     return parser

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from .axes import slice_axis
 from .errors import InputError
 from .geometry import Geometry
+from .outputs import write_all
 
 
 @dataclass
@@ -24,13 +25,24 @@ class ImageData:
         return 3 if self.voxels.ndim == 4 else 1
 
 
-def read_image(path):
-    """Read any SimpleITK-readable volume or 2D image (a DICOM series folder too) as ImageData."""
+def read_image(path, labels=False):
+    """Read any SimpleITK-readable volume or 2D image (a DICOM series folder too) as ImageData.
+
+    ``labels``: a label image, which may hold one value only (a slice or an image without the target).
+    """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
     try:
-        if path.is_dir():
+        exists, is_link, is_dir = path.exists(), path.is_symlink(), path.is_dir()
+        size = path.stat().st_size if exists and not is_dir else None
+    except OSError as error:  # a symbolic link loop, a folder that cannot be read
+        raise InputError(f"{path}: cannot be opened ({error.strerror or error})") from None
+    if not exists:
+        raise InputError(f"{path}: a symbolic link that leads nowhere (a loop or a missing target)" if is_link
+                         else f"{path}: no such file or folder")
+    if size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); it was not written completely: give the image again")
+    try:
+        if is_dir:
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
             if not files:
                 raise InputError(f"{path}: a folder with no DICOM series in it; give a volume file or a DICOM folder")
@@ -40,7 +52,7 @@ def read_image(path):
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
         raise InputError(f"{path}: cannot be read as an image ({reason}); use NRRD, NIfTI, MHA, DICOM, PNG or JPEG") from None
-    return image_data_from_sitk(image, name=str(path))
+    return image_data_from_sitk(image, name=str(path), constant_ok=labels)
 
 
 def check_shape(name, dim, components):
@@ -56,11 +68,11 @@ def check_shape(name, dim, components):
         raise InputError(f"{name}: a 2D image with {components} channels; give a grey or RGB image")
 
 
-def image_data_from_sitk(image, name="input"):
-    """Check and convert a SimpleITK image: 2D (grey or RGB) or 3D scalar."""
+def image_data_from_sitk(image, name="input", constant_ok=False):
+    """Check and convert a SimpleITK image: 2D (grey or RGB) or 3D scalar (``constant_ok``: see check_voxels)."""
     dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     check_shape(name, dim, components)
-    voxels = check_voxels(sitk.GetArrayFromImage(image), name)
+    voxels = check_voxels(sitk.GetArrayFromImage(image), name, constant_ok)
     if dim == 2:
         if components == 4:
             voxels = voxels[..., :3]  # drop alpha
@@ -69,12 +81,12 @@ def image_data_from_sitk(image, name="input"):
                             _embed_direction_2d(image.GetDirection()))
     else:
         geometry = Geometry.from_sitk(image)
-    return ImageData(check_voxels(voxels, name), geometry, is_2d=dim == 2)
+    return ImageData(voxels, geometry, is_2d=dim == 2)
 
 
 def read_labels(path, like=None):
     """Read a label image as integers; 8-bit masks stored as 0/255 become 0/1."""
-    data = read_image(path)
+    data = read_image(path, labels=True)
     labels = data.voxels
     if labels.ndim == 4:
         labels = labels[..., 0]
@@ -90,14 +102,14 @@ def read_labels(path, like=None):
     return labels
 
 
-def check_voxels(voxels, name="input"):
-    """Refuse empty, NaN / infinite and constant voxel arrays with a clear message; return the array."""
+def check_voxels(voxels, name="input", constant_ok=False):
+    """Refuse empty, NaN / infinite and (unless ``constant_ok``: labels) constant voxel arrays; return the array."""
     if voxels.size == 0:
         raise InputError(f"{name}: the image is empty (no voxels)")
     if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
         count = int((~np.isfinite(voxels)).sum())
         raise InputError(f"{name}: {count} voxels are NaN or infinite; replace them (e.g. with the minimum) first")
-    if voxels.min() == voxels.max():
+    if not constant_ok and voxels.min() == voxels.max():
         raise InputError(f"{name}: every voxel has the value {voxels.flat[0]}, so there is nothing to segment; "
                          "check that the right volume was loaded")
     return voxels
@@ -126,9 +138,17 @@ def image_slice_axis(image, axis):
 
 
 def write_image(array, geometry, path, is_2d=False):
-    """Write an engine array with the input's geometry (2D PNG/JPEG masks are scaled 0/255)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_2d and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
-        array = (np.clip(array, 0, 1) * 255).astype(np.uint8) if array.dtype != np.uint8 or array.max() <= 1 else array
-    sitk.WriteImage(to_sitk(array, geometry, is_2d), str(path), True)
+    """Write an engine array with the input's geometry (2D PNG/JPEG masks are scaled 0/255), atomically."""
+    write_images({path: array}, geometry, is_2d)
+
+
+def write_images(arrays, geometry, is_2d=False):
+    """Write several arrays ({path: array}) with one geometry: all of them, or none (see ``outputs.write_all``)."""
+    def writer(array, path):
+        if is_2d and Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+            array = (np.clip(array, 0, 1) * 255).astype(np.uint8) if array.dtype != np.uint8 or array.max() <= 1 \
+                else array
+        image = to_sitk(array, geometry, is_2d)
+        return lambda temporary: sitk.WriteImage(image, str(temporary), True)
+
+    write_all({Path(path): writer(array, path) for path, array in arrays.items()})

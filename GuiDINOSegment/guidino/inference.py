@@ -8,9 +8,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .arguments import auto_or_count
 from .errors import InputError
 from .geometry import Geometry
-from .imageio import read_image, write_image
+from .imageio import read_image, write_images
 from .runtime import resolve_device
 from .slicing import VolumeSlicer
 
@@ -36,17 +37,6 @@ def resolve_guide_stride(model, slicer, guide_stride):
         return 1
     stride = auto_or_count(guide_stride, "guide stride", " (1 = the guide on every slice)")
     return slicer.auto_guide_stride(model.guide.patch_size) if stride is None else stride
-
-
-def auto_or_count(value, name, hint=""):
-    """``None`` for ``"auto"``, else ``value`` as an int >= 1 (digit strings accepted); else a clear InputError."""
-    if value == "auto":
-        return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be 'auto' or a whole number >= 1{hint}, got {value!r}")
-    return value
 
 
 class SparseGuide:
@@ -146,14 +136,11 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
 
 
 def segment_file(model, input_path, output_path, guide_output=None, probability_output=None, **options):
-    """Read a volume or image, segment it (``segment_volume`` options) and write the results."""
+    """Read a volume or image, segment it (``segment_volume`` options) and write the results (all, or none)."""
+    if guide_output is not None and model.tokenbook is None:
+        raise InputError("--guide-output: this model has no guide mask (an unguided or SegDINO model)")
     image = read_image(input_path)
     result = segment_volume(model, image, **options)
-    write_image(result.labels, image.geometry, output_path, image.is_2d)
-    if guide_output is not None:
-        if result.guide is None:
-            raise InputError("--guide-output: this model has no guide (an unguided baseline)")
-        write_image(result.guide, image.geometry, guide_output, image.is_2d)
-    if probability_output is not None:
-        write_image(result.probability, image.geometry, probability_output, image.is_2d)
+    outputs = {output_path: result.labels, guide_output: result.guide, probability_output: result.probability}
+    write_images({path: array for path, array in outputs.items() if path is not None}, image.geometry, image.is_2d)
     return result

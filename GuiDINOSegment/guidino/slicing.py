@@ -4,6 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .arguments import slice_indices
 from .errors import InputError
 from .imageio import image_slice_axis
 
@@ -94,10 +95,9 @@ class VolumeSlicer:
         return max(1, int(patch_mm / GUIDE_SAMPLES_PER_PATCH / self.slice_spacing))
 
     def check_indices(self, indices):
-        indices = np.arange(self.count) if indices is None else np.unique(np.asarray(list(indices), dtype=int))
-        if indices.size and (indices.min() < 0 or indices.max() >= self.count):
-            raise InputError(f"slice indices must be in 0..{self.count - 1} along the {self.axis_name} axis")
-        return indices
+        if indices is None:
+            return np.arange(self.count)
+        return np.asarray(slice_indices(indices, self.count, self.axis_name), dtype=int)
 
     def take(self, voxels, index):
         """Slices ``index`` of a (D, H, W[, C]) array along the axis, as a (B, h, w[, C]) tensor."""

@@ -11,11 +11,11 @@ import numpy as np
 import slicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
-from GuiDINOSegmentLib.SegmentLogic import imageDataFromVolume
+from GuiDINOSegmentLib.SegmentLogic import checkSegmentation, imageDataFromVolume
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from guidino.errors import InputError
 from guidino.imageio import ImageData
-from guidino.training.refine import list_versions, load_starting_model, next_version_path, refine_model, save_refined
+from guidino.training.refine import list_versions, load_starting_model, refine_model, save_version
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
 
@@ -82,15 +82,16 @@ class GuiDINOTrainLogic:
                       timeBudgetSeconds=REFINE_TIME_BUDGET, resegment=True, keepOnCancel=True, settings=None):
         """Main thread: copy what training needs out of the scene (voxels, the user's labels, corrections)."""
         started = time.perf_counter()
+        settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
+                                              keep_on_cancel=keepOnCancel)  # arguments are checked first
         image = imageDataFromVolume(inputVolume, copy=True)  # the user may edit the scene while training runs
+        checkSegmentation(segmentation, inputVolume)
         corrections = self.corrections(segmentation, segmentId, volume=inputVolume)
         if not corrections["slices"]:
             raise InputError("no corrections yet: correct the segment on a few slices with the Segment Editor "
                              "(or press Mark slice reviewed on slices that are right), then Refine")
         labels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume).copy()
         parent = model or self.segmentLogic.activeModel(segmentation) or self.segmentLogic.defaultModelPath
-        settings = settings or RefineSettings(train=train, lora=lora, time_budget=timeBudgetSeconds,
-                                              keep_on_cancel=keepOnCancel)
         return PreparedRefine(inputVolume, segmentation, segmentId, image, labels, corrections, parent, settings,
                               resegment, started)
 
@@ -109,8 +110,8 @@ class GuiDINOTrainLogic:
                                                time.perf_counter() - prepared.started, result.val_dice,
                                                result.stopped, 0)
         name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
-        bundle = save_refined(result, next_version_path(self.modelsFolder, _safeName(name)), parent=prepared.parent,
-                              volume=name, axis=axis)
+        bundle = save_version(result, self.modelsFolder, _safeName(name), parent=prepared.parent, volume=name,
+                              axis=axis)
         self.segmentLogic.setActiveModel(prepared.segmentation, bundle)
         changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
                                   axis) if prepared.resegment else 0

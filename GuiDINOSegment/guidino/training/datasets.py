@@ -93,11 +93,23 @@ def load_image_folder(root, split, config, max_images=None):
     sets = []
     for image_path, mask_path in pairs:
         image = read_image(image_path)
-        labels = read_labels(mask_path)
+        check_fixed_range(image, config, image_path)
+        labels = read_labels(mask_path)  # an image without the target (an empty mask) is a valid example
         if labels.shape[1:3] != image.voxels.shape[1:3]:
             raise InputError(f"{mask_path}: mask size {labels.shape[1:3]} differs from its image {image.voxels.shape[1:3]}")
         sets.append(slices_of(image, labels, config, name=image_path.stem))
-    return SliceSet.concat(sets)
+    data = SliceSet.concat(sets)
+    check_labels(data.labels.numpy(), f"{Path(root) / split}/masks")  # refused only without any target at all
+    return data
+
+
+def check_fixed_range(image, config, path):
+    """Refuse an image whose values do not fit a fixed intensity range (taken from the dataset's first image)."""
+    spec = config.normalization
+    if spec.get("mode") == "fixed" and (image.voxels.min() < spec["low"] or image.voxels.max() > spec["high"]):
+        raise InputError(f"{path}: values {image.voxels.min()}..{image.voxels.max()} do not fit the dataset's "
+                         f"range {spec['low']:g}..{spec['high']:g} (8-bit, from its first image): give images of "
+                         "one bit depth")
 
 
 def volume_label_pairs(root):
@@ -163,8 +175,9 @@ def load_training_data(data, config, max_images=None, axis="axial"):
     sets = []
     for image_path, label_path in volume_label_pairs(data):
         image = read_image(image_path)
-        labels = check_labels(read_labels(label_path, like=image), str(label_path))
+        labels = check_labels(read_labels(label_path, like=image), str(label_path), allow_empty=True)
         sets.append(slices_of(image, labels, config, axis=axis, name=image_path.name))
+    check_labels(np.concatenate([s.labels.numpy().ravel() for s in sets]), f"the labels in {data}")
     if len(sets) >= 2:
         return SliceSet.concat(sets[:-1]), sets[-1]
     everything = sets[0]

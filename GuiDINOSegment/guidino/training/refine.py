@@ -13,8 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..bundle import build_model, load_bundle, read_bundle_config, save_bundle
-from ..errors import InputError
+from ..arguments import slice_indices
+from ..bundle import BundleExistsError, build_model, load_bundle, read_bundle_config, save_bundle
+from ..errors import BundleError, InputError
 from ..guides import load_guide
 from ..imageio import image_slice_axis
 from ..inference import segment_volume
@@ -62,17 +63,26 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     """
     settings = settings or RefineSettings()
     start = time.perf_counter()
-    slices = sorted(set(int(s) for s in slices))
-    seed_everything(settings.seed)  # before anything random is built (a new model, LoRA adapters)
-    if model is None:
-        model = build_model(ModelConfig(**{**settings.new_model, "in_channels": image.channels}), load_guide(guide))
-        fresh = True
-    else:
-        model = copy.deepcopy(model)
-        fresh = False
-    corrections_check(labels, slices, image_slice_axis(image, axis), fresh)
+    axis_index = image_slice_axis(image, axis)
+    slices = slice_indices(slices, image.voxels.shape[axis_index], axis)
+    if np.shape(labels)[:3] != image.voxels.shape[:3]:
+        raise InputError(f"the labels {np.shape(labels)[:3]} and the volume {image.voxels.shape[:3]} have different "
+                         "grids: give labels on the volume's grid")
+    fresh = model is None
+    corrections_check(labels, slices, axis_index, fresh)
     parts = settings.parts()
-    if "lora" in parts and model.guide is not None and not has_lora(model.guide):
+    seed_everything(settings.seed)  # before anything random is built (a new model, LoRA adapters)
+    if fresh:
+        guide_model = load_guide(guide)
+        config = {"in_channels": image.channels, "guided": guide_model is not None, **settings.new_model}
+        if "lora" in parts and guide_model is None:
+            raise InputError("LoRA adapts the guide, and there is none (--guide none): give a guide, or drop --lora")
+        model = build_model(ModelConfig(**config), guide_model)
+    else:
+        if "lora" in parts and model.guide is None:
+            raise InputError("LoRA adapts the guide, and this model has none: refine without LoRA")
+        model = copy.deepcopy(model)
+    if "lora" in parts and not has_lora(model.guide):
         add_lora(model.guide, rank=8)
         model.config.lora_rank = 8
     data = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
@@ -114,15 +124,31 @@ def save_refined(result, out, parent=None, volume=None, axis="axial"):
     return result.bundle
 
 
+def save_version(result, folder, stem, parent=None, volume=None, axis="axial"):
+    """Save a refine result as the next version ``folder/stem-vNNN``. Numbers are taken by the atomic rename of
+    the finished bundle: two saves at once get two numbers, none replaces the other."""
+    for _ in range(1000):
+        try:
+            return save_refined(result, next_version_path(folder, stem), parent=parent, volume=volume, axis=axis)
+        except BundleExistsError:
+            continue  # another save took that number meanwhile
+    raise BundleError(f"no free version number for {stem} in {folder}")
+
+
 def list_versions(folder):
-    """Bundles in ``folder``, oldest first: dicts with path, created, parent, slices."""
+    """Bundles in ``folder``, oldest first: dicts with path, created, parent, slices. Hidden folders (a save
+    in progress, or one a killed process left) and unreadable bundles are not versions."""
     versions = []
     for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
-        if (path / "config.json").is_file():
+        if path.name.startswith(".") or not (path / "config.json").is_file():
+            continue
+        try:
             config = read_bundle_config(path)
-            provenance = config.get("provenance", {})
-            versions.append({"path": path, "created": config.get("created"), "parent": provenance.get("parent"),
-                             "slices": provenance.get("slices", [])})
+        except BundleError:
+            continue
+        provenance = config.get("provenance", {})
+        versions.append({"path": path, "created": config.get("created"), "parent": provenance.get("parent"),
+                         "slices": provenance.get("slices", [])})
     return sorted(versions, key=lambda v: (v["created"] or "", str(v["path"])))
 
 

@@ -7,6 +7,9 @@ choices; its training part is built from them (``RefineSettings.train_config``),
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from ..arguments import positive_number, time_limit, whole_number
+from ..errors import InputError
+
 PARTS = ("tokenbook", "network", "lora")
 
 
@@ -33,10 +36,24 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
-        unknown = set(self.parts) - set(PARTS)
-        if unknown or not self.parts:
-            raise ValueError(f"parts to train must be among {', '.join(PARTS)}; got {sorted(self.parts)}")
+            raise InputError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
+        check_parts(self.parts)
+        self.epochs = whole_number(self.epochs, "epochs")
+        self.steps = None if self.steps is None else whole_number(self.steps, "steps")
+        self.batch_size = whole_number(self.batch_size, "batch size")
+        self.lr = None if self.lr is None else positive_number(self.lr, "learning rate")
+        self.lora_lr = positive_number(self.lora_lr, "LoRA learning rate")
+        self.validate_every = whole_number(self.validate_every, "validate every", minimum=0)
+        self.patience = None if self.patience is None else whole_number(self.patience, "patience")
+        self.time_budget = time_limit(self.time_budget, "time budget")
+
+
+def check_parts(parts):
+    """The parts to train: a non-empty subset of PARTS."""
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts:
+        raise InputError(f"parts to train must be among {', '.join(PARTS)}; got {sorted(parts)}")
+    return tuple(parts)
 
 
 # ModelConfig settings of a model refined from nothing (no bundle yet); empty: the product's defaults.
@@ -62,6 +79,14 @@ class RefineSettings:
     seed: int = 0
     keep_on_cancel: bool = True  # cancelled: keep the best model so far (True) or discard the round (False)
     new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
+
+    def __post_init__(self):
+        check_parts(self.parts())
+        self.steps = whole_number(self.steps, "steps")
+        self.batch_size = whole_number(self.batch_size, "batch size")
+        self.lr = positive_number(self.lr, "learning rate")
+        self.lora_lr = positive_number(self.lora_lr, "LoRA learning rate")
+        self.time_budget = time_limit(self.time_budget, "time budget")
 
     def parts(self):
         parts = tuple(p.strip() for p in self.train.split("+") if p.strip())

@@ -17,6 +17,7 @@ from ..guides import load_guide
 from ..lora import has_lora
 from ..networks import count_parameters
 from ..errors import InputError
+from ..outputs import check_new_folder, check_outputs
 from ..runtime import resolve_device, seed_everything
 from .augment import AugmentConfig, augment_batch
 from .datasets import load_training_data, model_config_for
@@ -290,13 +291,17 @@ def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256,
                     max_images=None, device="auto", batch_size=4, optimizer="adamw", lr=None, seed=0,
                     progress=None, cancel=None, checkpoint=None, resume=False):
     """``guidino train``: train on a dataset folder and write a bundle."""
+    check_new_folder(out, "--out")  # before any work: a saved model is never replaced
+    check_outputs({} if resume else {"--checkpoint": checkpoint}, inputs=[data])
+    if lora and guide is not None and str(guide).lower() == "none":
+        raise InputError("--lora adapts the guide, and --guide none has none: give a guide, or drop --lora")
+    train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                               seed=seed, device=device)
     guide_model = load_guide(guide)
     config = model_config_for(data, network, guided=guide_model is not None, lora=lora, size=size, widths=widths,
                               window=window, classes=classes)
     train_set, val_set = load_training_data(data, config, max_images)
     seed_everything(seed)  # before the model is built: the seed fixes its initial weights too
     model = build_model(config, guide_model)
-    train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                               seed=seed, device=device)
     return train_bundle(model, train_set, val_set, out, train_config, {"data": str(Path(data).resolve())},
                         progress, cancel, checkpoint=checkpoint, resume=resume)
