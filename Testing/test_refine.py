@@ -2,6 +2,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,49 @@ def test_simulate_and_refine_commands(tmp_path, tiny_guide_dir):
                   "--slices", "4,5", "--out", tmp_path / "refined", "--guide", tiny_guide_dir, "--steps", 5, *light)
     assert run.returncode == 0, run.stderr
     assert read_bundle_config(tmp_path / "refined")["provenance"]["slices"] == [4, 5]
+
+
+def _save_versions(folder, guide_dir, count, queue):
+    from guidino.bundle import build_model
+    from guidino.model import ModelConfig
+    from guidino.training.refine import RefineResult, save_version
+
+    model = build_model(ModelConfig(**LIGHT), guide_dir)
+    for _ in range(count):
+        result = RefineResult(model, [1], None, 0, 0.0, None, "finished")
+        queue.put(str(save_version(result, folder, "volume")))
+
+
+def test_saves_at_once_take_distinct_version_numbers(tmp_path, tiny_guide_dir):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_save_versions, args=(tmp_path, str(tiny_guide_dir), 3, queue))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    saved = [queue.get(timeout=300) for _ in range(9)]
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert len(set(saved)) == 9 and {Path(p).name for p in saved} == {f"volume-v{n:03d}" for n in range(1, 10)}
+    assert [v["path"].name for v in list_versions(tmp_path)] and not list(tmp_path.glob(".*"))
+
+
+def test_what_a_killed_save_left_is_no_version_and_is_cleaned_up(tmp_path, tiny_guide_dir):
+    import shutil
+    import subprocess
+
+    from guidino.bundle import build_model, save_bundle
+    from guidino.model import ModelConfig
+
+    model = build_model(ModelConfig(**LIGHT), str(tiny_guide_dir))
+    first = save_bundle(model, tmp_path / "volume-v001")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs
+    leftover = tmp_path / f".partial-{dead.pid}-volume-v002"
+    shutil.copytree(first, leftover)  # a save killed just before its rename
+    assert [v["path"] for v in list_versions(tmp_path)] == [first]
+    save_bundle(model, tmp_path / "volume-v002")
+    assert not leftover.exists() and [v["path"].name for v in list_versions(tmp_path)] == ["volume-v001", "volume-v002"]
