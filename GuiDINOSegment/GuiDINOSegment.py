@@ -98,7 +98,7 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None  # GuiDINOSegmentLogic, created when first needed
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None  # the running helpers.PredictionJob
+        self._job = None  # the running job of the GuiDINO worker process
         self._request = None  # its SegmentationJob (where the result goes); None once the scene was closed
         self._timer = None
 
@@ -214,9 +214,7 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             job = self.logic.prepareSegmentation(p.inputVolume, p.outputSegmentation,
                                                  helpers.panelSettings(p, current))  # validates once
             self._request = job
-            self._job = helpers.PredictionJob(
-                lambda progressCallback, cancelEvent: self.logic.computeSegmentation(job, progressCallback,
-                                                                                     cancelEvent)).start()
+            self._job = self.logic.startSegmentation(job)  # in the GuiDINO worker process; polled by the timer
             self.ui.progressBar.value = 0
             self.ui.progressBar.format = _("Loading the model...")
             self.setStatus("")

@@ -2,10 +2,10 @@
 
 The module file only wires the GUI. The work is in ``GuiDINOTrainLib`` (``GuiDINOTrainLogic``,
 imported on first use because it imports torch). A refinement runs in three parts so that the
-training never blocks the GUI: ``prepareRefine`` reads the scene (main thread), ``runRefine``
-trains (worker thread, no MRML), ``finishRefine`` saves the new version and makes it active (main
+training never blocks the GUI: ``prepareRefine`` reads the scene (main thread), ``startRefine``
+trains in the GuiDINO worker process (no MRML), ``finishRefine`` makes the new version active (main
 thread); the unreviewed slices are then re-segmented by one Segment Logic job
-(``prepareSegmentation`` / ``computeSegmentation`` on the worker / ``applySegmentation``), as GuiDINO
+(``prepareSegmentation`` / ``startSegmentation`` in the worker / ``applySegmentation``), as GuiDINO
 Segment does.
 The panel's decisions and the background run are in ``GuiDINOTrainLib/TrainPanel.py`` (tested without
 Slicer).

@@ -124,3 +124,14 @@ def tiny_model(tiny_guide):
     from guidino.model import GuiDINOModel, ModelConfig
 
     return GuiDINOModel(ModelConfig(network="unet", input_size=64, widths=[8, 16, 32]), tiny_guide).eval()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_shared_worker():
+    """The Slicer Logic's GuiDINO worker process, if a test started it, ends with the tests."""
+    yield
+    import sys
+
+    module = sys.modules.get("GuiDINOSegmentLib.SegmentLogic")
+    if module is not None and module._worker is not None:
+        module._worker.close()

@@ -471,3 +471,22 @@ def test_removing_a_volume_or_segmentation_removes_guidinos_hidden_nodes(scene, 
     scene.mrml.RemoveNode(scene.volume)
     assert not scene.mrml.IsNodePresent(guide)
     assert not slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode")
+
+
+def test_a_new_scene_at_a_deleted_scenes_address_is_watched(monkeypatch):
+    """Scenes are told apart by identity, not by address alone (a new scene may reuse a deleted one's memory)."""
+    from GuiDINOSegmentLib import SegmentLogic as segmentLogic
+
+    watcher = segmentLogic._SegmentWatcher()
+    monkeypatch.setattr(segmentLogic, "_address", lambda vtkObject: 1)  # every object at one address
+    removed = []
+    for _ in range(2):
+        mrml = slicer.vtkMRMLScene()
+        watcher.watchScene(mrml)
+        volume = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "input")
+        guide = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "guide")
+        guide.SetNodeReferenceID(segmentLogic.GUIDE_INPUT_ROLE, volume.GetID())
+        mrml.RemoveNode(volume)
+        removed.append(not mrml.IsNodePresent(guide))
+        del mrml
+    assert removed == [True, True]

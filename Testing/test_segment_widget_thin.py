@@ -299,51 +299,10 @@ def test_oriented_image_follows_volume_and_segmentation_transforms(headless_slic
 
 
 # -- background job --------------------------------------------------------------------------
-def test_job_reports_progress_and_result():
-    gate = threading.Event()
-
-    def compute(progress, cancel):
-        progress(3, 10)
-        gate.wait(5)
-        progress(10, 10)
-        return "labels"
-
-    now = [100.0]
-    job = helpers.PredictionJob(compute, clock=lambda: now[0]).start()
-    for _ in range(500):
-        if job.poll().done == 3:
-            break
-        time.sleep(0.01)
-    now[0] = 106.0
-    state = job.poll()
-    assert not state.finished and (state.done, state.total) == (3, 10)
+def test_a_job_state_reads_as_the_progress_bar_shows_it():
+    state = helpers.JobState(False, 3, 10, 6.0)
     assert state.percent == 30 and state.text == "3 / 10 slices, about 14 s left"
-    gate.set()
-    state = job.wait(5)
-    assert state.finished and state.result == "labels" and state.error is None and state.percent == 100
-
-
-def test_job_cancel_keeps_what_was_done_and_errors_reach_the_gui_thread():
-    def compute(progress, cancel):
-        done = 0
-        for done in range(1, 1000):
-            if cancel.is_set():
-                break
-            progress(done, 999)
-            time.sleep(0.001)
-        return done
-
-    job = helpers.PredictionJob(compute).start()
-    time.sleep(0.02)
-    job.cancel()
-    state = job.wait(5)
-    assert state.finished and state.cancelRequested and 0 < state.result < 999
-
-    def broken(progress, cancel):
-        raise ValueError("input.nrrd: the volume has no voxels")
-
-    state = helpers.PredictionJob(broken).start().wait(5)
-    assert state.finished and isinstance(state.error, ValueError) and "ValueError" in state.errorDetails
+    assert helpers.JobState(True, 10, 10, 20.0, result="labels").percent == 100
 
 
 def test_progress_text_and_slice_lists():
@@ -358,31 +317,6 @@ def test_progress_text_and_slice_lists():
     assert helpers.refineProgress({"step": 30, "total": 150, "val_dice": 0.8123}) == (
         20, "Refining: step 30 / 150, Dice on a held-out corrected slice 0.81")
     assert helpers.refineProgress({}) == (0, "Refining...")
-
-
-# -- the Logic, driven as the panel drives it ------------------------------------------------
-def test_worker_computes_and_main_thread_applies(headless_slicer, tmp_path, tiny_guide):
-    from GuiDINOSegmentLib import GuiDINOSegmentLogic
-    from guidino.bundle import build_model
-    from guidino.model import ModelConfig
-
-    image, _ = synthetic_volume(shape=(6, 32, 28))
-    path = tmp_path / "synthetic.nrrd"
-    sitk.WriteImage(image, str(path))
-    volume = headless_slicer.load_volume(path)
-    segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    segmentation.CreateDefaultDisplayNodes()
-    logic = GuiDINOSegmentLogic()
-    model = build_model(ModelConfig(network="unet", input_size=64), tiny_guide).eval()
-    prepared = logic.prepareSegmentation(volume, segmentation, SegmentSettings(model=model, sliceRange=(1, 3),
-                                                                              device="cpu", showGuide=False))
-    job = helpers.PredictionJob(lambda progress, cancel: logic.computeSegmentation(prepared, progress, cancel)).start()
-    state = job.wait(120)
-    assert state.error is None, state.errorDetails
-    assert (state.done, state.total) == (3, 3)
-    result = logic.applySegmentation(prepared, state.result)
-    assert result.slicesProcessed == 3
-    assert segmentation.GetSegmentation().GetSegmentIdBySegmentName("GuiDINO") == result.segmentId
 
 
 # -- dependencies ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import inspect
 import re
 import threading
 import time
+import traceback
 import types
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -27,6 +28,7 @@ import slicer
 import slicer.util
 from conftest import synthetic_volume
 
+from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOTrainLib import TrainPanel as panel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,8 +203,34 @@ def _pollUntilDone(run, timeout=120):
         time.sleep(0.01)
 
 
+class FakeWorkerJob:
+    """A job of the worker process as the Logic hands it out (poll / cancel / latest), run on a thread here."""
+
+    def __init__(self, compute):
+        self.cancelEvent, self.latest = threading.Event(), None
+        self.done = self.total = 0
+        self.state = None
+        self.thread = threading.Thread(target=self._run, args=(compute,), daemon=True)
+        self.thread.start()
+
+    def _run(self, compute):
+        try:
+            result, error = compute(self, self.cancelEvent), None
+        except Exception as failure:
+            result, error = None, failure
+        details = "".join(traceback.format_exception(error)) if error else ""
+        self.state = helpers.JobState(True, self.done, self.total, 0.0, result, error, details,
+                                      self.cancelEvent.is_set())
+
+    def poll(self):
+        return self.state or helpers.JobState(False, self.done, self.total, 0.0, cancelRequested=self.cancelEvent.is_set())
+
+    def cancel(self):
+        self.cancelEvent.set()
+
+
 class RecordingLogic:
-    """The Logic's split as the panel uses it; records which thread called what."""
+    """The Logic's split as the panel uses it; records which calls happen on the main thread."""
 
     def __init__(self, stopped="finished", fail=None, block=None):
         self.calls, self.stopped, self.fail, self.block = [], stopped, fail, block
@@ -211,17 +239,20 @@ class RecordingLogic:
     def _record(self, name):
         self.calls.append((name, threading.current_thread() is threading.main_thread()))
 
-    def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
-        self._record("runRefine")
-        for step in (10, 20):
-            progressCallback({"step": step, "total": 20, "epoch": 1, "loss": 0.5 / step, "val_dice": None,
-                              "seconds": 0.1})
-        if self.block is not None:
-            self.block.wait(10)
-        if self.fail:
-            raise self.fail
-        stopped = "cancelled" if cancelEvent.is_set() else self.stopped
-        return SimpleNamespace(model="m", stopped=stopped)
+    def startRefine(self, prepared):
+        self._record("startRefine")
+
+        def compute(job, cancel):  # what the worker process does
+            for step in (10, 20):
+                job.latest = {"step": step, "total": 20, "epoch": 1, "loss": 0.5 / step, "val_dice": None,
+                              "seconds": 0.1}
+            if self.block is not None:
+                self.block.wait(10)
+            if self.fail:
+                raise self.fail
+            return SimpleNamespace(model="m", stopped="cancelled" if cancel.is_set() else self.stopped)
+
+        return FakeWorkerJob(compute)
 
     def finishRefine(self, prepared, outcome):
         self._record("finishRefine")
@@ -236,10 +267,14 @@ class RecordingLogic:
         assert inputVolume.GetScene() is not None  # prepared from the scene, on the main thread
         return SimpleNamespace(settings=settings)
 
-    def computeSegmentation(self, job, progressCallback=None, cancelEvent=None):
-        self._record("computeSegmentation")
-        progressCallback(3, 3)
-        return SimpleNamespace(model=job.settings.model, axis=job.settings.axis)
+    def startSegmentation(self, job):
+        self._record("startSegmentation")
+
+        def compute(handle, cancel):
+            handle.done = handle.total = 3
+            return SimpleNamespace(model=job.settings.model, axis=job.settings.axis)
+
+        return FakeWorkerJob(compute)
 
     def applySegmentation(self, job, prediction):
         self._record("applySegmentation")
@@ -260,8 +295,8 @@ def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
     run = panel.RefineRun(logic, *scene_nodes).train("prepared")
     states = _pollUntilDone(run)
     assert [(name, main) for name, main in logic.calls] == [
-        ("runRefine", False), ("finishRefine", True), ("corrections", True), ("prepareSegmentation", True),
-        ("computeSegmentation", False), ("applySegmentation", True)]
+        ("startRefine", True), ("finishRefine", True), ("corrections", True), ("prepareSegmentation", True),
+        ("startSegmentation", True), ("applySegmentation", True)]  # the work itself runs in the worker
     assert logic.applied == ("/m/volume-v001", "target", "axial")
     final = states[-1]
     assert final.error is None and run.stage == "done"
@@ -273,7 +308,7 @@ def test_progress_text_while_training(scene_nodes):
     block = threading.Event()
     run = panel.RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
     deadline = time.monotonic() + 10
-    while run._latest is None or run._latest["step"] < 20:
+    while run.job.latest is None or run.job.latest["step"] < 20:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     state = run.poll()
@@ -291,7 +326,7 @@ def test_cancel_keeps_the_version_and_skips_resegmentation(scene_nodes):
     assert run.cancelRequested  # the button reads 'Cancelling...' until the worker stops
     block.set()
     final = _pollUntilDone(run)[-1]
-    assert [name for name, _ in logic.calls] == ["runRefine", "finishRefine"]
+    assert [name for name, _ in logic.calls] == ["startRefine", "finishRefine"]
     assert "cancelled, the best weights so far were kept" in final.message and "not re-segmented" in final.message
 
 
@@ -302,7 +337,7 @@ def test_scene_close_writes_nothing(scene_nodes):
     run.abandon()
     block.set()
     final = _pollUntilDone(run)[-1]
-    assert [name for name, _ in logic.calls] == ["runRefine"] and "scene was closed" in final.message
+    assert [name for name, _ in logic.calls] == ["startRefine"] and "scene was closed" in final.message
 
 
 def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
@@ -312,7 +347,7 @@ def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
     headless_slicer.scene.RemoveNode(scene_nodes[1])
     block.set()
     final = _pollUntilDone(run)[-1]
-    assert [name for name, _ in logic.calls] == ["runRefine"] and "removed" in final.message
+    assert [name for name, _ in logic.calls] == ["startRefine"] and "removed" in final.message
 
 
 def test_worker_error_reaches_the_gui(scene_nodes):
@@ -423,8 +458,8 @@ CALLS, OTHER = _logicCalls(MODULE_FILE, PANEL_FILE)  # the widget and the run it
 
 def test_the_module_delegates_to_the_logic():
     names = {name for _, name in CALLS}
-    assert {"prepareRefine", "runRefine", "finishRefine", "rollback", "versions", "corrections"} <= names
-    assert {"prepareSegmentation", "computeSegmentation", "applySegmentation", "activeModel"} <= names
+    assert {"prepareRefine", "startRefine", "finishRefine", "rollback", "versions", "corrections"} <= names
+    assert {"prepareSegmentation", "startSegmentation", "applySegmentation", "activeModel"} <= names
 
 
 @pytest.mark.parametrize("owner,name", sorted(CALLS), ids=lambda v: v if isinstance(v, str) else None)

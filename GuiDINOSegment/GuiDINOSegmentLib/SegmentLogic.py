@@ -170,6 +170,29 @@ class GuiDINOSegmentLogic:
                               batch_size=settings.batchSize, device=settings.device, progress=progressCallback,
                               cancel=cancelEvent, guide_stride=settings.guideStride)
 
+    def startSegmentation(self, job):
+        """Start computing ``job`` in the GuiDINO worker process (a GUI's way: Slicer's threads barely run).
+
+        Returns a handle to ``poll()`` (a JobState; its ``result`` is the SegmentationResult once finished) and
+        ``cancel()``; then ``applySegmentation(job, result)`` on the main thread. The worker keeps the model
+        loaded between jobs. ``job.model`` must be a bundle folder there (not an in-memory model).
+        """
+        if isinstance(job.model, GuiDINOModel):
+            raise InputError("the worker process loads models from bundle folders: save the model as a bundle")
+        geometry = job.image.geometry
+        request = {"bundle": str(job.model), "guide": job.guideSource, "axis": job.axis,
+                   "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
+                                "direction": list(geometry.direction)}, "is_2d": job.image.is_2d,
+                   "slices": [int(s) for s in job.slices], "batch_size": job.settings.batchSize,
+                   "device": job.settings.device, "guide_stride": job.settings.guideStride}
+
+        def result(handle, answer):
+            return SegmentationResult(handle.array("labels"), handle.array("probability"), handle.array("guide"),
+                                      geometry, job.image.is_2d, int(answer["axis"]), handle.array("processed"),
+                                      float(answer["seconds"]), bool(answer["cancelled"]), int(answer["guide_stride"]))
+
+        return sharedWorker().submit("segment", request, {"image": job.image.voxels}, convert=result)
+
     def applySegmentation(self, job, prediction):
         """Main thread: write the prediction into the segment by the one write rule, show the guide.
 
@@ -485,6 +508,19 @@ def _matchGrid(node, like, fill, dtype):
     return slicer.util.arrayFromVolume(node)
 
 
+_worker = None
+
+
+def sharedWorker():
+    """The GuiDINO worker process of this Slicer session (started on its first job, restarted if it died)."""
+    global _worker
+    if _worker is None:
+        from .WorkerClient import WorkerProcess
+
+        _worker = WorkerProcess()
+    return _worker
+
+
 def _segmentTag(segment, name):
     value = vtk.reference("")
     return str(value) if segment.GetTag(name, value) else ""
@@ -502,7 +538,7 @@ class _SegmentWatcher:
     def __init__(self):
         self._observed = {}  # address of the vtkSegmentation -> (weak reference to the node, observer tag)
         self._volumes = {}  # address of the vtkSegmentation -> weak reference to the volume its grid comes from
-        self._scenes = {}  # address of an MRML scene -> its node-removal observer tag
+        self._scenes = {}  # address of an MRML scene -> (weak reference to it, its node-removal observer tag)
         self._writing = set()
 
     def watch(self, segmentationNode, volumeNode):
@@ -539,8 +575,9 @@ class _SegmentWatcher:
         """Remove GuiDINO's hidden nodes with what they belong to: a volume's guide overlay when the volume is
         removed, a segmentation's baselines when the segmentation is (else memory grows run after run)."""
         key = _address(scene)
-        if key in self._scenes:
-            return
+        known = self._scenes.get(key)
+        if known is not None and known[0]() is scene:
+            return  # (an address alone is not enough: a new scene may reuse a deleted one's)
 
         def onNodeAboutToBeRemoved(caller, event, node=None):
             if node is None:
@@ -548,8 +585,9 @@ class _SegmentWatcher:
             if node.IsA("vtkMRMLSegmentationNode"):
                 doomed = [node.GetNthNodeReference(role, 0) for role in _roles(node) if role.startswith(BASELINE_ROLE)]
             elif node.IsA("vtkMRMLScalarVolumeNode"):
-                doomed = [other for other in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                          if other.GetNodeReferenceID(GUIDE_INPUT_ROLE) == node.GetID()]
+                volumes = caller.GetNodesByClass("vtkMRMLScalarVolumeNode")  # of this scene, not slicer.mrmlScene
+                doomed = [volumes.GetItemAsObject(n) for n in range(volumes.GetNumberOfItems())
+                          if volumes.GetItemAsObject(n).GetNodeReferenceID(GUIDE_INPUT_ROLE) == node.GetID()]
             else:
                 return
             for other in doomed:
@@ -557,7 +595,8 @@ class _SegmentWatcher:
                     caller.RemoveNode(other)
 
         onNodeAboutToBeRemoved.CallDataType = vtk.VTK_OBJECT
-        self._scenes[key] = scene.AddObserver(scene.NodeAboutToBeRemovedEvent, onNodeAboutToBeRemoved)
+        self._scenes[key] = (weakref.ref(scene), scene.AddObserver(scene.NodeAboutToBeRemovedEvent,
+                                                                     onNodeAboutToBeRemoved))
 
     @contextlib.contextmanager
     def writing(self, segmentationNode):

@@ -7,9 +7,6 @@ import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here im
 """
 
 import math
-import threading
-import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -176,63 +173,6 @@ class JobState:
     @property
     def text(self):
         return progressReport(self.done, self.total, self.elapsed)[1]
-
-
-class PredictionJob:
-    """Runs ``compute(progressCallback, cancelEvent)`` on a worker thread; the GUI polls ``poll()``.
-
-    The worker only computes (the Logic's ``computeSegmentation``); the caller applies the result to
-    MRML on the main thread once ``poll().finished``. ``cancel()`` sets the event the Logic checks
-    between slice batches, so a cancelled job still finishes, with the slices done so far.
-    """
-
-    def __init__(self, compute, clock=time.monotonic):
-        self._compute = compute
-        self._clock = clock
-        self.cancelEvent = threading.Event()
-        self._lock = threading.Lock()
-        self._done = self._total = 0
-        self._result = self._error = None
-        self._errorDetails = ""
-        self._finished = False
-        self._started = None
-        self._thread = None
-
-    def start(self):
-        self._started = self._clock()
-        self._thread = threading.Thread(target=self._run, name="GuiDINO prediction", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        try:
-            result = self._compute(self._progress, self.cancelEvent)
-            with self._lock:
-                self._result = result
-        except BaseException as error:  # reported to the GUI thread, which shows it
-            with self._lock:
-                self._error, self._errorDetails = error, traceback.format_exc()
-        finally:
-            with self._lock:
-                self._finished = True
-
-    def _progress(self, done, total, *unused):
-        with self._lock:
-            self._done, self._total = int(done), int(total)
-
-    def cancel(self):
-        self.cancelEvent.set()
-
-    def poll(self):
-        with self._lock:
-            return JobState(self._finished, self._done, self._total,
-                            0.0 if self._started is None else self._clock() - self._started,
-                            self._result, self._error, self._errorDetails, self.cancelEvent.is_set())
-
-    def wait(self, timeout=None):
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.poll()
 
 
 # -- the Logic, and the Train module's refine (registered at startup) ---------------------------

@@ -9,7 +9,6 @@ none, so ``preview`` makes the preview node itself and ``computePreviewLabelmap`
 
 import logging
 import os
-import threading
 
 import ctk
 import qt
@@ -219,8 +218,7 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             sliceRange=self.sliceRange(sourceVolume, axis, self.scriptedEffect.parameter("Scope") or "all"),
             showGuide=bool(self.scriptedEffect.integerParameter("ShowGuide")))
         job = self.logic.prepareSegmentation(sourceVolume, segmentationNode, settings)  # main thread
-        prediction = self.runInBackground(
-            lambda progressCallback, cancelEvent: self.logic.computeSegmentation(job, progressCallback, cancelEvent))
+        prediction = self.runInBackground(self.logic.startSegmentation(job), helpers.progressReport)
         image = helpers.orientedImageFromArrayNode(self.logic.previewLabels(job, prediction), sourceVolume,
                                                    segmentationNode)
         outputLabelmap.DeepCopy(helpers.resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
@@ -245,20 +243,21 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
                                                 autoClose=False, autoReset=False,
                                                 windowModality=qt.Qt.ApplicationModal)
 
-    def runInBackground(self, compute):
-        """Run ``compute`` on a worker thread behind a modal progress dialog whose Cancel keeps the slices done."""
-        job = helpers.PredictionJob(compute).start()
+    def runInBackground(self, job, describe):
+        """Wait for a job of the GuiDINO worker process behind a modal progress dialog (the editor must not change
+        under it) that keeps Slicer responsive; its Cancel keeps what is done. ``describe(done, total, elapsed)``
+        gives the dialog's (percent, text)."""
         dialog = self.progressDialog()
         try:
             state = job.poll()
             while not state.finished:
                 if dialog.wasCanceled:
                     job.cancel()
-                    dialog.labelText = "Cancelling: finishing the current slices..."
+                    dialog.labelText = "Cancelling: finishing the current step..."
                 else:
-                    dialog.value, dialog.labelText = state.percent, state.text
-                slicer.app.processEvents()
-                state = job.wait(0.05)
+                    dialog.value, dialog.labelText = describe(state.done, state.total, state.elapsed)
+                slicer.app.processEvents(qt.QEventLoop.AllEvents, 50)
+                state = job.poll()
         finally:
             dialog.close()
         if state.error is not None:
@@ -288,7 +287,8 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             self.logic.showGuideVolume(guide, show)
 
     def onRefine(self):
-        """Fine-tune on the corrected slices (GuiDINO Train), then preview the refined model: Apply writes it.
+        """Fine-tune on the corrected slices (GuiDINO Train, in the worker process), then preview the refined model:
+        Apply writes it.
 
         The Train Logic is asked not to re-segment by itself: that would write into the segment around the
         editor (no undo, no masking); the preview goes through Apply instead.
@@ -299,28 +299,20 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             return
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         sourceVolume, segmentId = parameterSetNode.GetSourceVolumeNode(), parameterSetNode.GetSelectedSegmentID()
-        dialog, cancelEvent = self.progressDialog(), threading.Event()
-
-        def progress(entry):  # training runs on this (the main) thread: keep the dialog alive
-            if dialog.wasCanceled:
-                cancelEvent.set()
-            dialog.value, dialog.labelText = helpers.refineProgress(entry)
-            slicer.app.processEvents()
-
-        try:
-            with slicer.util.tryWithErrorDisplay(waitCursor=True):
-                if not segmentId or sourceVolume is None:
-                    raise ValueError("Select a source volume and the corrected segment first.")
-                result = refineLogicClass().refineFromCorrections(
-                    sourceVolume, parameterSetNode.GetSegmentationNode(), segmentId,
-                    model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")), resegment=False,
-                    progressCallback=progress, cancelEvent=cancelEvent)
-        finally:
-            dialog.close()
-        bundle = helpers.refinedBundlePath(result)
-        if not bundle:
-            slicer.util.showStatusMessage("GuiDINO: refinement cancelled; the model is unchanged.", 5000)
-            return
-        self.scriptedEffect.setParameter("ModelPath", bundle)
-        self.updateGUIFromMRML()
-        self.onPreview()
+        with slicer.util.tryWithErrorDisplay("Refine from corrections failed.", waitCursor=False):
+            if not segmentId or sourceVolume is None:
+                raise ValueError("Select a source volume and the corrected segment first.")
+            trainLogic = refineLogicClass(self.ensureLogic())
+            prepared = trainLogic.prepareRefine(
+                sourceVolume, parameterSetNode.GetSegmentationNode(), segmentId,
+                model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")), resegment=False)
+            job = trainLogic.startRefine(prepared)
+            outcome = self.runInBackground(job, lambda done, total, elapsed: helpers.refineProgress(job.latest or {}))
+            result = trainLogic.finishRefine(prepared, outcome)
+            bundle = helpers.refinedBundlePath(result)
+            if not bundle:
+                slicer.util.showStatusMessage("GuiDINO: refinement cancelled; the model is unchanged.", 5000)
+                return
+            self.scriptedEffect.setParameter("ModelPath", bundle)
+            self.updateGUIFromMRML()
+            self.onPreview()

@@ -15,7 +15,7 @@ from GuiDINOSegmentLib.SegmentLogic import checkSegmentation, imageDataFromVolum
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from guidino.errors import InputError
 from guidino.imageio import ImageData
-from guidino.training.refine import list_versions, load_starting_model, refine_model, save_version
+from guidino.training.refine import RefineResult, list_versions, load_starting_model, refine_model, save_version
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
 
@@ -103,15 +103,40 @@ class GuiDINOTrainLogic:
                             guide=guide, axis=prepared.corrections["axis"], settings=prepared.settings,
                             progress=progressCallback, cancel=cancelEvent)
 
+    def startRefine(self, prepared):
+        """Start ``runRefine`` in the GuiDINO worker process (a GUI's way; Slicer's threads barely run). The worker
+        saves the new version; poll() the handle, then ``finishRefine(prepared, handle.result)``."""
+        from dataclasses import asdict
+
+        from GuiDINOSegmentLib.SegmentLogic import sharedWorker
+
+        geometry = prepared.image.geometry
+        name = prepared.inputVolume.GetName()
+        request = {"parent": str(prepared.parent) if prepared.parent else None, "guide": self.segmentLogic.guideSource,
+                   "axis": prepared.corrections["axis"], "slices": prepared.corrections["slices"],
+                   "settings": asdict(prepared.settings), "models_folder": str(self.modelsFolder),
+                   "stem": _safeName(name), "volume": name,
+                   "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
+                                "direction": list(geometry.direction)}}
+
+        def result(handle, answer):
+            return RefineResult(None, answer["slices"], answer["held_out"], answer["steps"], answer["seconds"],
+                                answer["val_dice"], answer["stopped"],
+                                bundle=Path(answer["bundle"]) if answer["bundle"] else None)
+
+        return sharedWorker().submit("refine", request, {"image": prepared.image.voxels, "labels": prepared.labels},
+                                     convert=result)
+
     def finishRefine(self, prepared, result):
-        """Main thread: save the new version, make it active, re-segment the slices the user has not reviewed."""
-        if result.model is None:
+        """Main thread: save the new version (unless the worker did), make it active, re-segment the slices the
+        user has not reviewed."""
+        if result.model is None and result.bundle is None:  # a cancelled round, discarded
             return RefineFromCorrectionsResult(None, result.slices, result.steps,
                                                time.perf_counter() - prepared.started, result.val_dice,
                                                result.stopped, 0)
         name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
-        bundle = save_version(result, self.modelsFolder, _safeName(name), parent=prepared.parent, volume=name,
-                              axis=axis)
+        bundle = result.bundle or save_version(result, self.modelsFolder, _safeName(name), parent=prepared.parent,
+                                               volume=name, axis=axis)
         self.segmentLogic.setActiveModel(prepared.segmentation, bundle)
         changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
                                   axis) if prepared.resegment else 0

@@ -2,8 +2,8 @@
 
 The module file ``GuiDINOTrain.py`` only wires the widgets; what it shows and when it calls the
 Logic is decided here, so it is tested without the Slicer application. ``RefineRun`` drives one
-refinement: train (worker thread), save and activate (main thread), re-segment (worker), write
-(main). It reads and writes MRML only through the nodes and the Logic it is given, and imports
+refinement: train (the GuiDINO worker process), save and activate (main thread), re-segment (the
+worker), write (main). It reads and writes MRML only through the nodes and the Logic it is given, and imports
 neither ``slicer`` nor qt (its texts are English, like ``WidgetHelpers``').
 """
 
@@ -177,7 +177,7 @@ def segmentedSummary(processResult):
     return text + (" Cancelled: the slices done were kept." if processResult.cancelled else "")
 
 
-# -- one refinement or roll back, off the GUI thread -------------------------------------------
+# -- one refinement or roll back, in the worker process -----------------------------------------
 @dataclass
 class RunState:
     finished: bool
@@ -189,56 +189,43 @@ class RunState:
 
 
 class RefineRun:
-    """Train (worker), then save and activate (main), then re-segment (worker) and write (main).
+    """Train (the GuiDINO worker process), then save and activate (main), then re-segment (worker) and write (main).
 
     The GUI calls ``poll()`` from a timer on the main thread; all MRML reads and writes happen in
-    ``train``/``resegment``/``poll``, never in the worker. ``startJob(compute)`` returns a started
-    job with ``poll()``/``cancel()`` (``WidgetHelpers.PredictionJob`` by default).
+    ``train``/``resegment``/``poll``, on the main thread. The work itself runs in the worker process
+    (the Logic's ``startRefine`` and the Segment Logic's ``startSegmentation``): Slicer's own threads
+    barely run.
     """
 
-    def __init__(self, logic, inputVolume, segmentation, segmentId, timeBudget=None, startJob=None):
+    def __init__(self, logic, inputVolume, segmentation, segmentId, timeBudget=None):
         self.logic = logic
         self.inputVolume, self.segmentation, self.segmentId = inputVolume, segmentation, segmentId
         self.timeBudget = timeBudget
-        self._startJob = startJob or (lambda compute: helpers.PredictionJob(compute).start())
         self.stage = "idle"  # training | segmenting | done
         self.job = None
         self.refined = None  # the RefineFromCorrectionsResult once saved
         self.messages = []
         self._prepared = None
-        self._latest = None  # the latest training progress entry (replaced whole by the worker)
         self._segmentation = None  # the re-segmentation's SegmentationJob
         self._abandoned = False
         self.cancelRequested = False
 
     def train(self, prepared):
-        """Start training ``prepared`` (from the Logic's ``prepareRefine``) on a worker thread."""
+        """Start training ``prepared`` (from the Logic's ``prepareRefine``) in the worker process."""
         self._prepared, self.stage = prepared, "training"
-
-        def compute(progressCallback, cancelEvent):  # worker thread: no MRML
-            def report(info):
-                self._latest = dict(info)
-                progressCallback(info.get("step", 0), info.get("total", 0))
-
-            return self.logic.runRefine(prepared, progressCallback=report, cancelEvent=cancelEvent)
-
-        self.job = self._startJob(compute)
+        self.job = self.logic.startRefine(prepared)
         return self
 
     def resegment(self, bundle, message=""):
-        """Prepare (main thread) and start re-segmenting the unreviewed slices with ``bundle`` (worker thread)."""
+        """Prepare (main thread) and start re-segmenting the unreviewed slices with ``bundle`` (worker process)."""
         job = self.logic.segmentLogic.prepareSegmentation(
             self.inputVolume, self.segmentation, SegmentSettings(
                 segmentId=self.segmentId, model=str(bundle),
                 axis=self.logic.corrections(self.segmentation, self.segmentId, volume=self.inputVolume)["axis"]))
         if message:
             self.messages.append(message)
-
-        def compute(progressCallback, cancelEvent):  # worker thread: reads the job's copies only
-            return self.logic.segmentLogic.computeSegmentation(job, progressCallback, cancelEvent)
-
         self._segmentation = job
-        self.stage, self.job = "segmenting", self._startJob(compute)
+        self.stage, self.job = "segmenting", self.logic.segmentLogic.startSegmentation(job)
         return self
 
     def cancel(self):
@@ -255,7 +242,7 @@ class RefineRun:
         state = self.job.poll()
         if not state.finished:
             if self.stage == "training":
-                return RunState(False, *trainingProgress(self._latest, self.timeBudget))
+                return RunState(False, *trainingProgress(self.job.latest, self.timeBudget))
             return RunState(False, state.percent, "Re-segmenting: " + state.text)
         try:
             return self._finished(state)

@@ -1,0 +1,222 @@
+"""Slicer's side of the GuiDINO worker process (``guidino.worker``): start it, send it jobs, read its events.
+
+Slicer's Python threads barely run (PythonQt holds the GIL while the GUI is idle), so the model runs in
+another process, started on first use with Slicer's own Python (``PythonSlicer``; ``sys.executable``
+headless). Nothing here blocks: the GUI polls jobs from a timer (``WorkerJob.poll`` reads whatever
+events have arrived). Cancel asks the worker to stop between slice batches (the slices done are kept);
+a worker that does not stop within a few seconds is ended. A worker that dies (out of memory, a crash,
+``kill -9``) fails its job with a clear message, and the next job starts a new one. No torch here.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .WidgetHelpers import JobState
+
+ENGINE_FOLDER = Path(__file__).resolve().parents[1]  # holds the guidino package (GuiDINOSegment/)
+STOP_TIMEOUT = 5.0  # seconds a cancelled job may take to stop before the worker is ended
+
+
+class WorkerError(RuntimeError):
+    """The worker failed a job (its message names the problem) or ended."""
+
+
+def workerPython():
+    """Slicer's ``PythonSlicer`` inside the application (on PATH there), else this Python."""
+    try:
+        import slicer
+
+        if getattr(slicer, "app", None) is not None:
+            found = shutil.which("PythonSlicer")
+            if found:
+                return found
+    except ImportError:
+        pass
+    return sys.executable
+
+
+class WorkerProcess:
+    """One GuiDINO worker process, started on the first job; ``python`` and ``env`` for tests."""
+
+    def __init__(self, python=None, env=None):
+        self.python, self.env = python, env
+        self.process = None
+        self.jobs = {}
+        self._buffer = b""
+        self._next = 0
+        self._log = None
+        self.ready = False
+        self.starts = 0
+
+    # -- the process ---------------------------------------------------------------------------
+    @property
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def _start(self):
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_FOLDER), env.get("PYTHONPATH")) if p)
+        self._log = tempfile.TemporaryFile(mode="w+", prefix="guidino-worker-")
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
+        self.process = subprocess.Popen([self.python or workerPython(), "-u", "-m", "guidino.worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+                                        creationflags=flags)
+        os.set_blocking(self.process.stdout.fileno(), False)  # pump() never waits for the worker
+        self._buffer, self.ready = b"", False
+        self.starts += 1
+
+    def _send(self, message):
+        if not self.alive:
+            self._start()
+        try:
+            self.process.stdin.write((json.dumps(message) + "\n").encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the worker died: the next pump reports it to the job
+
+    def pump(self):
+        """Read the events that have arrived (never waits) and hand them to their jobs."""
+        if self.process is None:
+            return
+        while True:
+            try:
+                chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                break
+            except (OSError, ValueError):  # the pipe is closed
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "ready":
+                self.ready = True
+            elif event.get("id") in self.jobs:
+                self.jobs[event["id"]]._event(event)
+        if not self.alive:
+            reason = self._exitReason()
+            for job in list(self.jobs.values()):
+                job._died(reason)
+
+    def _exitReason(self):
+        code = self.process.poll()
+        text = ""
+        if self._log is not None:
+            self._log.seek(0)
+            lines = [line for line in self._log.read().splitlines() if line.strip()]
+            text = lines[-1].strip() if lines else ""
+        how = f"was killed (signal {-code})" if code is not None and code < 0 else f"ended (exit code {code})"
+        return (f"GuiDINO's worker process {how} before it finished: out of memory, a crash, or it was stopped"
+                + (f" ({text})" if text else "") + ". Run again: a new worker starts.")
+
+    def submit(self, kind, request, arrays, convert=None):
+        """Start a job: ``arrays`` {name: numpy array} go to the worker as .npy files. Returns a WorkerJob whose
+        result is ``convert(job, result)`` (default: the worker's result dict) once it is done."""
+        self._next += 1
+        folder = Path(tempfile.mkdtemp(prefix=f"guidino-{kind}-"))
+        for name, array in arrays.items():
+            np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
+        job = WorkerJob(self, self._next, folder, convert)
+        self.jobs[job.id] = job
+        self._send({"id": job.id, "kind": kind, "folder": str(folder), "request": request})
+        return job
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def close(self, timeout=5.0):
+        """Ask the worker to quit (ending it if it does not), and forget its jobs."""
+        if self.process is not None:
+            self._send({"quit": True})
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for job in list(self.jobs.values()):
+            job._died("GuiDINO's worker was closed")
+        self.process = None
+
+
+class WorkerJob:
+    """One job of the worker: ``poll()`` (a JobState; reads what arrived, never waits), ``cancel()``, ``wait()``."""
+
+    def __init__(self, worker, id, folder, convert=None, clock=time.monotonic):
+        self.worker, self.id, self.folder, self._convert, self._clock = worker, id, folder, convert, clock
+        self.started = clock()
+        self.done = self.total = 0
+        self.latest = None  # the latest training progress entry (refine jobs)
+        self.result = self.error = None
+        self.errorDetails = ""
+        self.finished = False
+        self.cancelRequested = False
+        self._cancelledAt = None
+
+    def _event(self, event):
+        kind = event.get("event")
+        if kind == "progress":
+            if "entry" in event:
+                self.latest = event["entry"]
+                self.done, self.total = int(event["entry"].get("step", 0)), int(event["entry"].get("total", 0))
+            else:
+                self.done, self.total = int(event["done"]), int(event["total"])
+        elif kind == "done":
+            try:
+                result = event["result"] if self._convert is None else self._convert(self, event["result"])
+            except Exception as error:  # results that cannot be read (a full temporary disk)
+                self._finish(error=WorkerError(f"GuiDINO could not read the worker's result: {error}"))
+            else:
+                self._finish(result=result)
+        elif kind == "error":
+            self._finish(error=WorkerError(event.get("message", "the worker failed")), details=event.get("details", ""))
+
+    def _died(self, reason):
+        if not self.finished:
+            self._finish(error=WorkerError(reason))
+
+    def _finish(self, result=None, error=None, details=""):
+        self.result, self.error, self.errorDetails, self.finished = result, error, details, True
+        self.worker.jobs.pop(self.id, None)
+        shutil.rmtree(self.folder, ignore_errors=True)  # the result is read by now
+
+    def cancel(self):
+        if not self.finished and not self.cancelRequested:
+            self.cancelRequested, self._cancelledAt = True, self._clock()
+            self.worker._send({"cancel": self.id})
+
+    def poll(self):
+        self.worker.pump()
+        if not self.finished and self.cancelRequested and self._clock() - self._cancelledAt > STOP_TIMEOUT:
+            self.worker.kill()  # it does not stop: end it (the next job starts a new one)
+            self._finish(error=WorkerError(f"GuiDINO's worker did not stop within {STOP_TIMEOUT:g} s of Cancel; "
+                                           "it was ended, and nothing was written"))
+        return JobState(self.finished, self.done, self.total, self._clock() - self.started, self.result,
+                        self.error, self.errorDetails, self.cancelRequested)
+
+    def wait(self, timeout=None, interval=0.02):
+        """Poll until the job ends (tests and scripts; the GUI polls from a timer instead)."""
+        deadline = None if timeout is None else self._clock() + timeout
+        state = self.poll()
+        while not state.finished and (deadline is None or self._clock() < deadline):
+            time.sleep(interval)
+            state = self.poll()
+        return state
+
+    def array(self, name):
+        """A result array the worker wrote (None if it wrote none); for ``convert``."""
+        path = self.folder / f"{name}.npy"
+        return np.load(path) if path.is_file() else None

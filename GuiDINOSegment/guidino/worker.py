@@ -1,0 +1,165 @@
+"""The GuiDINO worker process: segments and refines for a GUI (3D Slicer), in its own Python.
+
+Inside Slicer, Python threads barely run (PythonQt keeps the GIL on the main thread), so the model
+runs here, in another process (``python -m guidino.worker``; Slicer starts it with ``PythonSlicer``).
+It imports torch once, keeps the loaded model between jobs, and applies the CPU allocator setting,
+so it segments as fast as ``guidino segment``.
+
+Protocol, one JSON object per line. Requests on stdin: ``{"id", "kind": "segment"|"refine", "folder",
+"request"}``, ``{"cancel": id}``, ``{"quit": true}``. Events on stdout: ``{"event": "ready"}`` once,
+then per job ``{"id", "event": "progress", ...}``, and ``{"id", "event": "done", "result"}`` or
+``{"id", "event": "error", "message", "details"}``. Arrays travel as ``.npy`` files in the job's
+folder (``image.npy``, ``labels.npy`` in; ``labels.npy``, ``probability.npy``, ``guide.npy``,
+``processed.npy`` out). Everything else the libraries print goes to stderr.
+"""
+
+import json
+import os
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+PROTOCOL = 1
+
+
+class _Jobs:
+    """Requests arrive on a reader thread; jobs run one at a time on the main thread of this process."""
+
+    def __init__(self, out):
+        self.out, self.lock = out, threading.Lock()
+        self.queue, self.ready = [], threading.Condition()
+        self.cancels = {}  # job id -> threading.Event
+
+    def send(self, **event):
+        with self.lock:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
+
+    def read(self, stream):
+        for line in stream:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            with self.ready:
+                if "cancel" in message:
+                    self.cancels.setdefault(message["cancel"], threading.Event()).set()
+                else:
+                    if "id" in message:
+                        self.cancels.setdefault(message["id"], threading.Event())
+                    self.queue.append(message)
+                self.ready.notify()
+        with self.ready:  # stdin closed: the GUI is gone
+            self.queue.append({"quit": True})
+            self.ready.notify()
+
+    def next(self):
+        with self.ready:
+            while not self.queue:
+                self.ready.wait()
+            return self.queue.pop(0)
+
+
+class _Models:
+    """One loaded model at a time, kept while the bundle (and the guide asked for) is unchanged."""
+
+    def __init__(self):
+        self.key, self.model, self.loads = None, None, 0
+
+    def get(self, bundle, guide):
+        from .bundle import load_bundle
+
+        config = Path(bundle) / "config.json"
+        key = (str(Path(bundle).resolve()), config.stat().st_mtime_ns if config.is_file() else None, guide)
+        if key != self.key:
+            self.key, self.model = None, None  # release the old model first
+            self.model, self.key = load_bundle(bundle, guide=guide), key
+            self.loads += 1
+        return self.model
+
+
+def _geometry(data):
+    from .geometry import Geometry
+
+    return Geometry(tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"]))
+
+
+def _segment(request, folder, models, progress, cancel):
+    import numpy as np
+
+    from .imageio import ImageData
+    from .inference import segment_volume
+
+    image = ImageData(np.load(folder / "image.npy"), _geometry(request["geometry"]), bool(request["is_2d"]))
+    model = models.get(request["bundle"], request.get("guide"))
+    result = segment_volume(model, image, axis=request["axis"], slices=request["slices"],
+                            batch_size=request["batch_size"], device=request["device"],
+                            guide_stride=request["guide_stride"], cancel=cancel,
+                            progress=lambda done, total: progress(done=done, total=total))
+    np.save(folder / "labels.npy", result.labels)
+    np.save(folder / "probability.npy", result.probability)
+    np.save(folder / "processed.npy", result.processed)
+    if result.guide is not None:
+        np.save(folder / "guide.npy", result.guide)
+    return {"axis": result.axis, "seconds": result.seconds, "cancelled": result.cancelled,
+            "guide_stride": result.guide_stride, "guide": result.guide is not None, "model_loads": models.loads}
+
+
+def _refine(request, folder, models, progress, cancel):
+    import numpy as np
+
+    from .imageio import ImageData
+    from .training.refine import refine_model, save_version
+    from .training.settings import RefineSettings
+
+    image = ImageData(np.load(folder / "image.npy"), _geometry(request["geometry"]), False)
+    labels = np.load(folder / "labels.npy")
+    parent = request.get("parent")
+    start = models.get(parent, request.get("guide")) if parent else None
+    result = refine_model(image, labels, request["slices"], model=start, guide=request.get("guide"),
+                          axis=request["axis"], settings=RefineSettings(**request["settings"]), cancel=cancel,
+                          progress=lambda entry: progress(entry=entry))
+    bundle = None
+    if result.model is not None:
+        bundle = str(save_version(result, request["models_folder"], request["stem"], parent=parent,
+                                  volume=request.get("volume"), axis=request["axis"]))
+    return {"bundle": bundle, "slices": result.slices, "held_out": result.held_out, "steps": result.steps,
+            "seconds": result.seconds, "val_dice": result.val_dice, "stopped": result.stopped}
+
+
+KINDS = {"segment": _segment, "refine": _refine}
+
+
+def serve(stdin=None, stdout=None):
+    """Answer requests until told to quit or stdin closes."""
+    out = stdout or sys.stdout
+    sys.stdout = sys.stderr  # what libraries print must not mix with the protocol
+    from .runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    import torch  # noqa: F401  (imported once, before the first job)
+
+    jobs, models = _Jobs(out), _Models()
+    threading.Thread(target=jobs.read, args=(stdin or sys.stdin,), daemon=True).start()
+    jobs.send(event="ready", protocol=PROTOCOL, pid=os.getpid())
+    while True:
+        message = jobs.next()
+        if message.get("quit"):
+            return 0
+        job = message.get("id")
+        try:
+            run = KINDS[message["kind"]]
+            result = run(message["request"], Path(message["folder"]), models,
+                         lambda **event: jobs.send(id=job, event="progress", **event), jobs.cancels[job])
+            jobs.send(id=job, event="done", result=result)
+        except Exception as error:  # reported to the GUI, which shows it; the worker goes on
+            text = str(error).strip().splitlines()
+            jobs.send(id=job, event="error", message=text[0] if text else type(error).__name__,
+                      kind=type(error).__name__, details=traceback.format_exc())
+        finally:
+            jobs.cancels.pop(job, None)
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

@@ -1,0 +1,157 @@
+"""The GuiDINO worker process, as a real subprocess on real MRML: what Slicer runs its models in."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicer.util
+from conftest import synthetic_volume
+from test_cli import guidino
+
+from GuiDINOSegmentLib import GuiDINOSegmentLogic
+from GuiDINOSegmentLib import SegmentLogic as segmentLogicModule
+from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
+from GuiDINOSegmentLib.WorkerClient import WorkerError, WorkerProcess
+from guidino.geometry import Geometry
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_guide_dir):
+    from guidino.bundle import build_model, save_bundle
+    from guidino.model import ModelConfig
+
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(network="unet", input_size=64, widths=[8, 16, 32]), str(tiny_guide_dir))
+    return save_bundle(model, tmp_path_factory.mktemp("models") / "bundle")
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    process = WorkerProcess()
+    monkeypatch.setattr(segmentLogicModule, "_worker", process)  # the Logic's shared worker, for this test
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def scene(headless_slicer, tmp_path):
+    image, _ = synthetic_volume(shape=(24, 48, 40))
+    path = tmp_path / "volume.nrrd"
+    sitk.WriteImage(image, str(path))
+    segmentation = headless_slicer.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    return path, headless_slicer.load_volume(path), segmentation
+
+
+def _prepare(logic, scene, bundle, **settings):
+    _, volume, segmentation = scene
+    return logic.prepareSegmentation(volume, segmentation,
+                                     SegmentSettings(**{"model": str(bundle), "device": "cpu", "batchSize": 2, **settings}))
+
+
+def test_a_segment_through_the_worker_equals_guidino_segment(scene, bundle, worker, tmp_path):
+    path, volume, segmentation = scene
+    logic = GuiDINOSegmentLogic()
+    job = _prepare(logic, scene, bundle)
+    handle = logic.startSegmentation(job)
+    seen = []
+    state = handle.poll()
+    while not state.finished:
+        seen.append((state.done, state.total))
+        time.sleep(0.01)
+        state = handle.poll()
+    assert state.error is None, state.errorDetails
+    done = [d for d, _ in seen if d]
+    assert done == sorted(done) and state.done == state.total == 24  # progress arrives in order
+    result = logic.applySegmentation(job, state.result)
+
+    cli = guidino("segment", "--model", bundle, "--input", path, "--output", tmp_path / "cli.nrrd", "--device", "cpu",
+                  "--batch-size", 2)
+    assert cli.returncode == 0, cli.stderr
+    expected = sitk.ReadImage(str(tmp_path / "cli.nrrd"))
+    got = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, result.segmentId, volume)
+    np.testing.assert_array_equal(got, sitk.GetArrayFromImage(expected))
+    assert Geometry.from_sitk(expected).is_close(Geometry.from_sitk(sitk.ReadImage(str(path))), tol=1e-6)
+    assert state.result.geometry.is_close(Geometry.from_sitk(expected), tol=1e-6)
+
+
+def test_the_worker_advances_while_the_main_thread_is_busy(scene, bundle, worker):
+    logic = GuiDINOSegmentLogic()
+    warm = logic.startSegmentation(_prepare(logic, scene, bundle, sliceRange=0)).wait(300)  # started and loaded
+    assert warm.error is None, warm.errorDetails
+    handle = logic.startSegmentation(_prepare(logic, scene, bundle, batchSize=1))
+    spin = time.monotonic() + 10
+    while time.monotonic() < spin:  # Python busy on the main thread: no sleep, no poll, no I/O
+        pass
+    state = handle.poll()  # one read of what arrived meanwhile
+    assert state.finished and state.error is None and state.done == 24
+
+
+def test_cancel_keeps_the_finished_slices_and_leaves_no_process(scene, bundle, worker):
+    logic = GuiDINOSegmentLogic()
+    job = _prepare(logic, scene, bundle, batchSize=1)
+    handle = logic.startSegmentation(job)
+    state = handle.poll()
+    while not state.done:
+        time.sleep(0.005)
+        state = handle.poll()
+    handle.cancel()
+    state = handle.wait(60)
+    assert state.error is None and state.result.cancelled
+    processed = int(state.result.processed.sum())
+    assert 0 < processed < 24
+    result = logic.applySegmentation(job, state.result)
+    assert result.cancelled and result.slicesProcessed == processed
+    pid = worker.process.pid
+    worker.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_killed_worker_gives_a_clear_error_and_the_next_job_succeeds(scene, bundle, worker):
+    logic = GuiDINOSegmentLogic()
+    handle = logic.startSegmentation(_prepare(logic, scene, bundle, batchSize=1))
+    deadline = time.monotonic() + 300
+    while not worker.ready and time.monotonic() < deadline:
+        worker.pump()
+        time.sleep(0.01)
+    os.kill(worker.process.pid, signal.SIGKILL)
+    state = handle.wait(60)
+    assert state.finished and isinstance(state.error, WorkerError)
+    assert "worker process was killed (signal 9)" in str(state.error) and "a new worker starts" in str(state.error)
+    again = logic.startSegmentation(_prepare(logic, scene, bundle)).wait(300)
+    assert again.error is None and again.done == 24 and worker.starts == 2
+
+
+def test_two_jobs_on_one_bundle_load_it_once(scene, bundle, worker):
+    logic = GuiDINOSegmentLogic()
+    first = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    second = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    assert first.error is None and second.error is None
+    assert first.result["model_loads"] == second.result["model_loads"] == 1
+
+
+def test_an_engine_error_reaches_the_gui_as_one_line(scene, bundle, worker):
+    logic = GuiDINOSegmentLogic()
+    request = {**_request(logic, scene, bundle), "slices": [99]}
+    state = worker.submit("segment", request, {"image": _image(scene)}).wait(300)
+    assert isinstance(state.error, WorkerError) and str(state.error).startswith("slice 99 does not exist")
+    assert worker.alive  # the worker goes on
+
+
+def _image(scene):
+    return slicer.util.arrayFromVolume(scene[1])
+
+
+def _request(logic, scene, bundle):
+    geometry = logic.prepareSegmentation(scene[1], scene[2], model=str(bundle)).image.geometry
+    return {"bundle": str(bundle), "guide": None, "axis": "axial", "is_2d": False, "slices": list(range(24)),
+            "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
+                         "direction": list(geometry.direction)}, "batch_size": 4, "device": "cpu",
+            "guide_stride": "auto"}
