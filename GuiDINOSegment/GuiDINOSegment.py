@@ -9,7 +9,6 @@ the engine, the ``guidino`` package beside them (see ARCHITECTURE.md).
 
 import logging
 import os
-import pathlib
 import traceback
 from typing import Annotated
 
@@ -73,7 +72,9 @@ class GuiDINOSegmentParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     segmentName: str = "GuiDINO"
-    modelPath: pathlib.Path  # bundle folder; empty: the Logic's default ($GUIDINO_MODEL)
+    # Bundle folder; "": the Logic's default ($GUIDINO_MODEL). A str wired by hand (onModelPathChanged): Slicer's
+    # connector for a ctkPathLineEdit takes only pathlib.Path, whose empty value shows as ".".
+    modelPath: str = ""
     guideSource: str = ""  # hub id or folder overriding the guide the bundle names
     axis: Annotated[str, Choice(list(helpers.AXES))] = "axial"
     sliceMode: Annotated[str, Choice(list(helpers.SLICE_MODES))] = "all"
@@ -114,6 +115,7 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.connect("timeout()", self.onJobTimer)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
         self.ui.markReviewedButton.connect("clicked(bool)", lambda checked: self.onMarkReviewed(True))
         self.ui.unmarkReviewedButton.connect("clicked(bool)", lambda checked: self.onMarkReviewed(False))
@@ -175,11 +177,19 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = running
         self.ui.markReviewedButton.enabled = self.ui.unmarkReviewedButton.enabled = bool(
             not running and ready and p.outputSegmentation)
+        if p and self.ui.modelPathLineEdit.currentPath != p.modelPath:
+            wasBlocked = self.ui.modelPathLineEdit.blockSignals(True)
+            self.ui.modelPathLineEdit.currentPath = p.modelPath
+            self.ui.modelPathLineEdit.blockSignals(wasBlocked)
         rangeMode = bool(p and p.sliceMode == "range")
         self.ui.sliceFirstSpinBox.enabled = self.ui.sliceLastSpinBox.enabled = rangeMode
         if ready and p.inputVolume.GetImageData() is not None:
             last = helpers.sliceCountNode(p.inputVolume, p.axis) - 1
             self.ui.sliceFirstSpinBox.maximum = self.ui.sliceLastSpinBox.maximum = max(last, 0)
+
+    def onModelPathChanged(self, path):
+        if self._parameterNode and self._parameterNode.modelPath != path.strip():
+            self._parameterNode.modelPath = path.strip()
 
     # -- actions -------------------------------------------------------------------------------
     def ensureLogic(self, install=True):
@@ -201,10 +211,10 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.runButton.text = _("Cancelling...")
             self.ui.runButton.enabled = False
             return
-        if not self.ensureLogic():
-            return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("GuiDINO could not start."), waitCursor=True):
+            if not self.ensureLogic():  # an installation that fails is shown, not only logged
+                return
             if p.outputSegmentation is None:
                 segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                   f"{p.inputVolume.GetName()} GuiDINO")
@@ -250,10 +260,10 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onGuideDisplay()
 
     def onMarkReviewed(self, reviewed):
-        if not self.ensureLogic():
-            return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(waitCursor=True):
+            if not self.ensureLogic():
+                return
             segmentId = p.outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName(p.segmentName)
             if not segmentId:
                 raise ValueError(_("{segmentation} has no segment named {name!r}: run GuiDINO first, or type the "
@@ -271,12 +281,15 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onGuideDisplay(self, *unused):
         p = self._parameterNode
-        if not (p and p.inputVolume) or not self.ensureLogic(install=False):
+        if not (p and p.inputVolume):
             return
-        self.logic.setGuideOpacity(self.ui.guideOpacitySlider.value)
-        guide = self.logic.guideVolume(p.inputVolume)
-        if guide is not None:
-            self.logic.showGuideVolume(guide, self.ui.showGuideCheckBox.checked)
+        with slicer.util.tryWithErrorDisplay(_("The guide overlay could not be shown.")):
+            if not self.ensureLogic(install=False):
+                return
+            self.logic.setGuideOpacity(self.ui.guideOpacitySlider.value)
+            guide = self.logic.guideVolume(p.inputVolume)
+            if guide is not None:
+                self.logic.showGuideVolume(guide, self.ui.showGuideCheckBox.checked)
 
     # -- helpers -------------------------------------------------------------------------------
     def currentSliceIndex(self, volume, axis):

@@ -250,13 +250,16 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshLists(self, install=False):
         """Fill the versions and corrections lists from the Logic."""
         p = self._parameterNode
-        if p is None or not self.ensureLogic(install=install):
+        if p is None:
             return
-        self._refreshing = True
-        try:
-            self.fillLists(p)
-        finally:
-            self._refreshing = False
+        with slicer.util.tryWithErrorDisplay(_("GuiDINO Train could not read the corrections.")):
+            if not self.ensureLogic(install=install):  # an installation that fails is shown, not only logged
+                return
+            self._refreshing = True
+            try:
+                self.fillLists(p)
+            finally:
+                self._refreshing = False
 
     def fillLists(self, p):
         self.ui.correctionsList.clear()
@@ -302,10 +305,10 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.cancel()
             self.updateGui()
             return
-        if not self.ensureLogic():
-            return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Refine from corrections could not start."), waitCursor=True):
+            if not self.ensureLogic():
+                return
             budget = panel.timeBudgetSeconds(p.timeBudget)
             prepared = self.logic.prepareRefine(p.inputVolume, p.segmentation, p.segmentId,
                                                 train=panel.trainParts(p.trainTokenBook, p.trainNetwork, p.trainLoRA),
@@ -314,10 +317,12 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRollbackButton(self):
         bundle = self.selectedVersion()
-        if bundle is None or not self.ensureLogic():
+        if bundle is None:
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Roll back failed."), waitCursor=True):
+            if not self.ensureLogic():
+                return
             self.logic.rollback(p.inputVolume, p.segmentation, p.segmentId, bundle, resegment=False)
             message = _("Rolled back: {name} is the active model.").format(name=Path(bundle).name)
             self.startRun(panel.RefineRun(self.logic, p.inputVolume, p.segmentation, p.segmentId).resegment(bundle, message))

@@ -72,3 +72,14 @@ def test_segment_speed_times_the_parts_and_the_command(tmp_path):
     for row in result["end_to_end"]:
         assert row["volume"] == "ct.nrrd" and "6 slices" in row["cli_report"]
         assert 0 < row["peak_rss_gib"] < 8  # the child's own high-water mark
+
+
+def test_worker_speed_runs_the_slicer_path_and_the_command(tmp_path):
+    report = tmp_path / "worker.json"
+    benchmark("worker_speed.py", "--guide", "tiny", "--size", 64, "--shape", "6,40,48", "--later-jobs", 1,
+              "--json", report)
+    result = json.loads(report.read_text())
+    assert result["cli"]["slices"] == 6 and result["cli"]["ms_per_slice"] > 0
+    assert [job["worker"] for job in result["worker"]] == ["cold", "warm"]
+    for job in result["worker"]:
+        assert job["slices"] == 6 and job["seconds_run_to_written"] >= job["segmenting_seconds"] > 0

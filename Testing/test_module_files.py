@@ -122,3 +122,93 @@ def test_the_train_module_registers_refine_for_the_effect_at_startup():
     assert "helpers.registerRefineLogic(trainLogicClass)" in ast.unparse(init)
     factory = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "trainLogicClass")
     assert "from GuiDINOTrainLib import GuiDINOTrainLogic" in ast.unparse(factory)
+
+
+# -- what an old Slicer loads before GuiDINO can say it is too old --------------------------------
+STARTUP_ROOTS = [ROOT / "GuiDINOSegment" / "GuiDINOSegment.py", ROOT / "GuiDINOTrain" / "GuiDINOTrain.py",
+                 ROOT / "GuiDINOSegment" / "SegmentEditorGuiDINOLib" / "SegmentEditorEffect.py"]
+SEARCH = [ROOT / "GuiDINOSegment", ROOT / "GuiDINOTrain"]
+
+
+def _module_level_imports(path):
+    """Project files imported when ``path`` is imported (module level, not inside functions)."""
+    found = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = path.parent if node.level else None
+            for _ in range(max(node.level - 1, 0)):
+                base = base.parent
+            module = (node.module or "").split(".") if node.module else []
+            names = []
+            for alias in node.names:  # "from pkg import mod" imports pkg/mod.py
+                names.append((base, module + [alias.name]))
+                names.append((base, module))
+            for base, parts in names:
+                for root in ([base] if base else SEARCH):
+                    target = root.joinpath(*parts)
+                    for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+                        if parts and candidate.is_file():
+                            found.append(candidate)
+            continue
+        else:
+            continue
+        for name in names:
+            for root in SEARCH:
+                target = root.joinpath(*name.split("."))
+                for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+                    if candidate.is_file():
+                        found.append(candidate)
+    return found
+
+
+def _startup_files():
+    seen, todo = set(), list(STARTUP_ROOTS)
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += _module_level_imports(path)
+    return sorted(seen)
+
+
+def test_startup_files_are_found():
+    names = {p.relative_to(ROOT).as_posix() for p in _startup_files()}
+    assert {"GuiDINOSegment/GuiDINOSegmentLib/DependencyLogic.py", "GuiDINOSegment/GuiDINOSegmentLib/WidgetHelpers.py",
+            "GuiDINOTrain/GuiDINOTrainLib/TrainPanel.py", "GuiDINOSegment/guidino/training/settings.py"} <= names
+
+
+@pytest.mark.parametrize("path", _startup_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_what_slicer_loads_at_startup_runs_on_python_3_9(path):
+    """Slicer 5.8 (Python 3.9) must load the modules to tell its user that GuiDINO needs Slicer 5.10: no Python
+    3.10 syntax (``ast`` checks the grammar), no ``zip(strict=)``, no ``dataclass(slots=/kw_only=)``, no
+    ``X | Y`` annotations without ``from __future__ import annotations``."""
+    text = path.read_text()
+    tree = ast.parse(text, feature_version=(3, 9))
+    postponed = "from __future__ import annotations" in text
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            keywords = {k.arg for k in node.keywords}
+            assert not (name == "zip" and "strict" in keywords), f"{path.name}:{node.lineno} zip(strict=)"
+            assert not (name == "dataclass" and keywords & {"slots", "kw_only"}), f"{path.name}:{node.lineno}"
+        annotations = []
+        if isinstance(node, ast.AnnAssign):
+            annotations.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            annotations += [a.annotation for a in node.args.args + node.args.kwonlyargs if a.annotation]
+            annotations += [node.returns] if node.returns else []
+        for annotation in annotations:
+            union = any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(annotation))
+            assert postponed or not union, f"{path.name}:{node.lineno} uses X | Y in an annotation"
+
+
+def test_extension_icon_and_screenshot_urls_point_to_files_of_this_repository():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        urls = re.search(variable + r'\s+"([^"]+)"', text).group(1).split()
+        assert urls, variable
+        for url in urls:
+            path = url.split("/main/", 1)[1]
+            assert (ROOT / path).is_file(), f"{variable}: {path} is not in the repository"

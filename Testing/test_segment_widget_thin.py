@@ -358,6 +358,40 @@ def test_never_installs_while_testing_and_never_without_asking():
     assert deps.nextStep(blocked, testing=False) == "refuse"
 
 
+def test_too_old_a_slicer_is_told_the_minimum_before_anything_is_installed():
+    assert deps.unsupportedReason((5, 10), (3, 12, 4)) is None
+    assert deps.unsupportedReason((5, 12, 0), (3, 10)) is None
+    for slicerVersion, python in [((5, 8), (3, 9, 10)), ((5, 6), (3, 9)), ((5, 10), (3, 9))]:
+        reason = deps.unsupportedReason(slicerVersion, python)
+        assert "Slicer 5.10 or newer" in reason and "Python 3.10" in reason and "Nothing was installed" in reason
+        assert f"this is Slicer {slicerVersion[0]}.{slicerVersion[1]} with Python {python[0]}.{python[1]}" in reason
+    plan = deps.makeInstallPlan(["torch>=2.4,<2.15"], hasPyTorchUtils=True, hasPackaging=True)
+    assert deps.nextStep(plan, testing=False, unsupported="too old") == "unsupported"
+    assert deps.nextStep(deps.makeInstallPlan([], True, True), testing=False, unsupported="too old") == "unsupported"
+    source = ast.get_source_segment(*_method(MODULE / "GuiDINOSegmentLib" / "DependencyLogic.py", "DependencyLogic",
+                                             "ensureDependencies"))
+    assert source.index("unsupportedReason(") < source.index("confirmOkCancelDisplay") < source.index("self.install(")
+    assert 'return False' in source[source.index('step == "unsupported"'):source.index('step == "ready"')]
+
+
+def test_pytorch_is_installed_without_a_second_question():
+    source = ast.get_source_segment(*_method(MODULE / "GuiDINOSegmentLib" / "DependencyLogic.py", "DependencyLogic",
+                                             "install"))
+    assert "installTorch(askConfirmation=False" in source
+
+
+def test_minimum_slicer_is_stated_where_users_read_it():
+    minimum = "{}.{}".format(*deps.MINIMUM_SLICER)
+    assert f"Slicer {minimum} or newer" in (ROOT / "README.md").read_text()
+    assert f"Slicer {minimum} or newer" in (ROOT / "CMakeLists.txt").read_text()
+
+
+def _method(path, className, name):
+    text = path.read_text()
+    cls = next(n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == className)
+    return text, next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
 def test_requirements_are_the_pyproject_ranges():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for _, requirement in deps.REQUIREMENTS:
@@ -425,6 +459,36 @@ def test_gui_calls_only_what_the_logic_defines(path):
     assert not sorted(name for name in other if not hasattr(instance, name))
 
 
+def _ensureLogicCalls(path):
+    """(function name, inside a ``with slicer.util.tryWithErrorDisplay``) of each ``self.ensureLogic()`` call."""
+    calls = []
+
+    def visit(node, function, shown):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function, shown = node.name, False
+        if isinstance(node, ast.With) and any("tryWithErrorDisplay" in ast.unparse(item.context_expr)
+                                              for item in node.items):
+            shown = True
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "ensureLogic"
+                and ast.unparse(node.func.value) == "self"):
+            calls.append((function, shown))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function, shown)
+
+    visit(ast.parse(path.read_text()), None, False)
+    return calls
+
+
+@pytest.mark.parametrize("path", GUI_FILES + [ROOT / "GuiDINOTrain" / "GuiDINOTrain.py"], ids=lambda p: p.name)
+def test_a_failed_installation_reaches_the_user(path):
+    """ensureLogic installs packages: each call is inside tryWithErrorDisplay (a slot's exception only reaches the
+    console), or in the effect's ``preview``, which Slicer's auto-complete effect runs inside one (onPreview)."""
+    calls = _ensureLogicCalls(path)
+    assert calls
+    unshown = [function for function, shown in calls if not shown and function != "preview"]
+    assert not unshown, f"{path.name}: ensureLogic() called outside tryWithErrorDisplay in {unshown}"
+
+
 def test_gui_never_writes_segments_directly():
     for path in GUI_FILES:
         text = path.read_text()
@@ -449,8 +513,11 @@ def test_parameters_are_saved_and_connected_to_the_ui():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 connected[prop.find("string").text] = widget.get("class")
-    assert sorted(connected) == sorted(fields)
-    assert connected["modelPath"] == "ctkPathLineEdit"
+    assert sorted(connected) == sorted(set(fields) - {"modelPath"})  # the path field is wired by hand:
+    module = (MODULE / "GuiDINOSegment.py").read_text()
+    assert 'modelPath: str = ""' in module  # empty means "the default", never "."
+    assert 'modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)' in module
+    assert "self.ui.modelPathLineEdit.currentPath = p.modelPath" in module
     assert connected["inputVolume"] == connected["outputSegmentation"] == "qMRMLNodeComboBox"
 
 
@@ -469,6 +536,20 @@ def test_effect_is_registered_from_its_source_file():
     assert [ast.unparse(b) for b in cls.bases] == ["AbstractScriptedSegmentEditorAutoCompleteEffect"]
     assert 'scriptedEffect.name = "GuiDINO"' in ast.get_source_segment(GUI_FILES[1].read_text(), cls)
     assert (MODULE / "SegmentEditorGuiDINOLib" / "SegmentEditorEffect.png").is_file()
+
+
+def test_effect_needs_a_selected_segment_and_disconnects_its_signals():
+    text, init = _method(GUI_FILES[1], "SegmentEditorEffect", "__init__")
+    body = [ast.unparse(statement) for statement in init.body]
+    base = next(i for i, line in enumerate(body) if "AutoCompleteEffect.__init__(self, scriptedEffect)" in line)
+    # the auto-complete base class sets perSegment = False: ours must come after it
+    assert "scriptedEffect.perSegment = True" in body[base + 1:]
+    _, cleanup = _method(GUI_FILES[1], "SegmentEditorEffect", "cleanup")
+    cleanupText = ast.unparse(cleanup)
+    assert "widget.disconnect(signal, slot)" in cleanupText and "AutoCompleteEffect.cleanup(self)" in cleanupText
+    connects = [ast.unparse(node) for node in ast.walk(ast.parse(text))
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "connect"]
+    assert connects == ["widget.connect(signal, slot)"], connects  # every connection is in the list cleanup undoes
 
 
 def test_the_panel_builds_one_settings_object():

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import sys
 from dataclasses import dataclass
 
 # (import name, pip requirement): the ranges of pyproject.toml (a test keeps them equal).
@@ -27,6 +28,23 @@ REQUIREMENTS = (
 BUNDLED_WITH_SLICER = ("SimpleITK",)
 TORCH = "torch"
 REQUESTER = "GuiDINO"
+# transformers 5 needs Python 3.10; Slicer 5.8 ships Python 3.9, Slicer 5.10 Python 3.12.
+MINIMUM_PYTHON = (3, 10)
+MINIMUM_SLICER = (5, 10)
+
+
+def unsupportedReason(slicerVersion, pythonVersion):
+    """Why GuiDINO cannot run in this Slicer (None when it can), said before anything is downloaded.
+
+    ``slicerVersion`` and ``pythonVersion`` are (major, minor, ...) tuples.
+    """
+    slicer, python = tuple(slicerVersion[:2]), tuple(pythonVersion[:2])
+    if slicer >= MINIMUM_SLICER and python >= MINIMUM_PYTHON:
+        return None
+    return (f"GuiDINO needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or newer (with Python "
+            f"{MINIMUM_PYTHON[0]}.{MINIMUM_PYTHON[1]} or newer, which its packages need); this is Slicer "
+            f"{slicer[0]}.{slicer[1]} with Python {python[0]}.{python[1]}. Install a current Slicer release from "
+            "download.slicer.org. Nothing was installed.")
 
 
 def isImportable(name):
@@ -133,8 +151,11 @@ def makeInstallPlan(missing, hasPyTorchUtils, hasPackaging):
     )
 
 
-def nextStep(plan, testing):
-    """What the GUI does: 'ready', 'refuse' (not installable here), 'skip' (testing: never install), 'ask'."""
+def nextStep(plan, testing, unsupported=None):
+    """What the GUI does: 'unsupported' (this Slicer is too old: say so, install nothing), 'ready', 'refuse'
+    (not installable here), 'skip' (testing: never install), 'ask'."""
+    if unsupported:
+        return "unsupported"
     if plan.empty:
         return "ready"
     if plan.notInstallable:
@@ -169,7 +190,11 @@ class DependencyLogic:
         import slicer
 
         plan = self.plan()
-        step = nextStep(plan, slicer.app.testingEnabled())
+        unsupported = unsupportedReason((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info)
+        step = nextStep(plan, slicer.app.testingEnabled(), unsupported)
+        if step == "unsupported":
+            slicer.util.errorDisplay(unsupported, windowTitle=f"{REQUESTER} - Slicer version", parent=parent)
+            return False
         if step == "ready":
             return True
         if step == "refuse":
@@ -198,7 +223,8 @@ class DependencyLogic:
             if plan.torchInstaller == "PyTorchUtils":
                 import PyTorchUtils
 
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
+                # The user agreed in our dialog already: the extension must not ask a second time.
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
                                                                  torchVersionRequirement=specifier) is None:
                     raise RuntimeError("PyTorch was not installed: GuiDINO cannot run without it.")
             else:

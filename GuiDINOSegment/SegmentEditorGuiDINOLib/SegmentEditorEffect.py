@@ -31,10 +31,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
 
     def __init__(self, scriptedEffect):
         AbstractScriptedSegmentEditorAutoCompleteEffect.__init__(self, scriptedEffect)
+        scriptedEffect.perSegment = True  # it fills the selected segment: disabled while none is selected
         scriptedEffect.name = "GuiDINO"  # modules find effects by name: not translated
         scriptedEffect.title = "GuiDINO"
         self.logic = None  # GuiDINOSegmentLogic, created on first preview (it imports torch)
+        self._connections = []  # (widget, signal, slot) made in setupOptionsFrame, undone by cleanup
         self._previewed = None  # (SegmentationJob, prediction) of the preview
+
+    def cleanup(self):
+        """Disconnect this effect's signals, so that Slicer can delete it (Slicer issue 7392)."""
+        for widget, signal, slot in self._connections:
+            widget.disconnect(signal, slot)
+        self._connections = []
+        AbstractScriptedSegmentEditorAutoCompleteEffect.cleanup(self)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -90,11 +99,13 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
 
         AbstractScriptedSegmentEditorAutoCompleteEffect.setupOptionsFrame(self)  # Initialize, opacity, Cancel, Apply
 
-        self.modelPathEdit.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
-        self.axisComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.scopeComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.showGuideCheckBox.connect("toggled(bool)", self.onShowGuide)
-        self.refineButton.connect("clicked()", self.onRefine)
+        self._connections = [(self.modelPathEdit, "currentPathChanged(QString)", self.updateMRMLFromGUI),
+                             (self.axisComboBox, "currentIndexChanged(int)", self.updateMRMLFromGUI),
+                             (self.scopeComboBox, "currentIndexChanged(int)", self.updateMRMLFromGUI),
+                             (self.showGuideCheckBox, "toggled(bool)", self.onShowGuide),
+                             (self.refineButton, "clicked()", self.onRefine)]
+        for widget, signal, slot in self._connections:
+            widget.connect(signal, slot)
         self.refineButton.enabled = False  # checked on activation: importing the Train logic imports torch
         self.refineButton.toolTip = helpers.REFINE_UNAVAILABLE_TOOLTIP
 

@@ -10,7 +10,6 @@ them while testing); they are skipped otherwise.
 """
 
 import os
-import pathlib
 import time
 import unittest
 
@@ -116,7 +115,7 @@ class GuiDINOSegmentAppTest(unittest.TestCase):
         volume = makeVolume()
         widget = self.widget(volume)
         parameters = widget._parameterNode
-        parameters.modelPath = pathlib.Path(MODEL)
+        parameters.modelPath = str(MODEL)
         parameters.outputSegmentation = None  # Run creates one
         widget.onRunButton()
         self.assertEqual(widget.ui.runButton.text, "Cancel", "Run should return at once and run in the background")
@@ -132,7 +131,7 @@ class GuiDINOSegmentAppTest(unittest.TestCase):
     def test_cancel_keeps_the_gui_responsive(self):
         self.requireModel()
         widget = self.widget(makeVolume())
-        widget._parameterNode.modelPath = pathlib.Path(MODEL)
+        widget._parameterNode.modelPath = str(MODEL)
         widget.onRunButton()
         widget.onRunButton()  # Cancel
         self.assertEqual(widget.ui.runButton.text, "Cancelling...")
@@ -145,7 +144,7 @@ class GuiDINOSegmentAppTest(unittest.TestCase):
         volume = makeVolume()
         widget = self.widget(volume)
         parameters = widget._parameterNode
-        parameters.modelPath = pathlib.Path(MODEL)
+        parameters.modelPath = str(MODEL)
         widget.onRunButton()
         processEventsUntil(lambda: widget._job is None)
         segmentation = parameters.outputSegmentation
