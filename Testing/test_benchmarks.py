@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import synthetic_volume
@@ -44,20 +45,28 @@ def test_kvasir_table_trains_scores_labels_the_untrained_guide_and_resumes(tmp_p
     assert json.loads(table_json.read_text())["rows"] == rows
 
 
-def test_interactive_curve_runs_the_simulated_user(tmp_path, tiny_guide_dir):
+def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, tiny_guide_dir):
     image, labels = synthetic_volume()
     sitk.WriteImage(image, str(tmp_path / "brain1_image.nrrd"))
     sitk.WriteImage(labels, str(tmp_path / "brain1_label.nrrd"))
     out, table = tmp_path / "curve", tmp_path / "curve.md"
     benchmark("interactive.py", "--data", tmp_path, "--guide", tiny_guide_dir, "--out", out, "--cases", "brain1",
-              "--rounds", 2, "--device", "cpu", "--markdown", table,
+              "--rounds", 2, "--spread", "3", "--runs", 2, "--device", "cpu", "--markdown", table,
               "--simulate-options", "--steps 3 --time-budget 0 --size 64 --widths 8,16,32,64,128")
-    summary = json.loads((out / "brain1.json").read_text())
+    summary = json.loads((out / "brain1-robot2.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert [len(r["corrected_slices"]) for r in summary["rounds"]] == [1, 2]
+    spread = [json.loads((out / f"brain1-spread3-run{n}.json").read_text()) for n in (1, 2)]
+    assert spread[0]["slices"] == spread[1]["slices"] == [3, 6, 9] and spread[0]["steps"] == 3
     text = table.read_text()
-    assert text.startswith("**brain1** **[UNTRAINED GUIDE]**")
-    assert text.count("\n| 1 | 1 | ") == 1 and text.count("\n| 2 | 2 | ") == 1
+    row = next(line for line in text.splitlines() if line.startswith("| brain1 **[UNTRAINED GUIDE]** | 3 (3, 6, 9) |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    truth = sitk.GetArrayFromImage(labels) > 0
+    drawn = np.zeros_like(truth)
+    drawn[[3, 6, 9]] = truth[[3, 6, 9]]
+    assert cells[5] == f"{2 * (drawn & truth).sum() / (drawn.sum() + truth.sum()):.3f}"  # do nothing, whole volume
+    assert "**brain1**, robot user **[UNTRAINED GUIDE]**" in text and "\n| 2 | 2 | 3 | " in text
+    assert "- K = 3: GuiDINO " in text
 
 
 def test_segment_speed_times_the_parts_and_the_command(tmp_path):
@@ -83,3 +92,20 @@ def test_worker_speed_runs_the_slicer_path_and_the_command(tmp_path):
     assert [job["worker"] for job in result["worker"]] == ["cold", "warm"]
     for job in result["worker"]:
         assert job["slices"] == 6 and job["seconds_run_to_written"] >= job["segmenting_seconds"] > 0
+
+
+def test_fill_between_slices_peer_is_slicers_interpolator():
+    sys.path.insert(0, str(BENCHMARKS))
+    from peers import do_nothing, fill_between_slices
+
+    truth = np.zeros((12, 30, 30), np.uint8)
+    for k in range(2, 11):  # a cone: the square shrinks from slice 2 to slice 10
+        half = 11 - k
+        truth[k, 15 - half:15 + half, 15 - half:15 + half] = 1
+    filled = fill_between_slices(truth, [2, 6, 9], 0)
+    assert filled.shape == truth.shape and filled[[2, 6, 9]].tolist() == truth[[2, 6, 9]].tolist()
+    sizes = filled.reshape(12, -1).sum(axis=1)
+    assert all(sizes[k] > 0 for k in range(2, 10))  # every slice between is filled ...
+    assert list(sizes[2:10]) == sorted(sizes[2:10], reverse=True)  # ... shrinking as the cone does
+    assert sizes[0] == sizes[1] == sizes[10] == sizes[11] == 0  # nothing outside the labelled range, as in Slicer
+    assert do_nothing(truth, [2, 6], 0).reshape(12, -1).sum(axis=1).nonzero()[0].tolist() == [2, 6]

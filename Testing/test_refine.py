@@ -41,8 +41,10 @@ def test_no_or_useless_corrections_are_refused(volume, tiny_guide_dir):
 
 def test_each_refine_is_a_new_version_with_its_parent(volume, tiny_guide_dir, tmp_path):
     image, labels = volume
-    first = refine_model(image, labels, [4, 6, 8], guide=str(tiny_guide_dir), settings=_settings())
-    assert first.held_out == 6 and first.steps > 0 and first.val_dice is not None
+    first = refine_model(image, labels, [3, 4, 6, 8, 9], guide=str(tiny_guide_dir), settings=_settings())
+    # five slices: one kept aside, not the largest (6) nor an end; the nearest the middle of the rest
+    assert first.held_out == 4 and first.steps > 0 and first.val_dice is not None
+    assert refine_model(image, labels, [4, 6, 8], guide=str(tiny_guide_dir), settings=_settings(steps=2)).held_out is None
     v1 = save_refined(first, next_version_path(tmp_path, "volume"), volume="volume.nrrd")
     assert v1.name == "volume-v001"
 

@@ -126,7 +126,7 @@ def test_few_shot_from_nothing(headless_slicer, tmp_path, tiny_guide_dir):
     logic = GuiDINOTrainLogic(segment_logic, modelsFolder=tmp_path / "models")
     segment_logic.markSliceReviewed(segmentation, segment_id, 6)
     result = logic.refineFromCorrections(volume, segmentation, segment_id,
-                                         settings=_settings(steps=40, new_model=dict(LIGHT)))
+                                         settings=_settings(steps=120, new_model=dict(LIGHT)))
     assert read_bundle_config(result.bundle)["provenance"]["parent"] is None
     segmented = _segment(volume, segmentation, segment_id)
     np.testing.assert_array_equal(segmented[6], truth[6])

@@ -174,7 +174,7 @@ def _refine(args):
 def _simulate(args):
     from .imageio import read_image, read_labels
 
-    from .training.refine import load_starting_model, simulate
+    from .training.refine import load_starting_model, simulate, spread_protocol
 
     check_outputs({"--json": args.json}, inputs=[args.volume, args.label], kept=_model_folders(args.model, args.guide))
     settings = _refine_settings(args)
@@ -188,8 +188,17 @@ def _simulate(args):
               f"dice_unreviewed {unreviewed} refine {entry['refine_seconds']:.1f} s "
               f"segment {entry['segment_seconds']:.1f} s", flush=True)
 
-    summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
-                       settings=settings, device=args.device, progress=report)
+    if args.spread is not None:
+        if model is not None:
+            raise InputError("--spread starts a new model from the spread slices: drop --model")
+        summary = spread_protocol(image, truth, args.spread, guide=args.guide, axis=args.axis, settings=settings,
+                                  device=args.device)
+        print(f"spread {summary['slices']}: dice_not_labelled {summary['dice_not_labelled']:.4f} "
+              f"dice_all {summary['dice_all']:.4f} refine {summary['refine_seconds']:.1f} s "
+              f"segment {summary['segment_seconds']:.1f} s ({summary['steps']} steps)", flush=True)
+    else:
+        summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
+                           settings=settings, device=args.device, progress=report)
     if _label_untrained_guide(summary, summary["guide_pretrained"]):
         print(f"[{summary['warning']}]")
     _write_json(args.json, summary)
@@ -240,7 +249,7 @@ GUIDE_STRIDE = _checked(_auto_or_count, "guide stride", hint=" (1 = the guide on
 def build_parser():
     from .model import ModelConfig
     from .networks import NETWORKS
-    from .training.settings import RefineSettings
+    from .training.settings import DEFAULT_NEW_MODEL, RefineSettings
 
     parser = argparse.ArgumentParser(prog="guidino", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -320,7 +329,12 @@ def build_parser():
         else:
             cmd.add_argument("--label", required=True, help="the true label volume the robot corrects from")
             cmd.add_argument("--model", default=None, help="starting bundle (default: start from nothing)")
-            cmd.add_argument("--rounds", type=_checked(whole_number, "rounds"), required=True)
+            protocol = cmd.add_mutually_exclusive_group(required=True)
+            protocol.add_argument("--rounds", type=_checked(whole_number, "rounds"),
+                                  help="robot user: correct the worst slice, refine, re-segment, this many times")
+            protocol.add_argument("--spread", type=_checked(whole_number, "spread"),
+                                  help="spread protocol: label this many slices evenly spaced over the structure, "
+                                       "refine a new model once, segment the rest")
             cmd.add_argument("--json", default=None)
         cmd.add_argument("--axis", choices=AXES, default="axial")
         cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")
@@ -329,8 +343,9 @@ def build_parser():
         cmd.add_argument("--time-budget", type=_checked(seconds, "time budget"), default=RefineSettings.time_budget,
                          help=f"seconds of training per refine (default {RefineSettings.time_budget:g}; 0: no limit, "
                               "train all --steps)")
-        cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32), default=ModelConfig.input_size,
-                         help="input size of a model started from nothing")
+        cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32),
+                         default=DEFAULT_NEW_MODEL["input_size"],
+                         help="input size of a model started from nothing (it sees crops around the corrections)")
         cmd.add_argument("--widths", type=_whole_numbers("widths"), default=None, help="network widths of a model started from nothing")
         cmd.add_argument("--guide", default=None)
         cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -94,14 +94,16 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
     ``guide_stride``: run the guide on every n-th slice and interpolate it between (``"auto"``:
     from the slice spacing, see ``VolumeSlicer.auto_guide_stride``); 1 runs it on every slice.
     ``batch_size``: slices per batch (``"auto"``: see ``AUTO_BATCH_SIZE``). Memory stays bounded:
-    only one batch of slices is on the device at a time.
+    only one batch of slices is on the device at a time. A model with a ``region`` (refined from a few
+    corrected slices) runs only on its box and slice range; the other slices asked for are processed as empty.
     """
     start = time.perf_counter()
     device = resolve_device(device)
     batch_size = resolve_batch_size(batch_size, device)
     model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     slicer = VolumeSlicer(image, axis, model.config)
-    todo = slicer.check_indices(slices)
+    asked = slicer.check_indices(slices)
+    todo = asked[slicer.inside(asked)]  # a model with a region holds nothing outside its slices: those stay empty
     stride = resolve_guide_stride(model, slicer, guide_stride)
     sparse_guide = SparseGuide(model, slicer, stride, batch_size, device, todo) if stride > 1 else None
     grid = image.voxels.shape[:3]
@@ -109,6 +111,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
     probability = np.zeros(grid, np.float32)
     guide = np.zeros(grid, np.float32) if model.tokenbook is not None else None
     processed = np.zeros(slicer.count, bool)
+    processed[asked[~slicer.inside(asked)]] = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     cancelled = False
     for first in range(0, len(todo), batch_size):
@@ -130,7 +133,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
             slicer.put(guide, slicer.restore(guide_map)[:, 0], index)
         processed[index] = True
         if progress is not None:
-            progress(int(processed.sum()), len(todo))
+            progress(int(processed[asked].sum()), len(asked))
     return SegmentationResult(labels, probability, guide, image.geometry, image.is_2d, slicer.axis, processed,
                               time.perf_counter() - start, cancelled, stride)
 

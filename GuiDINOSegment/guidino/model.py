@@ -1,5 +1,6 @@
 """GuiDINOModel: frozen guide + TokenBook + gated segmentation network, configured by ModelConfig."""
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple, Optional
@@ -28,6 +29,9 @@ class ModelConfig:
     lora_alpha: int = 16
     segdino_layers: Optional[list] = None  # None: four evenly spaced blocks ending at the last
     normalization: dict = field(default_factory=lambda: {"mode": "percentile", "low": 0.5, "high": 99.5})
+    # Where a model refined from a few corrected slices looks (``guidino.corrections.evidence_region``): it
+    # trained on crops of that box and segments only there (None: whole slices, any volume).
+    region: Optional[dict] = None
 
     def __post_init__(self):
         spec = network_spec(self.network)
@@ -72,6 +76,16 @@ class GuiDINOModel(nn.Module):
         self.network = spec.build(config, self.guide)
         self.layers = spec.guide_layers(config, self.guide)  # the guide blocks SegDINO reads; None: final tokens
         self.tokenbook = TokenBook(guide.embed_dim, config.num_prototypes) if spec.tokenbook and self.guide is not None else None
+
+    def set_output_prior(self, foreground):
+        """Start a binary model's output at foreground probability ``foreground`` everywhere (the bias of the
+        layers that produce the logits), so that a new model is quiet where it has learned nothing yet."""
+        if self.config.out_channels != 1:
+            return
+        foreground = min(max(float(foreground), 1e-4), 1 - 1e-4)
+        with torch.no_grad():
+            for layer in self.network.output_layers():
+                layer.bias.fill_(math.log(foreground / (1 - foreground)))
 
     @property
     def guide_is_trainable(self):

@@ -161,6 +161,10 @@ class UNet(_GatedEncoderDecoder):
         )
         self.head = nn.Conv2d(w[0], out_channels, 1)
 
+    def output_layers(self):
+        """The convolutions that produce the logits (``set_output_prior`` sets their bias)."""
+        return [self.head]
+
     def forward(self, x, guide=None):
         self._check_inputs(x, guide)
         return self.head(self.decoder(self.encode(x, guide))[0])
@@ -240,6 +244,9 @@ class WNet(_GatedEncoderDecoder):
         n_heads = min(MAX_DEEP_SUPERVISION_SCALES, len(w))
         self.heads = nn.ModuleList(nn.Conv2d(w[i], out_channels, 1) for i in range(n_heads))
 
+    def output_layers(self):
+        return list(self.heads)
+
     def forward(self, x, guide=None):
         self._check_inputs(x, guide)
         lateral = [fuse(g) for fuse, g in zip(self.fuse, self.global_branch(x))]
@@ -276,6 +283,9 @@ class SegDINOHead(nn.Module):
         self.proj = nn.ModuleList(conv_norm_act(embed_dim, hidden, _ReLU, kernel_size=1) for _ in range(num_layers))
         self.fuse = conv_norm_act(num_layers * hidden, hidden, _ReLU)
         self.classifier = nn.Conv2d(hidden, out_channels, 1)
+
+    def output_layers(self):
+        return [self.classifier]
 
     def forward(self, grids, out_size):
         if len(grids) != self.num_layers:

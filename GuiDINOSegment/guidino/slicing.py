@@ -67,7 +67,9 @@ class VolumeSlicer:
     """Cuts a volume into model-ready slices along one axis and puts per-slice results back.
 
     Training, inference and refinement all go through it, so they see identical preprocessing:
-    per-volume intensity normalisation, physical-aspect letterboxing to the model size.
+    per-volume intensity normalisation, physical-aspect letterboxing to the model size. A model with
+    a ``region`` (refined from a few corrected slices) sees only that box of each slice, and only the
+    slices of its range hold anything (``inside``).
     """
 
     def __init__(self, image, axis, config):
@@ -78,11 +80,32 @@ class VolumeSlicer:
         self.axis = image_slice_axis(image, axis)
         self.axis_name = axis
         self.count = image.voxels.shape[self.axis]
-        self.shape = tuple(np.delete(image.voxels.shape[:3], self.axis))
+        plane = tuple(np.delete(image.voxels.shape[:3], self.axis))
+        self.box = self._box(config.region, image.voxels.shape[:3], plane)
+        self.shape = (self.box[0].stop - self.box[0].start, self.box[1].stop - self.box[1].start)
         spacing = np.asarray(image.geometry.spacing[::-1], dtype=float)  # numpy axis order
         self.slice_spacing = float(spacing[self.axis])
         self.pixel_spacing = tuple(np.delete(spacing, self.axis))
         self.fitted = letterbox_size(self.shape, self.pixel_spacing, config.input_size)
+        self.normalize = IntensityNormalizer(config.normalization, image.voxels)
+
+    def _box(self, region, grid, plane):
+        """(row slice, column slice) of each slice the model sees: the whole slice, or its region's box."""
+        if region is None:
+            self.range = (0, self.count - 1)
+            return slice(0, plane[0]), slice(0, plane[1])
+        if tuple(region["grid"]) != tuple(grid) or region["array_axis"] != self.axis:
+            raise InputError(f"this model was refined from corrected slices of one volume ({region['axis']} slices of "
+                             f"a {'x'.join(map(str, region['grid']))} grid) and segments only that volume along that "
+                             f"axis; this is a {'x'.join(map(str, grid))} grid cut along {self.axis_name}: refine a "
+                             "model from this volume's corrections, or use a model trained on whole slices")
+        self.range = tuple(region["slices"])
+        return slice(*region["rows"]), slice(*region["cols"])
+
+    def inside(self, index):
+        """Which of slices ``index`` lie in the model's slice range (all of them without a region)."""
+        index = np.asarray(index)
+        return (index >= self.range[0]) & (index <= self.range[1])
         self.normalize = IntensityNormalizer(config.normalization, image.voxels)
 
     def auto_guide_stride(self, patch_size):
@@ -101,7 +124,8 @@ class VolumeSlicer:
 
     def take(self, voxels, index):
         """Slices ``index`` of a (D, H, W[, C]) array along the axis, as a (B, h, w[, C]) tensor."""
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.take(voxels, index, axis=self.axis), self.axis, 0)))
+        cut = np.moveaxis(np.take(voxels, index, axis=self.axis), self.axis, 0)[:, self.box[0], self.box[1]]
+        return torch.from_numpy(np.ascontiguousarray(cut))
 
     def images(self, index, device="cpu"):
         """(B, C, S, S) model input in [0, 1] for slices ``index``."""
@@ -117,10 +141,10 @@ class VolumeSlicer:
         return labels_to_model_input(self.take(label_voxels, index).long(), self.fitted, self.config.input_size)
 
     def restore(self, maps):
-        """(B, C, S, S) model-size maps back to (B, C, h, w) at the slice's native shape."""
+        """(B, C, S, S) model-size maps back to (B, C, h, w) at the native shape of the slice (or its box)."""
         return from_model_output(maps, self.fitted, self.shape)
 
     def put(self, volume, values, index):
-        """Write (B, h, w) values into ``volume`` (D, H, W) at slices ``index``."""
+        """Write (B, h, w) values into ``volume`` (D, H, W) at slices ``index`` (into the box with a region)."""
         values = values.cpu().numpy() if values.dtype == torch.uint8 else values.float().cpu().numpy()
-        np.moveaxis(volume, self.axis, 0)[index] = values.astype(volume.dtype, copy=False)
+        np.moveaxis(volume, self.axis, 0)[index, self.box[0], self.box[1]] = values.astype(volume.dtype, copy=False)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..arguments import slice_indices
 from ..bundle import BundleExistsError, build_model, load_bundle, read_bundle_config, save_bundle
+from ..corrections import connected_to_corrections, evidence_region
 from ..errors import BundleError, InputError
 from ..guides import load_guide
 from ..imageio import image_slice_axis
@@ -32,7 +33,7 @@ from .trainer import learned_state, seed_tokenbook, train
 class RefineResult:
     model: object  # the refined GuiDINOModel (None when a cancelled round was discarded)
     slices: list
-    held_out: Optional[int]  # the corrected slice used for early stopping, when there were three or more
+    held_out: Optional[int]  # the corrected slice kept aside for early stopping (``held_out_slice``)
     steps: int
     seconds: float
     val_dice: Optional[float]
@@ -58,8 +59,10 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
                  cancel=None):
     """Fine-tune ``model`` (a GuiDINOModel, or None to start a new one from ``guide``) on slices ``slices``.
 
-    ``labels``: the user's label volume (only the listed slices are read). With three or more
-    corrected slices one is held out for early stopping. The input model is not modified.
+    ``labels``: the user's label volume (only the listed slices are read). With ``HOLD_OUT_FROM`` or more
+    corrected slices one is held out for early stopping (``held_out_slice``). A new model learns and
+    segments only the evidence region of the corrections (``guidino.corrections``), starting quiet.
+    The input model is not modified.
     """
     settings = settings or RefineSettings()
     start = time.perf_counter()
@@ -71,10 +74,12 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     fresh = model is None
     corrections_check(labels, slices, axis_index, fresh)
     parts = settings.parts()
+    region = evidence_region(labels, slices, axis_index, axis, image.geometry.spacing[::-1])
     seed_everything(settings.seed)  # before anything random is built (a new model, LoRA adapters)
     if fresh:
         guide_model = load_guide(guide)
-        config = {"in_channels": image.channels, "guided": guide_model is not None, **settings.new_model}
+        config = {"in_channels": image.channels, "guided": guide_model is not None, "region": region,
+                  **settings.new_model}
         if "lora" in parts and guide_model is None:
             raise InputError("LoRA adapts the guide, and there is none (--guide none): give a guide, or drop --lora")
         model = build_model(ModelConfig(**config), guide_model)
@@ -82,15 +87,18 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
         if "lora" in parts and model.guide is None:
             raise InputError("LoRA adapts the guide, and this model has none: refine without LoRA")
         model = copy.deepcopy(model)
+        if model.config.region is not None and region is not None:
+            model.config.region = region  # a model made from corrections follows them as they grow
     if "lora" in parts and not has_lora(model.guide):
         add_lora(model.guide, rank=8)
         model.config.lora_rank = 8
     data = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
-    held_out = slices[len(slices) // 2] if len(slices) >= 3 else None
+    held_out = held_out_slice(labels, slices, axis_index)
     train_index = [i for i, s in enumerate(slices) if s != held_out]
     train_set = data.subset(train_index)
     val_set = data.subset([slices.index(held_out)]) if held_out is not None else None
     if fresh:
+        model.set_output_prior(float((train_set.labels > 0).float().mean()))  # quiet where it has learned nothing
         seed_tokenbook(model, train_set)
     before = learned_state(model)
     config = settings.train_config(batch_size=min(settings.batch_size, max(1, len(train_set))),
@@ -103,6 +111,22 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
         kept = None
     return RefineResult(kept, slices, held_out, result.steps, time.perf_counter() - start, result.best_val_dice,
                         result.stopped, settings=asdict(settings))
+
+
+HOLD_OUT_FROM = 5  # corrected slices needed before one is kept aside for early stopping
+
+
+def held_out_slice(labels, slices, axis_index):
+    """The corrected slice kept aside for early stopping, or None: with fewer than ``HOLD_OUT_FROM`` slices
+    every one is needed for training. Never the first or the last (they bound the structure), nor the one
+    with the most structure, nor one without it; the one nearest the middle of the list among the rest."""
+    if len(slices) < HOLD_OUT_FROM:
+        return None
+    area = {s: int(np.count_nonzero(np.take(labels, s, axis=axis_index))) for s in slices}
+    largest = max(slices, key=lambda s: area[s])
+    candidates = [s for s in slices[1:-1] if s != largest and area[s] > 0]
+    middle = slices[len(slices) // 2]
+    return min(candidates, key=lambda s: (abs(s - middle), s)) if candidates else None
 
 
 def next_version_path(folder, stem):
@@ -181,8 +205,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
         model = refined.model
         todo = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
         seg = segment_volume(model, image, axis=axis, slices=todo, device=device)
-        current = seg.labels.copy()
-        np.moveaxis(current, axis_index, 0)[reviewed] = truth_slices[reviewed]
+        current = _with_corrections(seg.labels, truth, reviewed, axis_index)
         predicted_unreviewed = np.moveaxis(current, axis_index, 0)[todo]
         entry = {"round": number, "corrected_slices": sorted(reviewed),
                  "dice_all": dice_score(current, truth),
@@ -194,6 +217,44 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
             progress(entry)
     guide = None if model is None else model.guide
     return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained)}
+
+
+def _with_corrections(predicted, truth, corrected, axis_index):
+    """What the user's segmentation holds after a round: the corrected slices as drawn, elsewhere the prediction
+    that connects to them (``connected_to_corrections``)."""
+    current = connected_to_corrections(predicted, truth, corrected, axis_index)
+    np.moveaxis(current, axis_index, 0)[corrected] = np.moveaxis(truth, axis_index, 0)[corrected]
+    return current
+
+
+def spread_slices(truth, axis_index, count):
+    """``count`` slices evenly spaced from the first to the last slice holding the structure (fewer when it
+    spans fewer slices)."""
+    holding = np.flatnonzero(np.moveaxis(np.asarray(truth) > 0, axis_index, 0).reshape(truth.shape[axis_index], -1)
+                             .any(axis=1))
+    if holding.size == 0:
+        raise InputError("the label volume is empty: there is no structure to spread slices over")
+    return sorted({int(round(v)) for v in np.linspace(holding[0], holding[-1], count)})
+
+
+def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto"):
+    """The spread protocol: ``count`` slices evenly spaced over the structure are labelled, a new model is refined
+    from them once, and the other slices are segmented. Dice on the slices not labelled (false positives anywhere
+    count) and over the whole volume (the labelled slices hold the truth)."""
+    settings = settings or RefineSettings(device=device)
+    truth = (np.asarray(truth) > 0).astype(np.uint8)
+    axis_index = image_slice_axis(image, axis)
+    slices = spread_slices(truth, axis_index, count)
+    refined = refine_model(image, truth, slices, guide=guide, axis=axis, settings=settings)
+    rest = [k for k in range(truth.shape[axis_index]) if k not in slices]
+    seg = segment_volume(refined.model, image, axis=axis, slices=rest, device=device)
+    current = _with_corrections(seg.labels, truth, slices, axis_index)
+    moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
+    return {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
+            "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]), "dice_all": dice_score(current, truth),
+            "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
+            "region": refined.model.config.region,
+            "guide_pretrained": None if refined.model.guide is None else bool(refined.model.guide.pretrained)}
 
 
 def load_starting_model(bundle, guide=None, device="cpu"):

@@ -1,0 +1,72 @@
+"""What a few corrected slices say about where the structure can be: the evidence region.
+
+A model refined from nothing on a few corrected slices has seen the structure only there. It trains
+on crops of a box around what the user labelled and segments only that box, on the slices near the
+labelled ones (``ModelConfig.region``; ``VolumeSlicer`` applies it). A small lesion then fills the
+model's input instead of a few pixels of a whole letterboxed slice, each training step costs less,
+and there is nothing to be wrong about far from the evidence. Corrected slices without the structure
+bound the region: the structure is not beyond them.
+"""
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+
+PLANE_MARGIN = 0.5  # the box grows by this fraction of the labelled extent on each side ...
+MIN_PLANE_MARGIN = 8  # ... and by at least this many pixels
+
+
+def evidence_region(labels, slices, array_axis, axis_name, spacing):
+    """The box and slice range a model refined from ``slices`` may segment, as ``ModelConfig.region``.
+
+    ``labels``: the label volume in the image's array order (only ``slices`` along ``array_axis`` are
+    read); ``spacing``: voxel spacing in the same order (mm). In the slice plane: the bounding box of the
+    structure over all corrected slices, grown by ``PLANE_MARGIN`` of its size (at least
+    ``MIN_PLANE_MARGIN`` pixels). Through the volume: from the first to the last corrected slice holding
+    the structure, extended on each side by the structure's largest radius (in slices), but never past a
+    corrected slice without it. None when no corrected slice holds the structure.
+    """
+    moved = np.moveaxis(np.asarray(labels) > 0, array_axis, 0)
+    slices = sorted(int(s) for s in slices)
+    if not slices:
+        raise InputError("an evidence region needs at least one corrected slice")
+    holding = [s for s in slices if moved[s].any()]
+    if not holding:
+        return None
+    union = np.any(moved[holding], axis=0)
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    plane = moved.shape[1:]
+    box = []
+    for found, size in ((rows, plane[0]), (cols, plane[1])):
+        extent = found[-1] - found[0] + 1
+        margin = max(MIN_PLANE_MARGIN, int(math.ceil(PLANE_MARGIN * extent)))
+        box.append([int(max(0, found[0] - margin)), int(min(size, found[-1] + 1 + margin))])
+    plane_spacing = [s for a, s in enumerate(spacing) if a != array_axis]
+    largest = max(int(moved[s].sum()) for s in holding) * plane_spacing[0] * plane_spacing[1]
+    reach = int(math.ceil(math.sqrt(largest / math.pi) / float(spacing[array_axis])))
+    empty = [s for s in slices if s not in holding]
+    first = max([holding[0] - reach] + [s + 1 for s in empty if s < holding[0]] + [0])
+    last = min([holding[-1] + reach] + [s - 1 for s in empty if s > holding[-1]] + [moved.shape[0] - 1])
+    return {"axis": axis_name, "array_axis": int(array_axis), "grid": [int(n) for n in np.shape(labels)[:3]],
+            "slices": [int(first), int(last)], "rows": box[0], "cols": box[1]}
+
+
+def connected_to_corrections(predicted, labels, slices, array_axis):
+    """``predicted`` (a label volume) without the parts that touch nothing the user labelled.
+
+    The corrected slices (``slices`` along ``array_axis`` of ``labels``) are put in; what is left of the
+    prediction are its 3D connected pieces (26-connectivity) that reach the structure on a corrected slice.
+    A piece of prediction no corrected slice connects to has no evidence behind it.
+    """
+    from scipy import ndimage
+
+    moved_labels = np.moveaxis(np.asarray(labels) > 0, array_axis, 0)
+    corrected = np.zeros(moved_labels.shape, bool)
+    corrected[list(slices)] = moved_labels[list(slices)]
+    joined = np.moveaxis(np.asarray(predicted) > 0, array_axis, 0) | corrected
+    pieces, _ = ndimage.label(joined, structure=np.ones((3, 3, 3), bool))
+    reached = np.unique(pieces[corrected])
+    keep = np.isin(pieces, reached[reached > 0])
+    return np.where(np.moveaxis(keep, 0, array_axis), predicted, 0).astype(np.asarray(predicted).dtype)

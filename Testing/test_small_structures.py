@@ -1,0 +1,111 @@
+"""Refine from a few corrected slices finds a small structure and stays quiet where it has no evidence (issue 13).
+
+Deterministic (fixed seed, a step count instead of a time budget): a small 3D blob (well under 1 % of
+the voxels, on a few slices) in textured noise, refined from nothing on 3 spread slices.
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from guidino.corrections import connected_to_corrections, evidence_region
+from guidino.geometry import Geometry
+from guidino.imageio import ImageData
+from guidino.inference import segment_volume
+from guidino.metrics import dice_score
+from guidino.training.refine import refine_model
+from guidino.training.settings import RefineSettings
+
+SHAPE = (24, 96, 96)
+SPACING = (0.8, 0.8, 2.0)  # x, y, z (mm)
+
+
+def _blob_volume(seed=0, centre=(12, 40, 58), radii=(3.2, 6.5, 7.5)):
+    """Textured noise with a brighter ellipsoid: (ImageData, truth)."""
+    rng = np.random.default_rng(seed)
+    texture = ndimage.gaussian_filter(rng.normal(size=SHAPE), (0.5, 2.0, 2.0))
+    texture = 100 + 200 * texture / texture.std()
+    z, y, x = np.indices(SHAPE)
+    truth = (((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
+             + ((x - centre[2]) / radii[2]) ** 2 <= 1).astype(np.uint8)
+    voxels = (texture + 700.0 * truth + rng.normal(0, 60, SHAPE)).astype(np.int16)
+    geometry = Geometry(SPACING, (-40.0, 12.5, 3.0), (0.96, -0.28, 0.0, 0.28, 0.96, 0.0, 0.0, 0.0, 1.0))
+    return ImageData(voxels, geometry, False), truth
+
+
+def _settings():
+    return RefineSettings(steps=120, time_budget=None, device="cpu", seed=0,
+                          new_model={"network": "unet", "widths": [8, 16, 32, 64], "input_size": 64})
+
+
+def _spread(truth, count):
+    present = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
+    return sorted({int(round(v)) for v in np.linspace(present[0], present[-1], count)})
+
+
+def test_the_blob_is_small():
+    _, truth = _blob_volume()
+    holding = np.flatnonzero(truth.reshape(SHAPE[0], -1).any(axis=1))
+    assert truth.mean() < 0.01 and 5 <= holding.size <= 7
+
+
+def test_three_spread_slices_find_the_blob_and_nothing_far_from_it(tiny_guide_dir):
+    image, truth = _blob_volume()
+    slices = _spread(truth, 3)
+    result = refine_model(image, truth, slices, guide=str(tiny_guide_dir), settings=_settings())
+    predicted = segment_volume(result.model, image, device="cpu", batch_size=4).labels
+    predicted = connected_to_corrections(predicted, truth, slices, 0)
+    rest = [k for k in range(SHAPE[0]) if k not in slices]
+    assert dice_score(predicted[rest], truth[rest]) >= 0.7
+    distance = ndimage.distance_transform_edt(truth == 0)  # voxels (z, y, x) from the blob
+    assert predicted.any() and distance[predicted > 0].max() <= 5
+
+
+def test_nothing_is_predicted_outside_the_region_the_corrections_bound(tiny_guide_dir):
+    """Corrected slices without the structure bound it through the volume; in-plane, the box around what was
+    labelled bounds it: a second bright blob far from the labelled one stays unlabelled."""
+    image, truth = _blob_volume()
+    other = np.zeros_like(truth)
+    other[2:8, 70:84, 8:22] = 1  # looks like the target, but no corrected slice shows it
+    voxels = image.voxels.copy()
+    voxels[other > 0] += 700
+    image = ImageData(voxels, image.geometry, False)
+    slices = _spread(truth, 3) + [1]  # slice 1: corrected, and shows no target (the other blob is not the target)
+    region = evidence_region(truth, slices, 0, "axial", SPACING[::-1])
+    assert region["slices"][0] >= 2 and region["cols"][0] > 22
+    result = refine_model(image, truth, slices, guide=str(tiny_guide_dir), settings=_settings())
+    predicted = segment_volume(result.model, image, device="cpu", batch_size=4).labels
+    assert not predicted[other > 0].any()
+    first, last = result.model.config.region["slices"]
+    assert not predicted[:first].any() and not predicted[last + 1:].any()
+
+
+def test_the_region_follows_the_corrections_and_a_region_model_refuses_another_volume(tiny_guide_dir):
+    image, truth = _blob_volume()
+    region = evidence_region(truth, [12], 0, "axial", SPACING[::-1])
+    rows, cols = np.flatnonzero(truth[12].any(axis=1)), np.flatnonzero(truth[12].any(axis=0))
+    assert region["rows"][0] < rows[0] and region["rows"][1] > rows[-1] + 1
+    assert region["cols"][0] < cols[0] and region["cols"][1] > cols[-1] + 1
+    assert region["slices"][0] < 12 < region["slices"][1]  # a radius beyond the one labelled slice
+    assert evidence_region(truth, [0, 1], 0, "axial", SPACING[::-1]) is None  # no slice holds the structure
+    result = refine_model(image, truth, [10, 12, 14], guide=str(tiny_guide_dir),
+                          settings=RefineSettings(**{**_settings().__dict__, "steps": 2}))
+    other = ImageData(image.voxels[:, :80], image.geometry, False)
+    from guidino.errors import InputError
+
+    with pytest.raises(InputError, match="segments only that volume"):
+        segment_volume(result.model, other, device="cpu")
+
+
+def test_only_prediction_connected_to_what_the_user_labelled_is_kept():
+    labels = np.zeros((6, 10, 10), np.uint8)
+    labels[2, 3:6, 3:6] = 1
+    predicted = np.zeros_like(labels)
+    predicted[1, 4:7, 4:7] = 1  # touches the labelled square of slice 2 (diagonally counts)
+    predicted[3, 6, 6] = 1
+    predicted[4, 0:2, 8:10] = 1  # alone
+    kept = connected_to_corrections(predicted, labels, [2], 0)
+    assert kept[1].sum() == 9 and kept[3, 6, 6] == 1 and not kept[4].any()
+    assert not connected_to_corrections(predicted, labels, [0], 0).any()  # slice 0 holds nothing: nothing reaches
+    along = connected_to_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2)
+    assert np.array_equal(along, np.moveaxis(kept, 0, 2))
