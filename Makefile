@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	$(VENV)/bin/guidino demo
+	$(VENV)/bin/python benchmarks/demo_comparison.py demo-output
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

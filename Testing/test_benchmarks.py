@@ -64,7 +64,9 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     truth = sitk.GetArrayFromImage(labels) > 0
     drawn = np.zeros_like(truth)
     drawn[[3, 6, 9]] = truth[[3, 6, 9]]
-    assert cells[5] == f"{2 * (drawn & truth).sum() / (drawn.sum() + truth.sum()):.3f}"  # do nothing, whole volume
+    assert cells[6] == f"{2 * (drawn & truth).sum() / (drawn.sum() + truth.sum()):.3f}"  # do nothing, whole volume
+    unguided = json.loads((out / "brain1-spread3-noguide-run1.json").read_text())
+    assert unguided["guide_pretrained"] is None and cells[5] == f"{unguided['dice_not_labelled']:.3f}"  # the ablation
     assert "**brain1**, robot user **[UNTRAINED GUIDE]**" in text and "\n| 2 | 2 | 3 | " in text
     assert "- K = 3: GuiDINO " in text
 
@@ -109,3 +111,13 @@ def test_fill_between_slices_peer_is_slicers_interpolator():
     assert list(sizes[2:10]) == sorted(sizes[2:10], reverse=True)  # ... shrinking as the cone does
     assert sizes[0] == sizes[1] == sizes[10] == sizes[11] == 0  # nothing outside the labelled range, as in Slicer
     assert do_nothing(truth, [2, 6], 0).reshape(12, -1).sum(axis=1).nonzero()[0].tolist() == [2, 6]
+
+
+def test_any_volume_and_label_pair_can_join_the_interactive_cases():
+    sys.path.insert(0, str(BENCHMARKS))
+    from interactive import add_case
+
+    assert add_case("liver=ct.nii.gz,liver.nii.gz,3,5") == ("liver", ("ct.nii.gz", "liver.nii.gz", (3, 5)))
+    for bad in ("liver", "liver=ct.nii.gz,liver.nii.gz", "liver=ct.nii.gz,liver.nii.gz,three"):
+        with pytest.raises(Exception, match="name=image,label,K|whole numbers"):
+            add_case(bad)

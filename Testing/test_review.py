@@ -88,3 +88,19 @@ def test_a_fingerprint_bounds_the_edits_made_unseen():
     assert changed_from_fingerprint(np.zeros((6, 7, 9), bool), state) is None  # another grid: nothing is known
     assert content_hash(after) != content_hash(before) == state.baseline
     assert content_slices(before, 0) == [2, 3, 4] and content_slices(before, 2) == [3, 4, 5, 6]
+
+
+def test_a_write_can_keep_only_the_prediction_connected_to_the_users_slices():
+    from guidino.review import merge_prediction
+
+    current = np.zeros((6, 8, 8), np.uint8)
+    current[2, 2:5, 2:5] = 1  # the user's slice 2
+    writable = np.ones_like(current, bool)
+    writable[2] = False
+    predicted = np.zeros_like(current)
+    predicted[3, 3:6, 3:6] = 1  # touches the user's square
+    predicted[5, 0, 7] = 1  # alone
+    predicted[2] = 1  # not writable: ignored either way
+    merged = merge_prediction(current, predicted, writable, connected=True)
+    assert merged[3].sum() == 9 and merged[5].sum() == 0 and np.array_equal(merged[2], current[2])
+    assert merge_prediction(current, predicted, writable)[5].sum() == 1

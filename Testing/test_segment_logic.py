@@ -490,3 +490,31 @@ def test_a_new_scene_at_a_deleted_scenes_address_is_watched(monkeypatch):
         removed.append(not mrml.IsNodePresent(guide))
         del mrml
     assert removed == [True, True]
+
+
+def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scene, logic, model):
+    """A region model (refined from a few corrected slices) knows nothing beyond them: a predicted piece that no
+    corrected slice connects to is not written, and the slices it would have touched do not become the user's."""
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    user = segment_array(scene, segment_id).copy()
+    user[5] = 0
+    user[5, 10:20, 10:20] = 1
+    set_segment_array(scene, segment_id, user)  # the user's correction of slice 5 (now an edited slice)
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [5]
+    job = logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
+    prediction = logic.computeSegmentation(job)
+    labels = np.zeros_like(prediction.labels)
+    labels[4, 11:19, 11:19] = labels[6, 12:18, 12:18] = 1  # touches the correction
+    labels[9, 30:34, 25:29] = 1  # far from it
+    prediction.labels = labels
+    prediction.region = {"axis": "axial"}  # what segment_volume reports for a region model
+    assert logic.previewLabels(job, prediction)[9].sum() == 0
+    logic.applySegmentation(job, prediction)
+    written = segment_array(scene, segment_id)
+    assert written[4].sum() == 64 and written[6].sum() == 36 and written[9].sum() == 0
+    np.testing.assert_array_equal(written[5], user[5])
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [5]
+    prediction.region = None  # a model trained on whole slices: every piece is written
+    logic.applySegmentation(logic.prepareSegmentation(scene.volume, scene.segmentation, model=model,
+                                                      segmentId=segment_id), prediction)
+    assert segment_array(scene, segment_id)[9].sum() == 16

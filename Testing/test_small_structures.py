@@ -109,3 +109,4 @@ def test_only_prediction_connected_to_what_the_user_labelled_is_kept():
     assert not connected_to_corrections(predicted, labels, [0], 0).any()  # slice 0 holds nothing: nothing reaches
     along = connected_to_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2)
     assert np.array_equal(along, np.moveaxis(kept, 0, 2))
+

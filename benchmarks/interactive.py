@@ -6,7 +6,8 @@ Two protocols, run as a user would (``guidino simulate`` in its own process), a 
   - spread: K slices evenly spaced from the first to the last slice holding the structure are labelled,
     one refine, the rest segmented; run ``--runs`` times (the time budget makes runs differ): worst, median.
 Beside GuiDINO, on the very same slices: **do nothing** (the labelled slices alone) and **Fill between
-slices** (Slicer's effect, through slicer-core: ``peers.py``). Dice on the slices not labelled (false
+slices** (Slicer's effect, through slicer-core: ``peers.py``), and the same refine without a guide
+(``--guide none``: the ablation). Dice on the slices not labelled (false
 positives anywhere count) and over the whole volume. With a random-weight guide (``guidino
 make-tiny-guide --architecture vits16``) every GuiDINO row is labelled UNTRAINED GUIDE.
 
@@ -57,14 +58,15 @@ def peers(truth, spacing, slices, axis=0):
     return out
 
 
-def _run(case, args, out, name, protocol):
-    """One ``guidino simulate`` run (reused when its JSON exists)."""
+def _run(case, args, out, name, protocol, guide=None):
+    """One ``guidino simulate`` run (reused when its JSON exists); ``guide`` overrides ``--guide``."""
     image, label, _ = CASES[case]
     report = out / f"{case.split()[0]}-{name}.json"
     if not report.exists():
         before = cpu_times()
         guidino("simulate", "--volume", Path(args.data) / image, "--label", Path(args.data) / label, *protocol,
-                "--json", report, "--guide", args.guide, "--device", args.device, *args.simulate_options.split())
+                "--json", report, "--guide", guide or args.guide, "--device", args.device,
+                *args.simulate_options.split())
         summary = json.loads(report.read_text())
         summary["cpu_steal"] = steal_since(before)
         report.write_text(json.dumps(summary, indent=2))
@@ -88,21 +90,35 @@ def robot_table(case, summary, truth, spacing):
     return "\n".join(lines) + "\n"
 
 
-def spread_row(case, count, runs, truth, spacing):
+def spread_row(case, count, runs, truth, spacing, unguided=()):
     other = peers(truth, spacing, runs[0]["slices"])
     scores = sorted(r["dice_not_labelled"] for r in runs)
     whole = sorted(r["dice_all"] for r in runs)
     steps = ", ".join(str(r["steps"]) for r in runs)
     seconds = ", ".join(f"{r['refine_seconds']:.1f} + {r['segment_seconds']:.1f}" for r in runs)
+    ablation = "–" if not unguided else f"{statistics.median(r['dice_not_labelled'] for r in unguided):.3f}"
     return (f"| {case}{_untrained(runs[0])} | {count} ({', '.join(map(str, runs[0]['slices']))}) | {steps} "
             f"| {scores[0]:.3f} / {statistics.median(scores):.3f} | {whole[0]:.3f} / {statistics.median(whole):.3f} "
-            f"| {other['nothing']['dice_all']:.3f} | {other['fill']['dice_not_labelled']:.3f} "
+            f"| {ablation} | {other['nothing']['dice_all']:.3f} | {other['fill']['dice_not_labelled']:.3f} "
             f"| {other['fill']['dice_all']:.3f} | {seconds} |"), scores, other
 
 
 SPREAD_HEADER = ("| case | K (slices) | steps per run | GuiDINO not labelled: worst / median | GuiDINO whole: worst / median "
-                 "| do nothing whole | Fill not labelled | Fill whole | refine + re-segment s per run |\n"
-                 "|---|---|---|---|---|---|---|---|---|")
+                 "| no guide (ablation) not labelled | do nothing whole | Fill not labelled | Fill whole "
+                 "| refine + re-segment s per run |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def add_case(text):
+    """``name=image,label,K[,K...]``: one more case (files in --data)."""
+    name, _, spec = text.partition("=")
+    parts = [p.strip() for p in spec.split(",")]
+    if not name or len(parts) < 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give name=image,label,K[,K...] (files in --data)")
+    try:
+        counts = tuple(int(k) for k in parts[2:])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the spread counts K must be whole numbers") from None
+    return name.strip(), (parts[0], parts[1], counts)
 
 
 def main():
@@ -114,10 +130,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="robot-user rounds (0: no robot protocol)")
     parser.add_argument("--spread", default=None, help="spread counts for every case, e.g. 3 (default: each case's)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each spread count")
+    parser.add_argument("--unguided-runs", type=int, default=1,
+                        help="runs of each spread count without a guide (--guide none): the ablation")
+    parser.add_argument("--case", type=add_case, action="append", default=[],
+                        help="another case, name=image,label,K[,K...] (repeatable); it joins --cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--simulate-options", default="", help="more guidino simulate options, e.g. '--steps 100'")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
+    CASES.update(dict(args.case))
+    if args.case:
+        args.cases = ",".join([*args.cases.split(","), *(name for name, _ in args.case)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     robot, spread, summary = [], [SPREAD_HEADER], {}
@@ -128,7 +151,9 @@ def main():
         counts = CASES[case][2] if args.spread is None else tuple(int(k) for k in args.spread.split(","))
         for count in counts:
             runs = [_run(case, args, out, f"spread{count}-run{n + 1}", ["--spread", count]) for n in range(args.runs)]
-            row, scores, other = spread_row(case, count, runs, truth, spacing)
+            unguided = [_run(case, args, out, f"spread{count}-noguide-run{n + 1}", ["--spread", count], guide="none")
+                        for n in range(args.unguided_runs)]
+            row, scores, other = spread_row(case, count, runs, truth, spacing, unguided)
             spread.append(row)
             summary.setdefault(count, []).append({"case": case, "worst": scores[0], "median": statistics.median(scores),
                                                   "fill": other["fill"]["dice_not_labelled"]})

@@ -189,7 +189,8 @@ class GuiDINOSegmentLogic:
         def result(handle, answer):
             return SegmentationResult(handle.array("labels"), handle.array("probability"), handle.array("guide"),
                                       geometry, job.image.is_2d, int(answer["axis"]), handle.array("processed"),
-                                      float(answer["seconds"]), bool(answer["cancelled"]), int(answer["guide_stride"]))
+                                      float(answer["seconds"]), bool(answer["cancelled"]), int(answer["guide_stride"]),
+                                      answer.get("region"))
 
         return sharedWorker().submit("segment", request, {"image": job.image.voxels}, convert=result)
 
@@ -205,7 +206,7 @@ class GuiDINOSegmentLogic:
         state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis)
         write = self._writable(job, prediction, state)
         if write.any():
-            labels = merge_prediction(current, prediction.labels, write)
+            labels = merge_prediction(current, prediction.labels, write, connected=prediction.region is not None)
             with _watcher.writing(job.segmentation):
                 slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId,
                                                                  job.inputVolume)
@@ -221,7 +222,8 @@ class GuiDINOSegmentLogic:
         rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it."""
         state, current = (self._sync(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
                           else (None, self._segmentArray(job)))
-        return merge_prediction(current, prediction.labels, self._writable(job, prediction, state))
+        return merge_prediction(current, prediction.labels, self._writable(job, prediction, state),
+                                connected=prediction.region is not None)
 
     def showPredictionGuide(self, job, prediction):
         """Show the prediction's guide as the overlay of the job's volume; None for unguided models."""
@@ -249,12 +251,13 @@ class GuiDINOSegmentLogic:
         Voxels the editor wrote are those the write rule allowed that now equal the prediction; every other
         change since GuiDINO last looked (the user's) still counts as an edit.
         """
-        state, _ = self._sync(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
+        state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
         writable = self._writable(job, prediction, state)
+        expected = merge_prediction(current, prediction.labels, writable, connected=prediction.region is not None)
         with _watcher.writing(job.segmentation):
             apply()
         self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis,
-                   written=writable & ((self._segmentArray(job) > 0) == (prediction.labels > 0)))
+                   written=writable & ((self._segmentArray(job) > 0) == (expected > 0)))
 
     def _writable(self, job, prediction, state=None):
         """The write rule: a prediction may change its processed slices, minus every voxel of the user's slices

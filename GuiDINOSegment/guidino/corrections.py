@@ -53,20 +53,23 @@ def evidence_region(labels, slices, array_axis, axis_name, spacing):
             "slices": [int(first), int(last)], "rows": box[0], "cols": box[1]}
 
 
-def connected_to_corrections(predicted, labels, slices, array_axis):
-    """``predicted`` (a label volume) without the parts that touch nothing the user labelled.
-
-    The corrected slices (``slices`` along ``array_axis`` of ``labels``) are put in; what is left of the
-    prediction are its 3D connected pieces (26-connectivity) that reach the structure on a corrected slice.
-    A piece of prediction no corrected slice connects to has no evidence behind it.
-    """
+def connected_to(predicted, evidence):
+    """``predicted`` (a label volume) without its 3D connected pieces (26-connectivity, with ``evidence`` put in)
+    that reach no voxel of ``evidence`` (a boolean volume: what the user labelled). A piece of prediction the
+    user's structure does not connect to has no evidence behind it."""
     from scipy import ndimage
 
-    moved_labels = np.moveaxis(np.asarray(labels) > 0, array_axis, 0)
-    corrected = np.zeros(moved_labels.shape, bool)
-    corrected[list(slices)] = moved_labels[list(slices)]
-    joined = np.moveaxis(np.asarray(predicted) > 0, array_axis, 0) | corrected
-    pieces, _ = ndimage.label(joined, structure=np.ones((3, 3, 3), bool))
-    reached = np.unique(pieces[corrected])
-    keep = np.isin(pieces, reached[reached > 0])
-    return np.where(np.moveaxis(keep, 0, array_axis), predicted, 0).astype(np.asarray(predicted).dtype)
+    predicted, evidence = np.asarray(predicted), np.asarray(evidence, bool)
+    pieces, _ = ndimage.label((predicted > 0) | evidence, structure=np.ones((3, 3, 3), bool))
+    reached = np.unique(pieces[evidence])
+    return np.where(np.isin(pieces, reached[reached > 0]), predicted, 0).astype(predicted.dtype)
+
+
+def connected_to_corrections(predicted, labels, slices, array_axis):
+    """``connected_to`` with the structure on the corrected ``slices`` (along ``array_axis`` of ``labels``)."""
+    corrected = np.zeros(np.shape(labels), bool)
+    index = [slice(None)] * corrected.ndim
+    index[array_axis] = list(slices)
+    corrected[tuple(index)] = np.asarray(labels)[tuple(index)] > 0
+    return connected_to(predicted, corrected)
+

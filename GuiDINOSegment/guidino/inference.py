@@ -28,6 +28,7 @@ class SegmentationResult:
     seconds: float
     cancelled: bool = False
     guide_stride: int = 1  # the guide ran on every n-th slice, interpolated between
+    region: Optional[dict] = None  # the model's evidence region (ModelConfig.region): it knows nothing beyond it
 
 
 def resolve_guide_stride(model, slicer, guide_stride):
@@ -135,7 +136,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
         if progress is not None:
             progress(int(processed[asked].sum()), len(asked))
     return SegmentationResult(labels, probability, guide, image.geometry, image.is_2d, slicer.axis, processed,
-                              time.perf_counter() - start, cancelled, stride)
+                              time.perf_counter() - start, cancelled, stride, model.config.region)
 
 
 def segment_file(model, input_path, output_path, guide_output=None, probability_output=None, **options):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .corrections import connected_to
+
 
 def slice_mask(shape, axis, indices):
     """A boolean voxel mask of ``shape`` selecting slices ``indices`` along numpy axis ``axis``."""
@@ -22,12 +24,18 @@ def slice_mask(shape, axis, indices):
     return mask
 
 
-def merge_prediction(current, predicted, writable):
-    """The segment after a write (0/1 uint8): ``predicted`` (any label > 0) where ``writable``, else ``current``."""
+def merge_prediction(current, predicted, writable, connected=False):
+    """The segment after a write (0/1 uint8): ``predicted`` (any label > 0) where ``writable``, else ``current``.
+
+    ``connected``: keep only the prediction that connects to what the user labelled (``current`` where it is not
+    writable): for models refined from a few corrections (``ModelConfig.region``), which know nothing beyond them.
+    """
     current, predicted = np.asarray(current), np.asarray(predicted)
     if current.shape != predicted.shape or np.shape(writable) != current.shape:
         raise ValueError(f"the prediction {predicted.shape}, the segment {current.shape} and the writable mask "
                          f"{np.shape(writable)} have different grids")
+    if connected:
+        predicted = connected_to(np.where(writable, predicted, 0), (current > 0) & ~np.asarray(writable, bool))
     return np.where(writable, predicted > 0, current > 0).astype(np.uint8)
 
 

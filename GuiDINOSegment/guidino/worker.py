@@ -103,7 +103,8 @@ def _segment(request, folder, models, progress, cancel):
     if result.guide is not None:
         np.save(folder / "guide.npy", result.guide)
     return {"axis": result.axis, "seconds": result.seconds, "cancelled": result.cancelled,
-            "guide_stride": result.guide_stride, "guide": result.guide is not None, "model_loads": models.loads}
+            "guide_stride": result.guide_stride, "guide": result.guide is not None, "model_loads": models.loads,
+            "region": result.region}
 
 
 def _refine(request, folder, models, progress, cancel):

@@ -205,7 +205,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
         model = refined.model
         todo = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
         seg = segment_volume(model, image, axis=axis, slices=todo, device=device)
-        current = _with_corrections(seg.labels, truth, reviewed, axis_index)
+        current = with_corrections(seg.labels, truth, reviewed, axis_index)
         predicted_unreviewed = np.moveaxis(current, axis_index, 0)[todo]
         entry = {"round": number, "corrected_slices": sorted(reviewed),
                  "dice_all": dice_score(current, truth),
@@ -219,7 +219,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
     return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained)}
 
 
-def _with_corrections(predicted, truth, corrected, axis_index):
+def with_corrections(predicted, truth, corrected, axis_index):
     """What the user's segmentation holds after a round: the corrected slices as drawn, elsewhere the prediction
     that connects to them (``connected_to_corrections``)."""
     current = connected_to_corrections(predicted, truth, corrected, axis_index)
@@ -248,7 +248,7 @@ def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None
     refined = refine_model(image, truth, slices, guide=guide, axis=axis, settings=settings)
     rest = [k for k in range(truth.shape[axis_index]) if k not in slices]
     seg = segment_volume(refined.model, image, axis=axis, slices=rest, device=device)
-    current = _with_corrections(seg.labels, truth, slices, axis_index)
+    current = with_corrections(seg.labels, truth, slices, axis_index)
     moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
     return {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
             "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]), "dice_all": dice_score(current, truth),
