@@ -209,3 +209,17 @@ def test_train_on_a_volume_folder_with_classes(tmp_path):
     sitk.WriteImage(label_image, str(tmp_path / "case_label.nrrd"))
     with pytest.raises(InputError, match="relabel them 0..2"):
         train_on_folder(tmp_path, tmp_path / "bad", classes=3, **options)
+
+
+def test_early_stopping_waits_until_the_model_has_found_something(tiny_guide):
+    """A model that starts quiet (predicting nothing) scores 0 on the held-out slices at first; those validations
+    are not 'no improvement': stopping then would keep a model that never began."""
+    train_set, val_set = _sets()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(network="unet", input_size=64, widths=SMALL), tiny_guide)
+    model.set_output_prior(0.01)
+    result = train(model, train_set, val_set, TrainConfig(steps=80, batch_size=4, lr=5e-3, device="cpu",
+                                                          validate_every=2, patience=2))
+    zeros = [h["step"] for h in result.history if h["val_dice"] == 0]
+    assert zeros and len(zeros) >= 3  # it scored nothing for several validations and went on
+    assert result.best_val_dice > 0

@@ -355,7 +355,7 @@ def build_parser():
     demo = commands.add_parser("demo", help="train on a few slices of the bundled brain MRI, segment it, write results")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--guide", default=None)
-    demo.add_argument("--steps", type=_checked(whole_number, "steps"), default=200)
+    demo.add_argument("--steps", type=_checked(whole_number, "steps"), default=RefineSettings.steps)
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     demo.set_defaults(run=_demo)
     return parser

@@ -193,7 +193,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
             running, seen = torch.zeros((), device=device), 0
             if val is not None and (best is None or val > best):
                 best, best_state, stale = val, learned_state(model), 0
-            elif val is not None:
+            elif val is not None and best > 0:  # a model that has found nothing yet is not stale: it has not begun
                 stale += 1
             if checkpoint:  # everything the next step depends on: a resumed run ends where this one would
                 _save_checkpoint(checkpoint, {
