@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from guidino.corrections import connected_to_corrections, evidence_region
+from guidino.corrections import evidence_region
 from guidino.geometry import Geometry
 from guidino.imageio import ImageData
 from guidino.inference import segment_volume
 from guidino.metrics import dice_score
-from guidino.training.refine import refine_model
+from guidino.training.refine import refine_model, spread_slices, with_corrections
 from guidino.training.settings import RefineSettings
 
 SHAPE = (24, 96, 96)
@@ -38,11 +38,6 @@ def _settings():
                           new_model={"network": "unet", "widths": [8, 16, 32, 64], "input_size": 64})
 
 
-def _spread(truth, count):
-    present = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
-    return sorted({int(round(v)) for v in np.linspace(present[0], present[-1], count)})
-
-
 def test_the_blob_is_small():
     _, truth = _blob_volume()
     holding = np.flatnonzero(truth.reshape(SHAPE[0], -1).any(axis=1))
@@ -51,10 +46,10 @@ def test_the_blob_is_small():
 
 def test_three_spread_slices_find_the_blob_and_nothing_far_from_it(tiny_guide_dir):
     image, truth = _blob_volume()
-    slices = _spread(truth, 3)
+    slices = spread_slices(truth, 0, 3)
     result = refine_model(image, truth, slices, guide=str(tiny_guide_dir), settings=_settings())
     predicted = segment_volume(result.model, image, device="cpu", batch_size=4).labels
-    predicted = connected_to_corrections(predicted, truth, slices, 0)
+    predicted = with_corrections(predicted, truth, slices, 0)
     rest = [k for k in range(SHAPE[0]) if k not in slices]
     assert dice_score(predicted[rest], truth[rest]) >= 0.7
     distance = ndimage.distance_transform_edt(truth == 0)  # voxels (z, y, x) from the blob
@@ -70,7 +65,7 @@ def test_nothing_is_predicted_outside_the_region_the_corrections_bound(tiny_guid
     voxels = image.voxels.copy()
     voxels[other > 0] += 700
     image = ImageData(voxels, image.geometry, False)
-    slices = _spread(truth, 3) + [1]  # slice 1: corrected, and shows no target (the other blob is not the target)
+    slices = spread_slices(truth, 0, 3) + [1]  # slice 1: corrected, and shows no target (the other blob is not the target)
     region = evidence_region(truth, slices, 0, "axial", SPACING[::-1])
     assert region["slices"][0] >= 2 and region["cols"][0] > 22
     result = refine_model(image, truth, slices, guide=str(tiny_guide_dir), settings=_settings())
@@ -104,9 +99,10 @@ def test_only_prediction_connected_to_what_the_user_labelled_is_kept():
     predicted[1, 4:7, 4:7] = 1  # touches the labelled square of slice 2 (diagonally counts)
     predicted[3, 6, 6] = 1
     predicted[4, 0:2, 8:10] = 1  # alone
-    kept = connected_to_corrections(predicted, labels, [2], 0)
+    kept = with_corrections(predicted, labels, [2], 0)
     assert kept[1].sum() == 9 and kept[3, 6, 6] == 1 and not kept[4].any()
-    assert not connected_to_corrections(predicted, labels, [0], 0).any()  # slice 0 holds nothing: nothing reaches
-    along = connected_to_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2)
+    assert np.array_equal(kept[2], labels[2])  # the corrected slice as drawn
+    assert not with_corrections(predicted, labels, [0], 0).any()  # slice 0 holds nothing: nothing reaches
+    along = with_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2)
     assert np.array_equal(along, np.moveaxis(kept, 0, 2))
 

@@ -12,12 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interactive import dice  # noqa: E402
-from peers import do_nothing, fill_between_slices  # noqa: E402
+from interactive import peers, read_truth  # noqa: E402
 
 
 def main():
@@ -28,14 +24,12 @@ def main():
     if not runs:
         parser.error(f"no demo run with a summary.json in {args.output}: run `make demo` (or guidino demo) first")
     summary = json.loads(runs[-1].read_text())
-    label = sitk.ReadImage(summary["label"])
-    truth = (sitk.GetArrayFromImage(label) > 0).astype(np.uint8)
+    truth, spacing = read_truth(summary["label"])
     slices, axis = summary["labelled_slices"], summary["array_axis"]
-    rest = [k for k in range(truth.shape[axis]) if k not in slices]
+    other = peers(truth, spacing, slices, axis)
     rows = [("GuiDINO (refined from those slices)", summary["dice_not_labelled"], summary["dice_all"])]
-    for name, result in (("Fill between slices (Slicer)", fill_between_slices(truth, slices, axis, label.GetSpacing()[::-1])),
-                         ("do nothing (the labelled slices alone)", do_nothing(truth, slices, axis))):
-        rows.append((name, dice(np.take(result, rest, axis), np.take(truth, rest, axis)), dice(result, truth)))
+    for name, key in (("Fill between slices (Slicer)", "fill"), ("do nothing (the labelled slices alone)", "nothing")):
+        rows.append((name, other[key]["dice_not_labelled"], other[key]["dice_all"]))
     tag = "" if summary["guide_pretrained"] else "  [UNTRAINED GUIDE: GuiDINO's row is not its accuracy]"
     print(f"\nSame {len(slices)} labelled slices {slices} of brain1, Dice{tag}:")
     print(f"  {'':40s} {'not labelled':>12s} {'whole volume':>13s}")

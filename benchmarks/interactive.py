@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from command import guidino
+from guidino.metrics import dice_score
 from machine import cpu_times, steal_since
 from peers import do_nothing, fill_between_slices
 
@@ -36,13 +37,8 @@ CASES = {
 }
 
 
-def dice(a, b):
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
-def _truth(path):
+def read_truth(path):
+    """The structure (labels > 0) as 0/1 and the voxel spacing, both in array order."""
     image = sitk.ReadImage(str(path))
     return (sitk.GetArrayFromImage(image) > 0).astype(np.uint8), image.GetSpacing()[::-1]
 
@@ -53,8 +49,8 @@ def peers(truth, spacing, slices, axis=0):
     out = {}
     for name, result in (("nothing", do_nothing(truth, slices, axis)),
                          ("fill", fill_between_slices(truth, slices, axis, spacing))):
-        out[name] = {"dice_not_labelled": dice(np.take(result, rest, axis), np.take(truth, rest, axis)),
-                     "dice_all": dice(result, truth)}
+        out[name] = {"dice_not_labelled": dice_score(np.take(result, rest, axis), np.take(truth, rest, axis)),
+                     "dice_all": dice_score(result, truth)}
     return out
 
 
@@ -147,7 +143,7 @@ def main():
     for case in (c.strip() for c in args.cases.split(",")):
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-        truth, spacing = _truth(Path(args.data) / CASES[case][1])
+        truth, spacing = read_truth(Path(args.data) / CASES[case][1])
         counts = CASES[case][2] if args.spread is None else tuple(int(k) for k in args.spread.split(","))
         for count in counts:
             runs = [_run(case, args, out, f"spread{count}-run{n + 1}", ["--spread", count]) for n in range(args.runs)]

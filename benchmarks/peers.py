@@ -17,17 +17,13 @@ from pathlib import Path
 import numpy as np
 
 
-def labelled_only(truth, slices, axis):
-    """The true label on ``slices`` (along ``axis``), empty elsewhere: what the user drew."""
+def do_nothing(truth, slices, axis):
+    """The true label on ``slices`` (along ``axis``), empty elsewhere: what the user drew, and all they get."""
     drawn = np.zeros(truth.shape, np.uint8)
     index = [slice(None)] * truth.ndim
     index[axis] = list(slices)
     drawn[tuple(index)] = (truth[tuple(index)] > 0)
     return drawn
-
-
-def do_nothing(truth, slices, axis):
-    return labelled_only(truth, slices, axis)
 
 
 # slicer-core's interpolator leaves something that crashes the interpreter as it exits (exit 139, seen with
@@ -57,7 +53,7 @@ os._exit(0)
 
 def fill_between_slices(truth, slices, axis, spacing=(1.0, 1.0, 1.0)):
     """Slicer's Fill between slices from the labelled ``slices``. ``spacing`` in array order (z, y, x)."""
-    drawn = labelled_only(truth, slices, axis)
+    drawn = do_nothing(truth, slices, axis)
     with tempfile.TemporaryDirectory(prefix="guidino-fill-") as folder:
         source, result = Path(folder) / "in.npz", Path(folder) / "out.npy"
         np.savez(source, drawn=drawn, spacing=np.asarray(spacing, float))

@@ -181,8 +181,7 @@ class GuiDINOSegmentLogic:
             raise InputError("the worker process loads models from bundle folders: save the model as a bundle")
         geometry = job.image.geometry
         request = {"bundle": str(job.model), "guide": job.guideSource, "axis": job.axis,
-                   "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
-                                "direction": list(geometry.direction)}, "is_2d": job.image.is_2d,
+                   "geometry": geometry.to_dict(), "is_2d": job.image.is_2d,
                    "slices": [int(s) for s in job.slices], "batch_size": job.settings.batchSize,
                    "device": job.settings.device, "guide_stride": job.settings.guideStride}
 

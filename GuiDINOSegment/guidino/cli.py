@@ -142,8 +142,7 @@ def _evaluate(args):
 def _refine_settings(args):
     from .training.settings import DEFAULT_NEW_MODEL, RefineSettings
 
-    new_model = dict(DEFAULT_NEW_MODEL, **({"input_size": args.size} if args.size else {}),
-                     **({"widths": args.widths} if args.widths else {}))
+    new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
                           device=args.device, new_model=new_model)
 

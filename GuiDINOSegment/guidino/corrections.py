@@ -63,13 +63,3 @@ def connected_to(predicted, evidence):
     pieces, _ = ndimage.label((predicted > 0) | evidence, structure=np.ones((3, 3, 3), bool))
     reached = np.unique(pieces[evidence])
     return np.where(np.isin(pieces, reached[reached > 0]), predicted, 0).astype(predicted.dtype)
-
-
-def connected_to_corrections(predicted, labels, slices, array_axis):
-    """``connected_to`` with the structure on the corrected ``slices`` (along ``array_axis`` of ``labels``)."""
-    corrected = np.zeros(np.shape(labels), bool)
-    index = [slice(None)] * corrected.ndim
-    index[array_axis] = list(slices)
-    corrected[tuple(index)] = np.asarray(labels)[tuple(index)] > 0
-    return connected_to(predicted, corrected)
-

@@ -13,10 +13,9 @@ from .errors import GuideNotFoundError
 from .guides import load_guide
 from .guides.hf_vit import make_tiny_guide
 from .imageio import image_slice_axis, read_image, read_labels, write_image
-from .inference import segment_volume
 from .metrics import case_metrics
 from .training.datasets import check_labels
-from .training.refine import refine_model, save_refined, with_corrections
+from .training.refine import refine_and_segment, save_refined
 from .training.settings import RefineSettings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"  # GuiDINOSegment/Resources
@@ -68,12 +67,10 @@ def run_demo(out="demo-output", guide=None, device="auto", steps=RefineSettings.
     # any machine.
     settings = RefineSettings(steps=steps, time_budget=None, device=device, seed=0)
     print(f"refining a new model from slices {list(TRAIN_SLICES)} of brain1 ({steps} steps)", file=sys.stderr)
-    result = refine_model(image, truth, list(TRAIN_SLICES), guide=guide_source, settings=settings, progress=progress)
+    result, seg, labels, rest = refine_and_segment(image, truth, list(TRAIN_SLICES), guide=guide_source,
+                                                   settings=settings, device=device, progress=progress)
     save_refined(result, run_dir / "model", volume=str(SAMPLE / "brain1_image.nrrd"))
-    rest = [k for k in range(image.voxels.shape[0]) if k not in TRAIN_SLICES]
-    seg = segment_volume(result.model, image, slices=rest, device=device)
     axis = image_slice_axis(image, "axial")
-    labels = with_corrections(seg.labels, truth, list(TRAIN_SLICES), axis)  # what the user's segment would hold
     write_image(labels, image.geometry, run_dir / "brain1_segmentation.nrrd")
     write_image(seg.probability, image.geometry, run_dir / "brain1_probability.nrrd")
     if seg.guide is not None:

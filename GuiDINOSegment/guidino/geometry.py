@@ -19,6 +19,14 @@ class Geometry:
     origin: tuple
     direction: tuple  # row-major 3x3, as SimpleITK's GetDirection()
 
+    def to_dict(self):
+        """Plain lists, for JSON (the worker process's requests)."""
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"]))
+
     @classmethod
     def from_sitk(cls, image):
         if image.GetDimension() != 3:

@@ -104,7 +104,8 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
     model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     slicer = VolumeSlicer(image, axis, model.config)
     asked = slicer.check_indices(slices)
-    todo = asked[slicer.inside(asked)]  # a model with a region holds nothing outside its slices: those stay empty
+    inside = slicer.inside(asked)  # a model with a region holds nothing outside its slices: those stay empty
+    todo = asked[inside]
     stride = resolve_guide_stride(model, slicer, guide_stride)
     sparse_guide = SparseGuide(model, slicer, stride, batch_size, device, todo) if stride > 1 else None
     grid = image.voxels.shape[:3]
@@ -112,7 +113,7 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
     probability = np.zeros(grid, np.float32)
     guide = np.zeros(grid, np.float32) if model.tokenbook is not None else None
     processed = np.zeros(slicer.count, bool)
-    processed[asked[~slicer.inside(asked)]] = True
+    processed[asked[~inside]] = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     cancelled = False
     for first in range(0, len(todo), batch_size):

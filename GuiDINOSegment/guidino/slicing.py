@@ -81,7 +81,7 @@ class VolumeSlicer:
         self.axis_name = axis
         self.count = image.voxels.shape[self.axis]
         plane = tuple(np.delete(image.voxels.shape[:3], self.axis))
-        self.box = self._box(config.region, image.voxels.shape[:3], plane)
+        self.range, self.box = self._view(config.region, image.voxels.shape[:3], plane)
         self.shape = (self.box[0].stop - self.box[0].start, self.box[1].stop - self.box[1].start)
         spacing = np.asarray(image.geometry.spacing[::-1], dtype=float)  # numpy axis order
         self.slice_spacing = float(spacing[self.axis])
@@ -89,24 +89,22 @@ class VolumeSlicer:
         self.fitted = letterbox_size(self.shape, self.pixel_spacing, config.input_size)
         self.normalize = IntensityNormalizer(config.normalization, image.voxels)
 
-    def _box(self, region, grid, plane):
-        """(row slice, column slice) of each slice the model sees: the whole slice, or its region's box."""
+    def _view(self, region, grid, plane):
+        """What the model sees: (first, last) slice, and the (row slice, column slice) of each slice: the whole
+        volume, or its region's slice range and box."""
         if region is None:
-            self.range = (0, self.count - 1)
-            return slice(0, plane[0]), slice(0, plane[1])
+            return (0, self.count - 1), (slice(0, plane[0]), slice(0, plane[1]))
         if tuple(region["grid"]) != tuple(grid) or region["array_axis"] != self.axis:
             raise InputError(f"this model was refined from corrected slices of one volume ({region['axis']} slices of "
                              f"a {'x'.join(map(str, region['grid']))} grid) and segments only that volume along that "
                              f"axis; this is a {'x'.join(map(str, grid))} grid cut along {self.axis_name}: refine a "
                              "model from this volume's corrections, or use a model trained on whole slices")
-        self.range = tuple(region["slices"])
-        return slice(*region["rows"]), slice(*region["cols"])
+        return tuple(region["slices"]), (slice(*region["rows"]), slice(*region["cols"]))
 
     def inside(self, index):
         """Which of slices ``index`` lie in the model's slice range (all of them without a region)."""
         index = np.asarray(index)
         return (index >= self.range[0]) & (index <= self.range[1])
-        self.normalize = IntensityNormalizer(config.normalization, image.voxels)
 
     def auto_guide_stride(self, patch_size):
         """Slices between guide evaluations so the guide is sampled through the volume at least

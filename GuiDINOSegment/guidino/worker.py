@@ -79,19 +79,14 @@ class _Models:
         return self.model
 
 
-def _geometry(data):
-    from .geometry import Geometry
-
-    return Geometry(tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"]))
-
-
 def _segment(request, folder, models, progress, cancel):
     import numpy as np
 
+    from .geometry import Geometry
     from .imageio import ImageData
     from .inference import segment_volume
 
-    image = ImageData(np.load(folder / "image.npy"), _geometry(request["geometry"]), bool(request["is_2d"]))
+    image = ImageData(np.load(folder / "image.npy"), Geometry.from_dict(request["geometry"]), bool(request["is_2d"]))
     model = models.get(request["bundle"], request.get("guide"))
     result = segment_volume(model, image, axis=request["axis"], slices=request["slices"],
                             batch_size=request["batch_size"], device=request["device"],
@@ -110,11 +105,12 @@ def _segment(request, folder, models, progress, cancel):
 def _refine(request, folder, models, progress, cancel):
     import numpy as np
 
+    from .geometry import Geometry
     from .imageio import ImageData
     from .training.refine import refine_model, save_version
     from .training.settings import RefineSettings
 
-    image = ImageData(np.load(folder / "image.npy"), _geometry(request["geometry"]), False)
+    image = ImageData(np.load(folder / "image.npy"), Geometry.from_dict(request["geometry"]), False)
     labels = np.load(folder / "labels.npy")
     parent = request.get("parent")
     start = models.get(parent, request.get("guide")) if parent else None

@@ -110,14 +110,11 @@ class GuiDINOTrainLogic:
 
         from GuiDINOSegmentLib.SegmentLogic import sharedWorker
 
-        geometry = prepared.image.geometry
         name = prepared.inputVolume.GetName()
         request = {"parent": str(prepared.parent) if prepared.parent else None, "guide": self.segmentLogic.guideSource,
                    "axis": prepared.corrections["axis"], "slices": prepared.corrections["slices"],
                    "settings": asdict(prepared.settings), "models_folder": str(self.modelsFolder),
-                   "stem": _safeName(name), "volume": name,
-                   "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
-                                "direction": list(geometry.direction)}}
+                   "stem": _safeName(name), "volume": name, "geometry": prepared.image.geometry.to_dict()}
 
         def result(handle, answer):
             return RefineResult(None, answer["slices"], answer["held_out"], answer["steps"], answer["seconds"],

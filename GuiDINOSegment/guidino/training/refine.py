@@ -15,7 +15,7 @@ import numpy as np
 
 from ..arguments import slice_indices
 from ..bundle import BundleExistsError, build_model, load_bundle, read_bundle_config, save_bundle
-from ..corrections import connected_to_corrections, evidence_region
+from ..corrections import evidence_region
 from ..errors import BundleError, InputError
 from ..guides import load_guide
 from ..imageio import image_slice_axis
@@ -23,6 +23,7 @@ from ..inference import segment_volume
 from ..lora import add_lora, has_lora
 from ..metrics import dice_score
 from ..model import ModelConfig
+from ..review import merge_prediction, slice_mask
 from ..runtime import seed_everything
 from .datasets import slices_of
 from .settings import RefineSettings
@@ -74,7 +75,8 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     fresh = model is None
     corrections_check(labels, slices, axis_index, fresh)
     parts = settings.parts()
-    region = evidence_region(labels, slices, axis_index, axis, image.geometry.spacing[::-1])
+    region = (evidence_region(labels, slices, axis_index, axis, image.geometry.spacing[::-1])
+              if fresh or model.config.region is not None else None)  # models trained on whole slices keep them
     seed_everything(settings.seed)  # before anything random is built (a new model, LoRA adapters)
     if fresh:
         guide_model = load_guide(guide)
@@ -220,11 +222,10 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
 
 
 def with_corrections(predicted, truth, corrected, axis_index):
-    """What the user's segmentation holds after a round: the corrected slices as drawn, elsewhere the prediction
-    that connects to them (``connected_to_corrections``)."""
-    current = connected_to_corrections(predicted, truth, corrected, axis_index)
-    np.moveaxis(current, axis_index, 0)[corrected] = np.moveaxis(truth, axis_index, 0)[corrected]
-    return current
+    """What the user's segmentation holds after a round (0/1 uint8), by Slicer's write rule: the corrected slices
+    as drawn, elsewhere the prediction that connects to them (``review.merge_prediction(connected=True)``)."""
+    writable = ~slice_mask(np.shape(truth), axis_index, list(corrected))
+    return merge_prediction(truth, predicted, writable, connected=True)
 
 
 def spread_slices(truth, axis_index, count):
@@ -237,6 +238,16 @@ def spread_slices(truth, axis_index, count):
     return sorted({int(round(v)) for v in np.linspace(holding[0], holding[-1], count)})
 
 
+def refine_and_segment(image, truth, slices, guide=None, axis="axial", settings=None, device="auto", progress=None):
+    """A new model refined from ``slices`` of ``truth``, then the other slices segmented: (the RefineResult, the
+    SegmentationResult, what the user's segmentation holds: ``with_corrections``, the slices not labelled)."""
+    axis_index = image_slice_axis(image, axis)
+    refined = refine_model(image, truth, slices, guide=guide, axis=axis, settings=settings, progress=progress)
+    rest = [k for k in range(truth.shape[axis_index]) if k not in slices]
+    seg = segment_volume(refined.model, image, axis=axis, slices=rest, device=device)
+    return refined, seg, with_corrections(seg.labels, truth, slices, axis_index), rest
+
+
 def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto"):
     """The spread protocol: ``count`` slices evenly spaced over the structure are labelled, a new model is refined
     from them once, and the other slices are segmented. Dice on the slices not labelled (false positives anywhere
@@ -245,10 +256,7 @@ def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None
     truth = (np.asarray(truth) > 0).astype(np.uint8)
     axis_index = image_slice_axis(image, axis)
     slices = spread_slices(truth, axis_index, count)
-    refined = refine_model(image, truth, slices, guide=guide, axis=axis, settings=settings)
-    rest = [k for k in range(truth.shape[axis_index]) if k not in slices]
-    seg = segment_volume(refined.model, image, axis=axis, slices=rest, device=device)
-    current = with_corrections(seg.labels, truth, slices, axis_index)
+    refined, seg, current, rest = refine_and_segment(image, truth, slices, guide, axis, settings, device)
     moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
     return {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
             "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]), "dice_all": dice_score(current, truth),
