@@ -101,6 +101,6 @@ def test_a_write_can_keep_only_the_prediction_connected_to_the_users_slices():
     predicted[3, 3:6, 3:6] = 1  # touches the user's square
     predicted[5, 0, 7] = 1  # alone
     predicted[2] = 1  # not writable: ignored either way
-    merged = merge_prediction(current, predicted, writable, connected=True)
+    merged = merge_prediction(current, predicted, writable, evidence_axis=0, spacing=(1.0, 1.0, 1.0))
     assert merged[3].sum() == 9 and merged[5].sum() == 0 and np.array_equal(merged[2], current[2])
     assert merge_prediction(current, predicted, writable)[5].sum() == 1

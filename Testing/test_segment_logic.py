@@ -507,7 +507,7 @@ def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scen
     labels[4, 11:19, 11:19] = labels[6, 12:18, 12:18] = 1  # touches the correction
     labels[9, 30:34, 25:29] = 1  # far from it
     prediction.labels = labels
-    prediction.region = {"axis": "axial"}  # what segment_volume reports for a region model
+    prediction.region = {"axis": "axial", "array_axis": prediction.axis}  # as segment_volume reports a region model
     assert logic.previewLabels(job, prediction)[9].sum() == 0
     logic.applySegmentation(job, prediction)
     written = segment_array(scene, segment_id)

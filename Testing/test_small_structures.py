@@ -13,6 +13,8 @@ from guidino.geometry import Geometry
 from guidino.imageio import ImageData
 from guidino.inference import segment_volume
 from guidino.metrics import dice_score
+from guidino.corrections import continuing
+from guidino.review import slice_mask
 from guidino.training.refine import refine_model, spread_slices, with_corrections
 from guidino.training.settings import RefineSettings
 
@@ -49,7 +51,7 @@ def test_three_spread_slices_find_the_blob_and_nothing_far_from_it(tiny_guide_di
     slices = spread_slices(truth, 0, 3)
     result = refine_model(image, truth, slices, guide=str(tiny_guide_dir), settings=_settings())
     predicted = segment_volume(result.model, image, device="cpu", batch_size=4).labels
-    predicted = with_corrections(predicted, truth, slices, 0)
+    predicted = with_corrections(predicted, truth, slices, 0, image.geometry.spacing[::-1])
     rest = [k for k in range(SHAPE[0]) if k not in slices]
     assert dice_score(predicted[rest], truth[rest]) >= 0.7
     distance = ndimage.distance_transform_edt(truth == 0)  # voxels (z, y, x) from the blob
@@ -92,6 +94,9 @@ def test_the_region_follows_the_corrections_and_a_region_model_refuses_another_v
         segment_volume(result.model, other, device="cpu")
 
 
+UNIT = (1.0, 1.0, 1.0)
+
+
 def test_only_prediction_connected_to_what_the_user_labelled_is_kept():
     labels = np.zeros((6, 10, 10), np.uint8)
     labels[2, 3:6, 3:6] = 1
@@ -99,10 +104,30 @@ def test_only_prediction_connected_to_what_the_user_labelled_is_kept():
     predicted[1, 4:7, 4:7] = 1  # touches the labelled square of slice 2 (diagonally counts)
     predicted[3, 6, 6] = 1
     predicted[4, 0:2, 8:10] = 1  # alone
-    kept = with_corrections(predicted, labels, [2], 0)
+    kept = with_corrections(predicted, labels, [2], 0, UNIT)
     assert kept[1].sum() == 9 and kept[3, 6, 6] == 1 and not kept[4].any()
     assert np.array_equal(kept[2], labels[2])  # the corrected slice as drawn
-    assert not with_corrections(predicted, labels, [0], 0).any()  # slice 0 holds nothing: nothing reaches
-    along = with_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2)
+    assert not with_corrections(predicted, labels, [0], 0, UNIT).any()  # slice 0 holds nothing: nothing reaches
+    along = with_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2, UNIT)
     assert np.array_equal(along, np.moveaxis(kept, 0, 2))
 
+
+
+def test_beyond_the_users_slices_only_what_continues_them_is_kept():
+    """A look-alike touching the structure's last slice (the skull beside a tumour) is not carried on."""
+    labels = np.zeros((8, 40, 40), np.uint8)
+    labels[2, 10:20, 10:20] = 1  # the user's slices 2 and 3; the structure goes on to slice 4
+    labels[3, 10:20, 10:20] = 1
+    predicted = np.zeros_like(labels)
+    predicted[4, 11:19, 11:19] = 1  # tapering on: kept
+    predicted[4, 18:20, 21:34] = 1  # a rim beside it, a piece of its own, mostly off the slice before: dropped
+    predicted[5, 18:20, 21:34] = 1  # and what continues only the dropped rim: dropped
+    predicted[1, 12:18, 12:18] = 1  # below the first slice, inside it: kept
+    predicted[0, 12:18, 30:39] = 1  # touching nothing kept: dropped
+    kept = with_corrections(predicted, labels, [2, 3], 0, UNIT)
+    assert kept[4, 11:19, 11:19].all() and not kept[5:].any()
+    assert kept[1].sum() == 36 and not kept[0].any()
+    assert np.array_equal(kept[4], predicted[4] * (np.arange(40) < 19))  # the rim only
+    writable = ~slice_mask(labels.shape, 0, [2, 3])
+    thick = continuing(predicted, writable, labels, 0, (6.5, 0.78, 0.78))  # 9 px of shift per slice allowed
+    assert thick[4].sum() == predicted[4].sum()  # the rim now lies mostly within reach of slice 3

@@ -140,6 +140,7 @@ def test_time_budget_stops_training_after_a_validated_step():
     assert result.stopped == "time budget" and 0 < result.steps < 100_000 and result.seconds >= 1.0
     assert [h["step"] for h in result.history] == [result.steps]  # the steps since the last validation count
     assert validation_dice(model, val_set, torch.device("cpu")) == pytest.approx(result.best_val_dice)
+    assert result.history[-1]["lr_factor"] < 0.05  # the schedule followed the clock: it ends annealed
 
 
 def test_real_kvasir_images_are_learned(tiny_guide):

@@ -124,7 +124,7 @@ def main():
     parser.add_argument("--out", required=True, help="folder for the per-run JSON (reused when rerun)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     parser.add_argument("--rounds", type=int, default=5, help="robot-user rounds (0: no robot protocol)")
-    parser.add_argument("--spread", default=None, help="spread counts for every case, e.g. 3 (default: each case's)")
+    parser.add_argument("--spread", default=None, help="spread counts for every case, e.g. 3 (default: each case's; 0: no spread protocol)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each spread count")
     parser.add_argument("--unguided-runs", type=int, default=1,
                         help="runs of each spread count without a guide (--guide none): the ablation")
@@ -144,7 +144,7 @@ def main():
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
         truth, spacing = read_truth(Path(args.data) / CASES[case][1])
-        counts = CASES[case][2] if args.spread is None else tuple(int(k) for k in args.spread.split(","))
+        counts = CASES[case][2] if args.spread is None else tuple(int(k) for k in args.spread.split(",") if int(k))
         for count in counts:
             runs = [_run(case, args, out, f"spread{count}-run{n + 1}", ["--spread", count]) for n in range(args.runs)]
             unguided = [_run(case, args, out, f"spread{count}-noguide-run{n + 1}", ["--spread", count], guide="none")

@@ -205,7 +205,7 @@ class GuiDINOSegmentLogic:
         state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis)
         write = self._writable(job, prediction, state)
         if write.any():
-            labels = merge_prediction(current, prediction.labels, write, connected=prediction.region is not None)
+            labels = self._merge(current, prediction, write)
             with _watcher.writing(job.segmentation):
                 slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId,
                                                                  job.inputVolume)
@@ -221,8 +221,14 @@ class GuiDINOSegmentLogic:
         rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it."""
         state, current = (self._sync(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
                           else (None, self._segmentArray(job)))
-        return merge_prediction(current, prediction.labels, self._writable(job, prediction, state),
-                                connected=prediction.region is not None)
+        return self._merge(current, prediction, self._writable(job, prediction, state))
+
+    @staticmethod
+    def _merge(current, prediction, writable):
+        """The one write rule (``merge_prediction``) for this prediction: a region model's keeps to the evidence."""
+        axis = prediction.region["array_axis"] if prediction.region is not None else None
+        return merge_prediction(current, prediction.labels, writable, evidence_axis=axis,
+                                spacing=prediction.geometry.spacing[::-1])
 
     def showPredictionGuide(self, job, prediction):
         """Show the prediction's guide as the overlay of the job's volume; None for unguided models."""
@@ -252,7 +258,7 @@ class GuiDINOSegmentLogic:
         """
         state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
         writable = self._writable(job, prediction, state)
-        expected = merge_prediction(current, prediction.labels, writable, connected=prediction.region is not None)
+        expected = self._merge(current, prediction, writable)
         with _watcher.writing(job.segmentation):
             apply()
         self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis,

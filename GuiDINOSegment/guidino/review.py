@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .corrections import connected_to
+from .corrections import connected_to, continuing
 
 
 def slice_mask(shape, axis, indices):
@@ -24,18 +24,23 @@ def slice_mask(shape, axis, indices):
     return mask
 
 
-def merge_prediction(current, predicted, writable, connected=False):
+def merge_prediction(current, predicted, writable, evidence_axis=None, spacing=None):
     """The segment after a write (0/1 uint8): ``predicted`` (any label > 0) where ``writable``, else ``current``.
 
-    ``connected``: keep only the prediction that connects to what the user labelled (``current`` where it is not
-    writable): for models refined from a few corrections (``ModelConfig.region``), which know nothing beyond them.
+    ``evidence_axis``: for a model refined from a few corrections (``ModelConfig.region``), which knows nothing
+    beyond them, the array axis of the user's slices: only the prediction that connects to what the user labelled
+    (``current`` where it is not writable) is written, and beyond the user's slices only what continues them
+    (``corrections.continuing``; ``spacing``: voxel spacing in array order, mm).
     """
     current, predicted = np.asarray(current), np.asarray(predicted)
     if current.shape != predicted.shape or np.shape(writable) != current.shape:
         raise ValueError(f"the prediction {predicted.shape}, the segment {current.shape} and the writable mask "
                          f"{np.shape(writable)} have different grids")
-    if connected:
+    if evidence_axis is not None:
+        if spacing is None:
+            raise ValueError("merging a region model's prediction needs the voxel spacing")
         predicted = connected_to(np.where(writable, predicted, 0), (current > 0) & ~np.asarray(writable, bool))
+        predicted = continuing(predicted, writable, current, evidence_axis, spacing)
     return np.where(writable, predicted > 0, current > 0).astype(np.uint8)
 
 

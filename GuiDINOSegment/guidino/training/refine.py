@@ -207,7 +207,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
         model = refined.model
         todo = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
         seg = segment_volume(model, image, axis=axis, slices=todo, device=device)
-        current = with_corrections(seg.labels, truth, reviewed, axis_index)
+        current = with_corrections(seg.labels, truth, reviewed, axis_index, image.geometry.spacing[::-1])
         predicted_unreviewed = np.moveaxis(current, axis_index, 0)[todo]
         entry = {"round": number, "corrected_slices": sorted(reviewed),
                  "dice_all": dice_score(current, truth),
@@ -221,11 +221,12 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
     return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained)}
 
 
-def with_corrections(predicted, truth, corrected, axis_index):
-    """What the user's segmentation holds after a round (0/1 uint8), by Slicer's write rule: the corrected slices
-    as drawn, elsewhere the prediction that connects to them (``review.merge_prediction(connected=True)``)."""
+def with_corrections(predicted, truth, corrected, axis_index, spacing):
+    """What the user's segmentation holds after a round (0/1 uint8), by Slicer's write rule for a model refined
+    from corrections: the corrected slices as drawn, elsewhere the prediction that connects to them and continues
+    them (``review.merge_prediction`` with ``evidence_axis``); ``spacing`` in array order (mm)."""
     writable = ~slice_mask(np.shape(truth), axis_index, list(corrected))
-    return merge_prediction(truth, predicted, writable, connected=True)
+    return merge_prediction(truth, predicted, writable, evidence_axis=axis_index, spacing=spacing)
 
 
 def spread_slices(truth, axis_index, count):
@@ -245,7 +246,7 @@ def refine_and_segment(image, truth, slices, guide=None, axis="axial", settings=
     refined = refine_model(image, truth, slices, guide=guide, axis=axis, settings=settings, progress=progress)
     rest = [k for k in range(truth.shape[axis_index]) if k not in slices]
     seg = segment_volume(refined.model, image, axis=axis, slices=rest, device=device)
-    return refined, seg, with_corrections(seg.labels, truth, slices, axis_index), rest
+    return refined, seg, with_corrections(seg.labels, truth, slices, axis_index, image.geometry.spacing[::-1]), rest
 
 
 def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto"):

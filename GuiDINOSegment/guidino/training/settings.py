@@ -31,7 +31,8 @@ class TrainConfig:
     device: str = "auto"
     validate_every: int = 0  # steps between validations; 0 = once per epoch
     patience: Optional[int] = None  # stop after this many validations without improvement
-    time_budget: Optional[float] = None  # seconds: stop after the step that passes it (that step is validated)
+    time_budget: Optional[float] = None  # seconds: stop after the step that passes it (validated); the poly
+    # schedule follows whichever ends first, the steps or the budget, so a run cut by the clock ends annealed
     cache_guide: bool = True  # frozen guide: compute its tokens once per image
 
     def __post_init__(self):

@@ -119,7 +119,9 @@ def validation_dice(model, val_set, device, batch_size=16, features=None):
 def train(model, train_set, val_set=None, config=None, progress=None, cancel=None, checkpoint=None, resume=False):
     """Train ``model`` in place on ``train_set``; keep the best weights on ``val_set``.
 
-    ``progress(dict)`` gets step, total, epoch, loss, val_dice, seconds after each validation.
+    ``progress(dict)`` gets step, total, epoch, loss, val_dice, seconds, lr_factor (the learning rate's fraction
+    of its start) after each validation. The poly schedule runs to whichever ends first, ``total`` steps or the
+    time budget, so a run the clock stops ends annealed too.
     ``cancel`` (threading.Event) stops after the current step; the best weights so far are kept.
     ``checkpoint``: a file rewritten at each validation; with ``resume=True`` training continues from it.
     Returns a TrainResult; the model ends holding the best weights (the last ones without validation).
@@ -135,7 +137,13 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     optimizer = _optimizer(model, config)
     steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
     total = config.steps or config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total) ** config.poly_power)
+    budget = config.time_budget
+
+    def remaining(step):  # the poly schedule runs on whichever ends first, the steps or the time budget
+        done = step / total if budget is None else max(step / total, (time.perf_counter() - start) / budget)
+        return max(0.0, 1 - done) ** config.poly_power
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, remaining)
     loss_fn = GuiDINOLoss(guide_weight=config.guide_weight, boundary_weight=config.boundary_weight)
     augment = AugmentConfig() if config.augment else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -188,7 +196,8 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
         if step % validate_every == 0 or step == total or out_of_time:  # the last step is always validated
             val = validation_dice(model, val_set, device, features=val_features) if val_set else None
             entry = {"step": step, "total": total, "epoch": step / steps_per_epoch, "loss": float(running / seen),
-                     "val_dice": val, "seconds": time.perf_counter() - start}
+                     "val_dice": val, "seconds": time.perf_counter() - start,
+                     "lr_factor": scheduler.get_last_lr()[0] / scheduler.base_lrs[0]}
             history.append(entry)
             running, seen = torch.zeros((), device=device), 0
             if val is not None and (best is None or val > best):
