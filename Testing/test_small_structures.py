@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from guidino.corrections import evidence_region
+from guidino.corrections import continuing, evidence_region
 from guidino.geometry import Geometry
 from guidino.imageio import ImageData
 from guidino.inference import segment_volume
 from guidino.metrics import dice_score
-from guidino.corrections import continuing
 from guidino.review import slice_mask
 from guidino.training.refine import refine_model, spread_slices, with_corrections
 from guidino.training.settings import RefineSettings
@@ -110,7 +109,6 @@ def test_only_prediction_connected_to_what_the_user_labelled_is_kept():
     assert not with_corrections(predicted, labels, [0], 0, UNIT).any()  # slice 0 holds nothing: nothing reaches
     along = with_corrections(np.moveaxis(predicted, 0, 2), np.moveaxis(labels, 0, 2), [2], 2, UNIT)
     assert np.array_equal(along, np.moveaxis(kept, 0, 2))
-
 
 
 def test_beyond_the_users_slices_only_what_continues_them_is_kept():

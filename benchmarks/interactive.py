@@ -124,7 +124,8 @@ def main():
     parser.add_argument("--out", required=True, help="folder for the per-run JSON (reused when rerun)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     parser.add_argument("--rounds", type=int, default=5, help="robot-user rounds (0: no robot protocol)")
-    parser.add_argument("--spread", default=None, help="spread counts for every case, e.g. 3 (default: each case's; 0: no spread protocol)")
+    parser.add_argument("--spread", default=None,
+                        help="spread counts for every case, e.g. 3 (default: each case's; 0: no spread protocol)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each spread count")
     parser.add_argument("--unguided-runs", type=int, default=1,
                         help="runs of each spread count without a guide (--guide none): the ablation")

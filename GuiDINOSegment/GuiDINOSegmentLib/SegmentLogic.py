@@ -225,7 +225,7 @@ class GuiDINOSegmentLogic:
 
     @staticmethod
     def _merge(current, prediction, writable):
-        """The one write rule (``merge_prediction``) for this prediction: a region model's keeps to the evidence."""
+        """The one write rule (``merge_prediction``) for this prediction; a region model's keeps to the user's slices."""
         axis = prediction.region["array_axis"] if prediction.region is not None else None
         return merge_prediction(current, prediction.labels, writable, evidence_axis=axis,
                                 spacing=prediction.geometry.spacing[::-1])

@@ -88,17 +88,18 @@ def continuing(predicted, writable, user, array_axis, spacing):
         return np.zeros_like(np.asarray(predicted))
     plane = [s for a, s in enumerate(spacing) if a != array_axis]
     grow = int(min(16, max(1, math.ceil(float(spacing[array_axis]) / min(plane)))))
+    square = np.ones((3, 3), bool)
     for ahead in (range(holding[-1] + 1, moved.shape[0]), range(holding[0] - 1, -1, -1)):
         before = drawn[ahead.start - ahead.step]
         for k in ahead:
             if not free[k]:
                 before = drawn[k]
                 continue
-            reach = ndimage.binary_dilation(before, structure=np.ones((3, 3), bool), iterations=grow)
-            pieces, count = ndimage.label(moved[k], structure=np.ones((3, 3), bool))
-            inside = ndimage.sum(reach, pieces, np.arange(1, count + 1))
-            area = ndimage.sum(np.ones_like(reach), pieces, np.arange(1, count + 1))
-            keep = np.flatnonzero(np.asarray(inside) >= CONTINUES * np.asarray(area)) + 1
+            reach = ndimage.binary_dilation(before, structure=square, iterations=grow)
+            pieces, count = ndimage.label(moved[k], structure=square)
+            area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+            inside = np.bincount(pieces.ravel(), weights=reach.ravel(), minlength=count + 1)[1:]
+            keep = np.flatnonzero(inside >= CONTINUES * area) + 1
             moved[k] = np.isin(pieces, keep)
             before = moved[k]
     out = np.where(np.moveaxis(moved, 0, array_axis), np.asarray(predicted), 0)
