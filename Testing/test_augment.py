@@ -94,6 +94,17 @@ def test_flips_only():
     assert len(kinds) > 1
 
 
+def test_geometric_changes_shapes_and_never_intensities():
+    images, labels = torch.rand(6, 3, 36, 52, generator=_gen()), _blobs(h=36, w=52)
+    flips_and_intensities = dataclasses.replace(EVERYTHING, flip_p=1.0, rot90_p=0, elastic_p=0, affine_p=0)
+    out_images, out_labels = augment_batch(images, labels, flips_and_intensities.geometric(), _gen(11))
+    assert torch.equal(out_labels, labels.flip(-2, -1))
+    torch.testing.assert_close(out_images, images.flip(-2, -1), rtol=0, atol=1e-5)
+    out_images, _ = augment_batch(images, labels, flips_and_intensities, _gen(11))
+    assert (out_images - images.flip(-2, -1)).abs().max() > 0.05  # the full config does change them
+    assert AugmentConfig().geometric().flip_p == AugmentConfig().flip_p
+
+
 def test_rot90_only_rotates_square_images():
     images, labels = torch.rand(6, 2, 32, 32, generator=_gen()), _blobs(h=32, w=32)
     out_images, out_labels = augment_batch(images, labels, dataclasses.replace(OFF, rot90_p=1.0), _gen(10))

@@ -14,7 +14,7 @@ from guidino.bundle import load_bundle, read_bundle_config
 from guidino.errors import InputError
 from guidino.imageio import image_data_from_sitk
 from guidino.training.refine import list_versions, next_version_path, refine_model, save_refined, simulate
-from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
+from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings, TrainConfig
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
@@ -98,6 +98,8 @@ def test_robot_user_improves_unreviewed_slices(tiny_guide_dir):
 
 def test_a_refine_round_stops_at_its_time_budget(volume, tiny_guide_dir):
     assert RefineSettings().time_budget == REFINE_TIME_BUDGET == 20.0  # the default: a round stays interactive
+    # one volume, one set of intensities: a round varies shapes only (guidino train keeps the full recipe)
+    assert RefineSettings().train_config().photometric is False and TrainConfig().photometric is True
     image, labels = volume
     result = refine_model(image, labels, [4, 6], guide=str(tiny_guide_dir),
                           settings=_settings(steps=100_000, time_budget=1.0))

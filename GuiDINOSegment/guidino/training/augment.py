@@ -11,7 +11,7 @@ passed through untouched, so an all-zero-probability config returns the input ex
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,10 @@ class AugmentConfig:
     elastic_grid: int = 5  # control points per axis of the smooth random displacement field
     elastic_magnitude: float = 0.3  # largest control-point shift, as a fraction of their spacing
     blur_sigma: tuple = (0.5, 1.5)  # pixels
+
+    def geometric(self):
+        """This config without the intensity changes (brightness/contrast, noise, blur): shapes only."""
+        return replace(self, intensity_p=0.0, noise_p=0.0, blur_p=0.0)
 
 
 class _Sampler:

@@ -101,7 +101,7 @@ def validation_dice(model, val_set, device, batch_size=16, features=None):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     for first in range(0, len(val_set), batch_size):
         index = slice(first, first + batch_size)
-        images = val_set.images[index].to(device).float()
+        images = val_set.images[index].to(device).float().contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(images, _index_features(features, index)).logits.float()
         labels = val_set.labels[index].to(device).long()
@@ -132,7 +132,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     seed_everything(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions (a third, 2-core CPU, 128 px)
     _set_trainable(model, config.parts)
     optimizer = _optimizer(model, config)
     steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
@@ -145,7 +145,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, remaining)
     loss_fn = GuiDINOLoss(guide_weight=config.guide_weight, boundary_weight=config.boundary_weight)
-    augment = AugmentConfig() if config.augment else None
+    augment = None if not config.augment else AugmentConfig() if config.photometric else AugmentConfig().geometric()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     validate_every = config.validate_every or steps_per_epoch
 
@@ -183,7 +183,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
             images, labels, features = augment_batch(images, labels, augment, generator, features=features)
         model.train()
         with autocast:
-            out = model(images, features)
+            out = model(images.contiguous(memory_format=torch.channels_last), features)
             loss, _ = loss_fn(out.logits, labels, out.guide_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
