@@ -126,6 +126,15 @@ def tiny_model(tiny_guide):
     return GuiDINOModel(ModelConfig(network="unet", input_size=64, widths=[8, 16, 32]), tiny_guide).eval()
 
 
+@pytest.fixture(autouse=True)
+def _same_random_state():
+    """Every test starts from one random state, whatever ran before it: a model a test builds without a seed of
+    its own (a fixture's starting model) is the same in any order the tests run."""
+    from guidino.runtime import seed_everything
+
+    seed_everything(0)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_the_shared_worker():
     """The Slicer Logic's GuiDINO worker process, if a test started it, ends with the tests."""

@@ -143,6 +143,17 @@ def test_time_budget_stops_training_after_a_validated_step():
     assert result.history[-1]["lr_factor"] < 0.05  # the schedule followed the clock: it ends annealed
 
 
+def test_the_clock_stops_nothing_before_min_steps():
+    train_set, _ = _sets()
+    model = build_model(ModelConfig(network="unet", input_size=64, guided=False, widths=SMALL))
+    result = train(model, train_set, None, TrainConfig(steps=1000, batch_size=4, device="cpu", time_budget=0.001,
+                                                       min_steps=7))
+    assert result.stopped == "time budget" and result.steps == 7  # a slow machine takes longer, never less
+    assert result.history[-1]["lr_factor"] < 0.05  # and the schedule ran to the floor: it ends annealed
+    result = train(model, train_set, None, TrainConfig(steps=1000, batch_size=4, device="cpu", time_budget=0.001))
+    assert result.steps == 1  # without a floor the clock ends it at the first step
+
+
 def test_real_kvasir_images_are_learned(tiny_guide):
     if not (SHARED_DATA / "kvasir-seg").is_dir():
         pytest.skip(f"Kvasir-SEG not found in {SHARED_DATA}")

@@ -144,7 +144,8 @@ def _refine_settings(args):
 
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
-                          device=args.device, new_model=new_model)
+                          min_steps=args.min_steps, batch_size=args.batch_size, photometric=args.photometric, device=args.device,
+                          new_model=new_model)
 
 
 def _refine(args):
@@ -343,6 +344,15 @@ def build_parser():
         cmd.add_argument("--time-budget", type=_checked(seconds, "time budget"), default=RefineSettings.time_budget,
                          help=f"seconds of training per refine (default {RefineSettings.time_budget:g}; 0: no limit, "
                               "train all --steps)")
+        cmd.add_argument("--min-steps", type=_checked(whole_number, "minimum steps", minimum=0),
+                         default=RefineSettings.min_steps,
+                         help=f"steps the time budget cannot cut (default {RefineSettings.min_steps}; a slow CPU "
+                              "takes longer instead of returning an untrained model)")
+        cmd.add_argument("--batch-size", type=_checked(whole_number, "batch size"), default=RefineSettings.batch_size,
+                         help=f"corrected slices per training step (default {RefineSettings.batch_size})")
+        cmd.add_argument("--photometric", action="store_true",
+                         help="augment intensities too (brightness/contrast, noise, blur), as guidino train does; "
+                              "off by default: the corrections and the rest come from one volume")
         cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32),
                          default=DEFAULT_NEW_MODEL["input_size"],
                          help="input size of a model started from nothing (it sees crops around the corrections)")

@@ -121,7 +121,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
 
     ``progress(dict)`` gets step, total, epoch, loss, val_dice, seconds, lr_factor (the learning rate's fraction
     of its start) after each validation. The poly schedule runs to whichever ends first, ``total`` steps or the
-    time budget, so a run the clock stops ends annealed too.
+    time budget (not before ``min_steps``), so a run the clock stops ends annealed too.
     ``cancel`` (threading.Event) stops after the current step; the best weights so far are kept.
     ``checkpoint``: a file rewritten at each validation; with ``resume=True`` training continues from it.
     Returns a TrainResult; the model ends holding the best weights (the last ones without validation).
@@ -137,10 +137,13 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     optimizer = _optimizer(model, config)
     steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
     total = config.steps or config.epochs * steps_per_epoch
-    budget = config.time_budget
+    budget, floor = config.time_budget, min(config.min_steps, total)
 
-    def remaining(step):  # the poly schedule runs on whichever ends first, the steps or the time budget
-        done = step / total if budget is None else max(step / total, (time.perf_counter() - start) / budget)
+    def remaining(step):  # the poly schedule runs on whichever ends first, the steps or the time budget ...
+        done = step / total
+        if budget is not None:  # ... but the clock ends nothing before ``min_steps``
+            clock = (time.perf_counter() - start) / budget
+            done = max(done, min(clock, step / floor) if floor else clock)
         return max(0.0, 1 - done) ** config.poly_power
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, remaining)
@@ -192,7 +195,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
         step += 1
         running += loss.detach().float()
         seen += 1
-        out_of_time = config.time_budget is not None and time.perf_counter() - start > config.time_budget
+        out_of_time = budget is not None and time.perf_counter() - start > budget and step >= floor
         if step % validate_every == 0 or step == total or out_of_time:  # the last step is always validated
             val = validation_dice(model, val_set, device, features=val_features) if val_set else None
             entry = {"step": step, "total": total, "epoch": step / steps_per_epoch, "loss": float(running / seen),
