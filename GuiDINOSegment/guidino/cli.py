@@ -144,8 +144,8 @@ def _refine_settings(args):
 
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
-                          min_steps=args.min_steps, batch_size=args.batch_size, photometric=args.photometric, device=args.device,
-                          new_model=new_model)
+                          min_steps=args.min_steps, batch_size=args.batch_size, photometric=args.photometric,
+                          device=args.device, new_model=new_model)
 
 
 def _refine(args):

@@ -148,7 +148,9 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, remaining)
     loss_fn = GuiDINOLoss(guide_weight=config.guide_weight, boundary_weight=config.boundary_weight)
-    augment = None if not config.augment else AugmentConfig() if config.photometric else AugmentConfig().geometric()
+    augment = None
+    if config.augment:
+        augment = AugmentConfig() if config.photometric else AugmentConfig().geometric()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     validate_every = config.validate_every or steps_per_epoch
 
