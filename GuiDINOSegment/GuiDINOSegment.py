@@ -29,6 +29,7 @@ from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
 from GuiDINOSegmentLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib.WorkerClient import startSharedWorker
 
 
 class GuiDINOSegment(ScriptedLoadableModule):
@@ -133,6 +134,7 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        startSharedWorker()  # torch and MONAI load while the user works, not in the first job
 
     def exit(self):
         if self._parameterNode:

@@ -32,6 +32,7 @@ from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from GuiDINOSegmentLib.WorkerClient import startSharedWorker
 from GuiDINOTrainLib import TrainPanel as panel
 from guidino.training.settings import REFINE_TIME_BUDGET  # torch-free
 
@@ -133,6 +134,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        startSharedWorker()  # torch and MONAI load while the user works, not in the first job
         self._refreshTimer.start()
 
     def exit(self):

@@ -141,6 +141,6 @@ def _close_the_shared_worker():
     yield
     import sys
 
-    module = sys.modules.get("GuiDINOSegmentLib.SegmentLogic")
-    if module is not None and module._worker is not None:
-        module._worker.close()
+    module = sys.modules.get("GuiDINOSegmentLib.WorkerClient")
+    if module is not None and module._shared is not None:
+        module._shared.close()

@@ -69,6 +69,7 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     assert unguided["guide_pretrained"] is None and cells[5] == f"{unguided['dice_not_labelled']:.3f}"  # the ablation
     assert "**brain1**, robot user **[UNTRAINED GUIDE]**" in text and "\n| 2 | 2 | 3 | " in text
     assert "- K = 3: GuiDINO " in text
+    assert "imported MONAI in " in text and "(4 processes), off the rounds' clock" in text  # 2 + 1 spread, 1 robot
 
 
 def test_segment_speed_times_the_parts_and_the_command(tmp_path):

@@ -1,6 +1,7 @@
 """Refine from corrections (engine side): clear refusals, versioned bundles, and a robot user that learns."""
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def test_robot_user_improves_unreviewed_slices(tiny_guide_dir):
     assert rounds[0]["corrected_slices"] == [first_pick]  # starts from the slice with the largest true area
     assert rounds[-1]["dice_unreviewed"] > rounds[0]["dice_unreviewed"] + 0.1, rounds
     assert all(r["refine_seconds"] > 0 and r["segment_seconds"] > 0 for r in rounds)
+    assert summary["warm_up_seconds"] >= 0 and "monai.losses" in sys.modules  # MONAI imported before round 1
 
 
 def test_a_refine_round_stops_at_its_time_budget(volume, tiny_guide_dir):

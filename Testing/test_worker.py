@@ -13,9 +13,9 @@ from conftest import synthetic_volume
 from test_cli import guidino
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
-from GuiDINOSegmentLib import SegmentLogic as segmentLogicModule
+from GuiDINOSegmentLib import WorkerClient as workerClientModule
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
-from GuiDINOSegmentLib.WorkerClient import WorkerError, WorkerProcess
+from GuiDINOSegmentLib.WorkerClient import WorkerError, WorkerProcess, startSharedWorker
 from guidino.geometry import Geometry
 
 
@@ -34,7 +34,7 @@ def bundle(tmp_path_factory, tiny_guide_dir):
 @pytest.fixture
 def worker(monkeypatch):
     process = WorkerProcess()
-    monkeypatch.setattr(segmentLogicModule, "_worker", process)  # the Logic's shared worker, for this test
+    monkeypatch.setattr(workerClientModule, "_shared", process)  # the Logics' shared worker, for this test
     yield process
     process.close()
 
@@ -127,6 +127,29 @@ def test_a_killed_worker_gives_a_clear_error_and_the_next_job_succeeds(scene, bu
     assert "worker process was killed (signal 9)" in str(state.error) and "a new worker starts" in str(state.error)
     again = logic.startSegmentation(_prepare(logic, scene, bundle)).wait(300)
     assert again.error is None and again.done == 24 and worker.starts == 2
+
+
+def _pump_until(worker, condition, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        worker.pump()
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_job_sent_with_the_start_runs_before_the_idle_worker_imports_monai(scene, bundle, worker):
+    logic = GuiDINOSegmentLogic()
+    first = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    assert first.error is None and not worker.warm  # it did not wait for the warm-up
+    assert _pump_until(worker, lambda: worker.warm)  # idle: it imports what a refine round needs
+    again = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    assert again.error is None and again.result["model_loads"] == 1 and worker.starts == 1
+
+
+def test_opening_a_module_starts_the_shared_worker_which_warms_up(worker):
+    assert startSharedWorker() and worker.alive and worker.starts == 1
+    assert startSharedWorker() and worker.starts == 1  # it runs: not started twice
+    assert _pump_until(worker, lambda: worker.ready and worker.warm)
 
 
 def test_two_jobs_on_one_bundle_load_it_once(scene, bundle, worker):

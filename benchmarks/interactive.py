@@ -140,7 +140,7 @@ def main():
         args.cases = ",".join([*args.cases.split(","), *(name for name, _ in args.case)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    robot, spread, summary = [], [SPREAD_HEADER], {}
+    robot, spread, summary, warm_ups = [], [SPREAD_HEADER], {}, []
     for case in (c.strip() for c in args.cases.split(",")):
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
@@ -150,25 +150,31 @@ def main():
             runs = [_run(case, args, out, f"spread{count}-run{n + 1}", ["--spread", count]) for n in range(args.runs)]
             unguided = [_run(case, args, out, f"spread{count}-noguide-run{n + 1}", ["--spread", count], guide="none")
                         for n in range(args.unguided_runs)]
+            warm_ups += [r.get("warm_up_seconds") for r in runs + unguided]
             row, scores, other = spread_row(case, count, runs, truth, spacing, unguided)
             spread.append(row)
             summary.setdefault(count, []).append({"case": case, "worst": scores[0], "median": statistics.median(scores),
                                                   "fill": other["fill"]["dice_not_labelled"]})
             print(row, flush=True)
         if args.rounds:
-            robot.append(robot_table(case, _run(case, args, out, f"robot{args.rounds}", ["--rounds", args.rounds]),
-                                     truth, spacing))
+            run = _run(case, args, out, f"robot{args.rounds}", ["--rounds", args.rounds])
+            warm_ups.append(run.get("warm_up_seconds"))
+            robot.append(robot_table(case, run, truth, spacing))
             print(robot[-1], flush=True)
         if args.markdown:
-            Path(args.markdown).write_text(_markdown(spread, robot, summary))
-    print(_markdown(spread, robot, summary))
+            Path(args.markdown).write_text(_markdown(spread, robot, summary, warm_ups))
+    print(_markdown(spread, robot, summary, warm_ups))
 
 
-def _markdown(spread, robot, summary):
+def _markdown(spread, robot, summary, warm_ups):
     lines = ["Spread protocol", "", *spread, "", "Median over the cases, per K (GuiDINO's median run; Fill):", ""]
     for count, rows in sorted(summary.items()):
         lines.append(f"- K = {count}: GuiDINO {statistics.median(r['median'] for r in rows):.3f}, "
                      f"Fill {statistics.median(r['fill'] for r in rows):.3f} ({len(rows)} cases)")
+    seconds = [w for w in warm_ups if w is not None]
+    if seconds:
+        lines += ["", f"Before its rounds each run's process imported MONAI in {min(seconds):.1f}–{max(seconds):.1f} s "
+                      f"({len(seconds)} processes), off the rounds' clock, as the Slicer worker does when first idle."]
     return "\n".join(lines + ["", *robot])
 
 

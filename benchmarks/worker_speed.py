@@ -65,7 +65,7 @@ def main():
     from slicer_harness import HeadlessSlicer
 
     from GuiDINOSegmentLib import GuiDINOSegmentLogic
-    from GuiDINOSegmentLib import SegmentLogic
+    from GuiDINOSegmentLib import WorkerClient
     from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 
     work = Path(tempfile.mkdtemp(prefix="guidino-worker-bench-"))
@@ -107,7 +107,7 @@ def main():
             print(json.dumps(row), flush=True)
         report["worker"] = jobs
     finally:
-        SegmentLogic.sharedWorker().close()
+        WorkerClient.sharedWorker().close()
         app.close()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -191,6 +191,8 @@ class GuiDINOSegmentLogic:
                                       float(answer["seconds"]), bool(answer["cancelled"]), int(answer["guide_stride"]),
                                       answer.get("region"))
 
+        from .WorkerClient import sharedWorker
+
         return sharedWorker().submit("segment", request, {"image": job.image.voxels}, convert=result)
 
     def applySegmentation(self, job, prediction):
@@ -514,19 +516,6 @@ def _matchGrid(node, like, fill, dtype):
         slicer.util.updateVolumeFromArray(node, np.full(shape, fill, dtype))
     node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
     return slicer.util.arrayFromVolume(node)
-
-
-_worker = None
-
-
-def sharedWorker():
-    """The GuiDINO worker process of this Slicer session (started on its first job, restarted if it died)."""
-    global _worker
-    if _worker is None:
-        from .WorkerClient import WorkerProcess
-
-        _worker = WorkerProcess()
-    return _worker
 
 
 def _segmentTag(segment, name):

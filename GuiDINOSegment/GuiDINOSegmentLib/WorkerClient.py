@@ -1,7 +1,7 @@
 """Slicer's side of the GuiDINO worker process (``guidino.worker``): start it, send it jobs, read its events.
 
 Slicer's Python threads barely run (PythonQt holds the GIL while the GUI is idle), so the model runs in
-another process, started on first use with Slicer's own Python (``PythonSlicer``; ``sys.executable``
+another process, started when a GuiDINO module opens or on first use, with Slicer's own Python (``PythonSlicer``; ``sys.executable``
 headless). Nothing here blocks: the GUI polls jobs from a timer (``WorkerJob.poll`` reads whatever
 events have arrived). Cancel asks the worker to stop between slice batches (the slices done are kept);
 a worker that does not stop within a few seconds is ended. A worker that dies (out of memory, a crash,
@@ -54,12 +54,18 @@ class WorkerProcess:
         self._next = 0
         self._log = None
         self.ready = False
+        self.warm = False  # it has imported what a refine round needs (it does when first idle)
         self.starts = 0
 
     # -- the process ---------------------------------------------------------------------------
     @property
     def alive(self):
         return self.process is not None and self.process.poll() is None
+
+    def start(self):
+        """Start the process now (it never waits for it) unless it runs: a GUI does when a module opens."""
+        if not self.alive:
+            self._start()
 
     def _start(self):
         env = dict(os.environ if self.env is None else self.env)
@@ -70,12 +76,11 @@ class WorkerProcess:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
                                         creationflags=flags)
         os.set_blocking(self.process.stdout.fileno(), False)  # pump() never waits for the worker
-        self._buffer, self.ready = b"", False
+        self._buffer, self.ready, self.warm = b"", False, False
         self.starts += 1
 
     def _send(self, message):
-        if not self.alive:
-            self._start()
+        self.start()
         try:
             self.process.stdin.write((json.dumps(message) + "\n").encode())
             self.process.stdin.flush()
@@ -104,6 +109,8 @@ class WorkerProcess:
                 continue
             if event.get("event") == "ready":
                 self.ready = True
+            elif event.get("event") == "warm":
+                self.warm = True
             elif event.get("id") in self.jobs:
                 self.jobs[event["id"]]._event(event)
         if not self.alive:
@@ -220,3 +227,26 @@ class WorkerJob:
         """A result array the worker wrote (None if it wrote none); for ``convert``."""
         path = self.folder / f"{name}.npy"
         return np.load(path) if path.is_file() else None
+
+
+_shared = None
+
+
+def sharedWorker():
+    """The GuiDINO worker process of this Slicer session (started by ``startSharedWorker`` or its first job,
+    restarted if it died)."""
+    global _shared
+    if _shared is None:
+        _shared = WorkerProcess()
+    return _shared
+
+
+def startSharedWorker():
+    """Start the shared worker now if GuiDINO's packages are installed (a module opening), so that it has imported
+    torch and MONAI before the first job. Returns whether it runs; never waits."""
+    from .DependencyLogic import DependencyLogic
+
+    if DependencyLogic().missing():
+        return False
+    sharedWorker().start()
+    return True

@@ -3,11 +3,12 @@
 Inside Slicer, Python threads barely run (PythonQt keeps the GIL on the main thread), so the model
 runs here, in another process (``python -m guidino.worker``; Slicer starts it with ``PythonSlicer``).
 It imports torch once, keeps the loaded model between jobs, and applies the CPU allocator setting,
-so it segments as fast as ``guidino segment``.
+so it segments as fast as ``guidino segment``. When first idle it imports MONAI (seconds), so that no refine
+round waits for it.
 
 Protocol, one JSON object per line. Requests on stdin: ``{"id", "kind": "segment"|"refine", "folder",
 "request"}``, ``{"cancel": id}``, ``{"quit": true}``. Events on stdout: ``{"event": "ready"}`` once,
-then per job ``{"id", "event": "progress", ...}``, and ``{"id", "event": "done", "result"}`` or
+``{"event": "warm", "seconds"}`` when it has imported MONAI, and per job ``{"id", "event": "progress", ...}``, and ``{"id", "event": "done", "result"}`` or
 ``{"id", "event": "error", "message", "details"}``. Arrays travel as ``.npy`` files in the job's
 folder (``image.npy``, ``labels.npy`` in; ``labels.npy``, ``probability.npy``, ``guide.npy``,
 ``processed.npy`` out). Everything else the libraries print goes to stderr.
@@ -21,6 +22,9 @@ import traceback
 from pathlib import Path
 
 PROTOCOL = 1
+# Seconds without a request before the worker imports MONAI (seconds of work a refine round would otherwise
+# pay): a job sent with the start arrives well within this, and waits for no warm-up.
+IDLE_BEFORE_WARM_UP = 0.5
 
 
 class _Jobs:
@@ -54,10 +58,11 @@ class _Jobs:
             self.queue.append({"quit": True})
             self.ready.notify()
 
-    def next(self):
+    def next(self, timeout=None):
+        """The next request; None when ``timeout`` seconds pass without one."""
         with self.ready:
-            while not self.queue:
-                self.ready.wait()
+            if not self.ready.wait_for(lambda: self.queue, timeout):
+                return None
             return self.queue.pop(0)
 
 
@@ -132,7 +137,7 @@ def serve(stdin=None, stdout=None):
     """Answer requests until told to quit or stdin closes."""
     out = stdout or sys.stdout
     sys.stdout = sys.stderr  # what libraries print must not mix with the protocol
-    from .runtime import tune_cpu_allocator
+    from .runtime import preload_monai, tune_cpu_allocator
 
     tune_cpu_allocator()
     import torch  # noqa: F401  (imported once, before the first job)
@@ -140,8 +145,13 @@ def serve(stdin=None, stdout=None):
     jobs, models = _Jobs(out), _Models()
     threading.Thread(target=jobs.read, args=(stdin or sys.stdin,), daemon=True).start()
     jobs.send(event="ready", protocol=PROTOCOL, pid=os.getpid())
+    warm = False
     while True:
-        message = jobs.next()
+        message = jobs.next(timeout=None if warm else IDLE_BEFORE_WARM_UP)
+        if message is None:  # idle: load what a refine round needs, off the user's round
+            jobs.send(event="warm", seconds=round(preload_monai(), 3))
+            warm = True
+            continue
         if message.get("quit"):
             return 0
         job = message.get("id")

@@ -108,7 +108,7 @@ class GuiDINOTrainLogic:
         saves the new version; poll() the handle, then ``finishRefine(prepared, handle.result)``."""
         from dataclasses import asdict
 
-        from GuiDINOSegmentLib.SegmentLogic import sharedWorker
+        from GuiDINOSegmentLib.WorkerClient import sharedWorker
 
         name = prepared.inputVolume.GetName()
         request = {"parent": str(prepared.parent) if prepared.parent else None, "guide": self.segmentLogic.guideSource,

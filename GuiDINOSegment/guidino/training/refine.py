@@ -24,7 +24,7 @@ from ..lora import add_lora, has_lora
 from ..metrics import dice_score
 from ..model import ModelConfig
 from ..review import merge_prediction, slice_mask
-from ..runtime import seed_everything
+from ..runtime import preload_monai, seed_everything
 from .datasets import slices_of
 from .settings import RefineSettings
 from .trainer import learned_state, seed_tokenbook, train
@@ -184,10 +184,12 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
 
     Starting from nothing (``model`` None), round 1 labels the slice with the largest true area.
     Returns ``{"rounds": [{"round", "corrected_slices", "dice_all", "dice_unreviewed",
-    "refine_seconds", "segment_seconds"}, ...], "guide_pretrained"}``: Dice over the whole volume (corrected slices
-    hold the truth) and over the slices the robot has not corrected.
+    "refine_seconds", "segment_seconds"}, ...], "guide_pretrained", "warm_up_seconds"}``: Dice over the whole volume
+    (corrected slices hold the truth) and over the slices the robot has not corrected. The rounds run as in a warm
+    worker: MONAI is imported first (``warm_up_seconds``), off every round's clock.
     """
     settings = settings or RefineSettings(device=device)
+    warm_up = preload_monai()
     truth = (np.asarray(truth) > 0).astype(np.uint8)
     axis_index = image_slice_axis(image, axis)
     truth_slices = np.moveaxis(truth, axis_index, 0)
@@ -218,7 +220,8 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
         if progress is not None:
             progress(entry)
     guide = None if model is None else model.guide
-    return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained)}
+    return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained),
+            "warm_up_seconds": round(warm_up, 3)}
 
 
 def with_corrections(predicted, truth, corrected, axis_index, spacing):
@@ -252,8 +255,10 @@ def refine_and_segment(image, truth, slices, guide=None, axis="axial", settings=
 def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto"):
     """The spread protocol: ``count`` slices evenly spaced over the structure are labelled, a new model is refined
     from them once, and the other slices are segmented. Dice on the slices not labelled (false positives anywhere
-    count) and over the whole volume (the labelled slices hold the truth)."""
+    count) and over the whole volume (the labelled slices hold the truth). As in a warm worker, MONAI is imported
+    before the clock starts (``warm_up_seconds``)."""
     settings = settings or RefineSettings(device=device)
+    warm_up = preload_monai()
     truth = (np.asarray(truth) > 0).astype(np.uint8)
     axis_index = image_slice_axis(image, axis)
     slices = spread_slices(truth, axis_index, count)
@@ -262,7 +267,7 @@ def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None
     return {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
             "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]), "dice_all": dice_score(current, truth),
             "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
-            "region": refined.model.config.region,
+            "region": refined.model.config.region, "warm_up_seconds": round(warm_up, 3),
             "guide_pretrained": None if refined.model.guide is None else bool(refined.model.guide.pretrained)}
 
 
