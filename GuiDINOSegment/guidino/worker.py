@@ -22,9 +22,10 @@ import traceback
 from pathlib import Path
 
 PROTOCOL = 1
-# Seconds without a request before the worker imports MONAI (seconds of work a refine round would otherwise
-# pay): a job sent with the start arrives well within this, and waits for no warm-up.
-IDLE_BEFORE_WARM_UP = 0.5
+# Seconds without a request before the worker imports MONAI (6 s on a 2-core CPU that a refine round would
+# otherwise pay), once: a job sent with the start, or a Run again after a result is written (about 1.5 s for a
+# 512x512 CT), arrives within this and waits for no warm-up; a job that arrives during it waits once.
+IDLE_BEFORE_WARM_UP = 5.0
 
 
 class _Jobs:
