@@ -121,11 +121,12 @@ def test_simulate_and_refine_commands(tmp_path, tiny_guide_dir):
                        "segment_seconds"} for r in rounds] == [True, True]
     run = guidino("refine", "--model", "none", "--volume", tmp_path / "v.nrrd", "--labels", tmp_path / "v-label.nrrd",
                   "--slices", "4,5", "--out", tmp_path / "refined", "--guide", tiny_guide_dir, "--steps", 5,
-                  "--batch-size", 1, "--photometric", *light)
+                  "--batch-size", 1, "--photometric", "--seed", 7, *light)
     assert run.returncode == 0, run.stderr
     provenance = read_bundle_config(tmp_path / "refined")["provenance"]
     assert provenance["slices"] == [4, 5]
     assert provenance["settings"]["batch_size"] == 1 and provenance["settings"]["photometric"] is True
+    assert provenance["settings"]["seed"] == 7
 
 
 def _save_versions(folder, guide_dir, count, queue):

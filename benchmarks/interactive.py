@@ -173,8 +173,8 @@ def _markdown(spread, robot, summary, warm_ups):
                      f"Fill {statistics.median(r['fill'] for r in rows):.3f} ({len(rows)} cases)")
     seconds = [w for w in warm_ups if w is not None]
     if seconds:
-        lines += ["", f"Before its rounds each run's process imported MONAI in {min(seconds):.1f}–{max(seconds):.1f} s "
-                      f"({len(seconds)} processes), off the rounds' clock, as the Slicer worker does when first idle."]
+        lines += ["", f"Before its rounds each run's process imported MONAI in {min(seconds):.1f}–{max(seconds):.1f} "
+                      f"s ({len(seconds)} processes), off the rounds' clock, as the Slicer worker does when first idle."]
     return "\n".join(lines + ["", *robot])
 
 

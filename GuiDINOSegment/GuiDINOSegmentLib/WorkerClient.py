@@ -1,11 +1,12 @@
 """Slicer's side of the GuiDINO worker process (``guidino.worker``): start it, send it jobs, read its events.
 
 Slicer's Python threads barely run (PythonQt holds the GIL while the GUI is idle), so the model runs in
-another process, started when a GuiDINO module opens or on first use, with Slicer's own Python (``PythonSlicer``; ``sys.executable``
-headless). Nothing here blocks: the GUI polls jobs from a timer (``WorkerJob.poll`` reads whatever
-events have arrived). Cancel asks the worker to stop between slice batches (the slices done are kept);
-a worker that does not stop within a few seconds is ended. A worker that dies (out of memory, a crash,
-``kill -9``) fails its job with a clear message, and the next job starts a new one. No torch here.
+another process, started when a GuiDINO module opens or on first use, with Slicer's own Python
+(``PythonSlicer``; ``sys.executable`` headless). Nothing here blocks: the GUI polls jobs from a timer
+(``WorkerJob.poll`` reads whatever events have arrived). Cancel asks the worker to stop between slice batches
+(the slices done are kept); a worker that does not stop within a few seconds is ended. A worker that dies (out
+of memory, a crash, ``kill -9``) fails its job with a clear message, and the next job starts a new one. No
+torch here.
 """
 
 import json

@@ -145,7 +145,7 @@ def _refine_settings(args):
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
                           min_steps=args.min_steps, batch_size=args.batch_size, photometric=args.photometric,
-                          device=args.device, new_model=new_model)
+                          device=args.device, seed=args.seed, new_model=new_model)
 
 
 def _refine(args):
@@ -353,6 +353,8 @@ def build_parser():
         cmd.add_argument("--photometric", action="store_true",
                          help="augment intensities too (brightness/contrast, noise, blur), as guidino train does; "
                               "off by default: the corrections and the rest come from one volume")
+        cmd.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=RefineSettings.seed,
+                         help="seeds the new model's weights and the training's order and augmentation")
         cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32),
                          default=DEFAULT_NEW_MODEL["input_size"],
                          help="input size of a model started from nothing (it sees crops around the corrections)")

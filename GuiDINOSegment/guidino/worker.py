@@ -8,10 +8,10 @@ round waits for it.
 
 Protocol, one JSON object per line. Requests on stdin: ``{"id", "kind": "segment"|"refine", "folder",
 "request"}``, ``{"cancel": id}``, ``{"quit": true}``. Events on stdout: ``{"event": "ready"}`` once,
-``{"event": "warm", "seconds"}`` when it has imported MONAI, and per job ``{"id", "event": "progress", ...}``, and ``{"id", "event": "done", "result"}`` or
-``{"id", "event": "error", "message", "details"}``. Arrays travel as ``.npy`` files in the job's
-folder (``image.npy``, ``labels.npy`` in; ``labels.npy``, ``probability.npy``, ``guide.npy``,
-``processed.npy`` out). Everything else the libraries print goes to stderr.
+``{"event": "warm", "seconds"}`` once it has imported MONAI, and per job ``{"id", "event": "progress", ...}``,
+then ``{"id", "event": "done", "result"}`` or ``{"id", "event": "error", "message", "details"}``. Arrays
+travel as ``.npy`` files in the job's folder (``image.npy``, ``labels.npy`` in; ``labels.npy``,
+``probability.npy``, ``guide.npy``, ``processed.npy`` out). Everything else the libraries print goes to stderr.
 """
 
 import json
@@ -150,7 +150,11 @@ def serve(stdin=None, stdout=None):
     while True:
         message = jobs.next(timeout=None if warm else IDLE_BEFORE_WARM_UP)
         if message is None:  # idle: load what a refine round needs, off the user's round
-            jobs.send(event="warm", seconds=round(preload_monai(), 3))
+            try:
+                seconds = round(preload_monai(), 3)
+            except Exception:  # a broken install: the job that needs MONAI reports it, the worker goes on
+                seconds = None
+            jobs.send(event="warm", seconds=seconds)
             warm = True
             continue
         if message.get("quit"):
