@@ -152,6 +152,23 @@ def test_opening_a_module_starts_the_shared_worker_which_warms_up(worker):
     assert _pump_until(worker, lambda: worker.ready and worker.warm)
 
 
+def test_a_broken_monai_install_leaves_the_worker_serving(scene, bundle, tmp_path):
+    broken = tmp_path / "site" / "monai"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('monai is broken in this install')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(broken.parent), os.environ.get("PYTHONPATH")) if p))
+    worker = WorkerProcess(env=env)
+    try:
+        worker.start()
+        _pump_until(worker, lambda: worker.warm or not worker.alive)
+        assert worker.warm and worker.alive  # the warm-up failed and said so; the worker goes on
+        request = _request(GuiDINOSegmentLogic(), scene, bundle)
+        state = worker.submit("segment", request, {"image": _image(scene)}).wait(300)
+        assert state.error is None and worker.alive and worker.starts == 1
+    finally:
+        worker.close()
+
+
 def test_two_jobs_on_one_bundle_load_it_once(scene, bundle, worker):
     logic = GuiDINOSegmentLogic()
     first = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
