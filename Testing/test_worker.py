@@ -137,19 +137,15 @@ def _pump_until(worker, condition, seconds=300):
     return condition()
 
 
-def test_a_job_sent_with_the_start_runs_before_the_idle_worker_imports_monai(scene, bundle, worker):
+def test_opening_a_module_starts_the_worker_which_warms_up_when_idle_not_before_a_job(scene, bundle, worker):
+    assert startSharedWorker() and worker.alive and worker.starts == 1  # a module opening
+    assert startSharedWorker() and worker.starts == 1  # it runs: not started twice
     logic = GuiDINOSegmentLogic()
     first = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
-    assert first.error is None and not worker.warm  # it did not wait for the warm-up
+    assert first.error is None and not worker.warm  # a job sent with the start did not wait for the warm-up
     assert _pump_until(worker, lambda: worker.warm)  # idle: it imports what a refine round needs
     again = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
     assert again.error is None and again.result["model_loads"] == 1 and worker.starts == 1
-
-
-def test_opening_a_module_starts_the_shared_worker_which_warms_up(worker):
-    assert startSharedWorker() and worker.alive and worker.starts == 1
-    assert startSharedWorker() and worker.starts == 1  # it runs: not started twice
-    assert _pump_until(worker, lambda: worker.ready and worker.warm)
 
 
 def test_a_broken_monai_install_leaves_the_worker_serving(scene, bundle, tmp_path):
