@@ -247,7 +247,8 @@ def startSharedWorker():
     torch and MONAI before the first job. Returns whether it runs; never waits."""
     from .DependencyLogic import DependencyLogic
 
-    if DependencyLogic().missing():
+    worker = sharedWorker()
+    if not worker.alive and DependencyLogic().missing():  # checked only when a worker would start
         return False
-    sharedWorker().start()
+    worker.start()
     return True
