@@ -129,3 +129,27 @@ def test_beyond_the_users_slices_only_what_continues_them_is_kept():
     writable = ~slice_mask(labels.shape, 0, [2, 3])
     thick = continuing(predicted, writable, labels, 0, (6.5, 0.78, 0.78))  # 9 px of shift per slice allowed
     assert thick[4].sum() == predicted[4].sum()  # the rim now lies mostly within reach of slice 3
+
+
+def test_beyond_the_users_slices_a_thin_band_is_not_taken_for_the_structure():
+    """Past a compact structure's last labelled slice, a band larger and far thinner than it (the skull along a
+    tumour), within reach and touching it, is dropped, and so is what goes on from it; a growing disc is kept, and
+    a structure the user drew as a band is continued by a band."""
+    y, x = np.mgrid[:60, :60]
+    radius = np.hypot(y - 30, x - 30)
+    disc = radius < 6  # 113 voxels
+    band = (y >= 10) & (y < 50) & (x >= 36) & (x < 40)  # 160 voxels, 4 wide, touching the disc diagonally in 3D
+    thick = (6.5, 0.78, 0.78)  # 9 px of shift per slice allowed: most of the band lies within reach of the disc
+    labels = np.zeros((6, 60, 60), np.uint8)
+    labels[1:3] = disc
+    predicted = np.zeros_like(labels)
+    predicted[3] = (radius < 3) | band
+    predicted[4] = band
+    kept = with_corrections(predicted, labels, [1, 2], 0, thick)
+    assert np.array_equal(kept[3], radius < 3) and not kept[4:].any()
+    predicted[3] = radius < 8  # larger, as compact
+    assert np.array_equal(with_corrections(predicted, labels, [1, 2], 0, thick)[3], predicted[3])
+    labels[1:3] = band
+    predicted[3] = band
+    kept = with_corrections(predicted, labels, [1, 2], 0, thick)
+    assert np.array_equal(kept[3], band) and np.array_equal(kept[4], band)

@@ -65,16 +65,34 @@ def connected_to(predicted, evidence):
     return np.where(np.isin(pieces, reached[reached > 0]), predicted, 0).astype(predicted.dtype)
 
 
-CONTINUES = 0.5  # a piece of prediction beyond the corrected slices must lie this much on the slice before it
+CONTINUES = 0.5  # a piece of prediction beyond the corrected slices must lie this much on the slice before it ...
+THINS = 1.8  # ... and not both outgrow what is kept there and be this many times as elongated (``elongation``)
+
+
+def elongation(mask):
+    """A 2D boolean mask's area over that of the largest disc inside it: about 1 for a disc, high for a thin band
+    (and for many pieces); 0 for an empty mask."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max())
+    return area / (math.pi * radius ** 2)
 
 
 def continuing(predicted, writable, user, array_axis, spacing):
     """``predicted`` where, beyond the first and the last of the user's slices holding the structure, each slice keeps
     only the 2D pieces (8-connectivity) that lie at least ``CONTINUES`` of their area on the slice before it (toward
-    the user's slices) as kept, grown by one slice spacing in the plane (a surface sloping up to 45°).
+    the user's slices) as kept, grown by one slice spacing in the plane (a surface sloping up to 45°), and that do
+    not, at once, outgrow what is kept there and turn ``THINS`` times as elongated.
 
     A model refined from a few corrections has no negative evidence beyond them: there a look-alike touching the
-    structure's last slice (the skull beside a tumour) would be carried on from slice to slice. ``writable``: where
+    structure's last slice (the skull beside a tumour) would be carried on from slice to slice. Such a look-alike is
+    a band along a surface, larger and far thinner than the compact cross-section before it, where a structure
+    past its last labelled slice tapers; one thin and branched already (white matter) is compared with itself.
+    ``writable``: where
     the prediction may be written (the user's slices are those along ``array_axis`` with nothing writable);
     ``user``: the segment as the user left it; ``spacing``: voxel spacing in array order (mm).
     """
@@ -95,11 +113,14 @@ def continuing(predicted, writable, user, array_axis, spacing):
             if not free[k]:
                 before = drawn[k]
                 continue
+            kept_area, most = int(before.sum()), THINS * elongation(before)
             reach = ndimage.binary_dilation(before, structure=square, iterations=grow)
             pieces, count = ndimage.label(moved[k], structure=square)
             area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
             inside = np.bincount(pieces.ravel(), weights=reach.ravel(), minlength=count + 1)[1:]
-            keep = np.flatnonzero(inside >= CONTINUES * area) + 1
+            boxes = ndimage.find_objects(pieces)
+            keep = [p for p in np.flatnonzero(inside >= CONTINUES * area) + 1
+                    if area[p - 1] <= kept_area or elongation(pieces[boxes[p - 1]] == p) <= most]
             moved[k] = np.isin(pieces, keep)
             before = moved[k]
     out = np.where(np.moveaxis(moved, 0, array_axis), np.asarray(predicted), 0)
