@@ -58,6 +58,11 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     assert [len(r["corrected_slices"]) for r in summary["rounds"]] == [1, 2]
     spread = [json.loads((out / f"brain1-spread3-run{n}.json").read_text()) for n in (1, 2)]
     assert spread[0]["slices"] == spread[1]["slices"] == [3, 6, 9] and spread[0]["steps"] == 3
+    kept = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.nrrd"))  # to look at a miss afterwards
+    assert [p for p in kept if p.startswith("brain1-robot2/")] == [
+        "brain1-robot2/round-1-prediction.nrrd", "brain1-robot2/round-1-segment.nrrd",
+        "brain1-robot2/round-2-prediction.nrrd", "brain1-robot2/round-2-segment.nrrd"]
+    assert "brain1-spread3-run1/spread-segment.nrrd" in kept and "brain1-spread3-run2/spread-prediction.nrrd" in kept
     text = table.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| brain1 **[UNTRAINED GUIDE]** | 3 (3, 6, 9) |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]

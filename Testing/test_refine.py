@@ -113,12 +113,27 @@ def test_simulate_and_refine_commands(tmp_path, tiny_guide_dir):
     sitk.WriteImage(image, str(tmp_path / "v.nrrd"))
     sitk.WriteImage(labels, str(tmp_path / "v-label.nrrd"))
     light = ["--size", 64, "--widths", "8,16,32,64,128", "--device", "cpu"]
-    run = guidino("simulate", "--volume", tmp_path / "v.nrrd", "--label", tmp_path / "v-label.nrrd", "--guide",
-                  tiny_guide_dir, "--rounds", 2, "--steps", 10, "--json", tmp_path / "sim.json", *light)
+    simulate = ["simulate", "--volume", tmp_path / "v.nrrd", "--label", tmp_path / "v-label.nrrd", "--guide",
+                tiny_guide_dir, "--rounds", 2, "--steps", 10, "--json", tmp_path / "sim.json",
+                "--save-rounds", tmp_path / "rounds", *light]
+    run = guidino(*simulate)
     assert run.returncode == 0, run.stderr
     rounds = json.loads((tmp_path / "sim.json").read_text())["rounds"]
     assert [set(r) >= {"round", "corrected_slices", "dice_all", "dice_unreviewed", "refine_seconds",
                        "segment_seconds"} for r in rounds] == [True, True]
+    truth = sitk.GetArrayFromImage(labels) > 0
+    for r in rounds:  # each round's model labels and the segment as written, in the volume's geometry
+        predicted, segment = (sitk.ReadImage(str(tmp_path / "rounds" / f"round-{r['round']}-{kind}.nrrd"))
+                              for kind in ("prediction", "segment"))
+        for saved in (predicted, segment):
+            for read in ("GetSpacing", "GetOrigin", "GetDirection"):
+                assert np.allclose(getattr(saved, read)(), getattr(image, read)(), atol=1e-6), read
+        segment = sitk.GetArrayFromImage(segment)
+        assert np.array_equal(segment[r["corrected_slices"]], truth[r["corrected_slices"]])
+        assert abs(2 * (segment & truth).sum() / (segment.sum() + truth.sum()) - r["dice_all"]) < 1e-6
+        assert not sitk.GetArrayFromImage(predicted)[r["corrected_slices"]].any()  # not segmented: corrected
+    again = guidino(*simulate)
+    assert again.returncode == 1 and "--save-rounds" in again.stderr and "never replaced" in again.stderr
     run = guidino("refine", "--model", "none", "--volume", tmp_path / "v.nrrd", "--labels", tmp_path / "v-label.nrrd",
                   "--slices", "4,5", "--out", tmp_path / "refined", "--guide", tiny_guide_dir, "--steps", 5,
                   "--batch-size", 1, "--photometric", "--seed", 7, *light)

@@ -17,6 +17,7 @@ make-tiny-guide --architecture vits16``) every GuiDINO row is labelled UNTRAINED
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -59,9 +60,11 @@ def _run(case, args, out, name, protocol, guide=None):
     image, label, _ = CASES[case]
     report = out / f"{case.split()[0]}-{name}.json"
     if not report.exists():
+        rounds = report.with_suffix("")  # each round's prediction and segment, to look at a miss afterwards
+        shutil.rmtree(rounds, ignore_errors=True)  # left by a run stopped before its report
         before = cpu_times()
         guidino("simulate", "--volume", Path(args.data) / image, "--label", Path(args.data) / label, *protocol,
-                "--json", report, "--guide", guide or args.guide, "--device", args.device,
+                "--json", report, "--save-rounds", rounds, "--guide", guide or args.guide, "--device", args.device,
                 *args.simulate_options.split())
         summary = json.loads(report.read_text())
         summary["cpu_steal"] = steal_since(before)
@@ -121,7 +124,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding the cases' volumes and labels")
     parser.add_argument("--guide", required=True, help="DINOv3: hub id, HF folder or official .pth")
-    parser.add_argument("--out", required=True, help="folder for the per-run JSON (reused when rerun)")
+    parser.add_argument("--out", required=True, help="folder for the per-run JSON (reused when rerun) and, beside each, its rounds' NRRDs")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     parser.add_argument("--rounds", type=int, default=5, help="robot-user rounds (0: no robot protocol)")
     parser.add_argument("--spread", default=None,

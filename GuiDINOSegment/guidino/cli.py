@@ -173,15 +173,25 @@ def _refine(args):
 
 
 def _simulate(args):
-    from .imageio import read_image, read_labels
+    from .imageio import read_image, read_labels, write_images
 
     from .training.refine import load_starting_model, simulate, spread_protocol
 
     check_outputs({"--json": args.json}, inputs=[args.volume, args.label], kept=_model_folders(args.model, args.guide))
+    rounds_folder = None if args.save_rounds is None else check_new_folder(args.save_rounds, "--save-rounds",
+                                                                           "a folder of saved rounds")
     settings = _refine_settings(args)
     image = read_image(args.volume)
     truth = read_labels(args.label, like=image)
     model = load_starting_model(args.model, guide=args.guide)
+
+    def save_round(entry, predicted, current):
+        stem = f"round-{entry['round']}" if "round" in entry else "spread"
+        rounds_folder.mkdir(parents=True, exist_ok=True)
+        write_images({rounds_folder / f"{stem}-prediction.nrrd": predicted,
+                      rounds_folder / f"{stem}-segment.nrrd": current}, image.geometry, image.is_2d)
+
+    on_round = None if rounds_folder is None else save_round
 
     def report(entry):
         unreviewed = "n/a" if entry["dice_unreviewed"] is None else f"{entry['dice_unreviewed']:.4f}"
@@ -193,13 +203,13 @@ def _simulate(args):
         if model is not None:
             raise InputError("--spread starts a new model from the spread slices: drop --model")
         summary = spread_protocol(image, truth, args.spread, guide=args.guide, axis=args.axis, settings=settings,
-                                  device=args.device)
+                                  device=args.device, on_round=on_round)
         print(f"spread {summary['slices']}: dice_not_labelled {summary['dice_not_labelled']:.4f} "
               f"dice_all {summary['dice_all']:.4f} refine {summary['refine_seconds']:.1f} s "
               f"segment {summary['segment_seconds']:.1f} s ({summary['steps']} steps)", flush=True)
     else:
         summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
-                           settings=settings, device=args.device, progress=report)
+                           settings=settings, device=args.device, progress=report, on_round=on_round)
     if _label_untrained_guide(summary, summary["guide_pretrained"]):
         print(f"[{summary['warning']}]")
     _write_json(args.json, summary)
@@ -337,6 +347,9 @@ def build_parser():
                                   help="spread protocol: label this many slices evenly spaced over the structure, "
                                        "refine a new model once, segment the rest")
             cmd.add_argument("--json", default=None)
+            cmd.add_argument("--save-rounds", default=None,
+                             help="new folder for each round's model labels (round-N-prediction.nrrd) and what the "
+                                  "segmentation then holds (round-N-segment.nrrd), in the volume's geometry")
         cmd.add_argument("--axis", choices=AXES, default="axial")
         cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")
         cmd.add_argument("--lora", action="store_true")

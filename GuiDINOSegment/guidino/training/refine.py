@@ -179,14 +179,16 @@ def list_versions(folder):
 
 
 def simulate(image, truth, rounds, model=None, guide=None, axis="axial", settings=None, device="auto",
-             progress=None):
+             progress=None, on_round=None):
     """A robot user: each round it corrects the unreviewed slice with the largest error, refines, re-segments.
 
     Starting from nothing (``model`` None), round 1 labels the slice with the largest true area.
     Returns ``{"rounds": [{"round", "corrected_slices", "dice_all", "dice_unreviewed",
     "refine_seconds", "segment_seconds"}, ...], "guide_pretrained", "warm_up_seconds"}``: Dice over the whole volume
     (corrected slices hold the truth) and over the slices the robot has not corrected. The rounds run as in a warm
-    worker: MONAI is imported first (``warm_up_seconds``), off every round's clock.
+    worker: MONAI is imported first (``warm_up_seconds``), off every round's clock. ``on_round(entry, predicted,
+    current)``, when given, receives each round's model labels on the unreviewed slices and what the user's
+    segmentation then holds (``with_corrections``), both in the image's array order.
     """
     settings = settings or RefineSettings(device=device)
     warm_up = preload_monai()
@@ -217,6 +219,8 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
                  "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
                  "steps": refined.steps}
         history.append(entry)
+        if on_round is not None:
+            on_round(entry, seg.labels, current)
         if progress is not None:
             progress(entry)
     guide = None if model is None else model.guide
@@ -252,11 +256,11 @@ def refine_and_segment(image, truth, slices, guide=None, axis="axial", settings=
     return refined, seg, with_corrections(seg.labels, truth, slices, axis_index, image.geometry.spacing[::-1]), rest
 
 
-def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto"):
+def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto", on_round=None):
     """The spread protocol: ``count`` slices evenly spaced over the structure are labelled, a new model is refined
     from them once, and the other slices are segmented. Dice on the slices not labelled (false positives anywhere
     count) and over the whole volume (the labelled slices hold the truth). As in a warm worker, MONAI is imported
-    before the clock starts (``warm_up_seconds``)."""
+    before the clock starts (``warm_up_seconds``). ``on_round``: as ``simulate``'s, called once."""
     settings = settings or RefineSettings(device=device)
     warm_up = preload_monai()
     truth = (np.asarray(truth) > 0).astype(np.uint8)
@@ -264,11 +268,14 @@ def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None
     slices = spread_slices(truth, axis_index, count)
     refined, seg, current, rest = refine_and_segment(image, truth, slices, guide, axis, settings, device)
     moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
-    return {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
+    summary = {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
             "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]), "dice_all": dice_score(current, truth),
             "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
             "region": refined.model.config.region, "warm_up_seconds": round(warm_up, 3),
             "guide_pretrained": None if refined.model.guide is None else bool(refined.model.guide.pretrained)}
+    if on_round is not None:
+        on_round(summary, seg.labels, current)
+    return summary
 
 
 def load_starting_model(bundle, guide=None, device="cpu"):
