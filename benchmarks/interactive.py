@@ -124,7 +124,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding the cases' volumes and labels")
     parser.add_argument("--guide", required=True, help="DINOv3: hub id, HF folder or official .pth")
-    parser.add_argument("--out", required=True, help="folder for the per-run JSON (reused when rerun) and, beside each, its rounds' NRRDs")
+    parser.add_argument("--out", required=True,
+                        help="folder for the per-run JSON (reused when rerun) and, beside each, its rounds' NRRDs")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     parser.add_argument("--rounds", type=int, default=5, help="robot-user rounds (0: no robot protocol)")
     parser.add_argument("--spread", default=None,

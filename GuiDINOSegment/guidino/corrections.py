@@ -92,9 +92,8 @@ def continuing(predicted, writable, user, array_axis, spacing):
     structure's last slice (the skull beside a tumour) would be carried on from slice to slice. Such a look-alike is
     a band along a surface, larger and far thinner than the compact cross-section before it, where a structure
     past its last labelled slice tapers; one thin and branched already (white matter) is compared with itself.
-    ``writable``: where
-    the prediction may be written (the user's slices are those along ``array_axis`` with nothing writable);
-    ``user``: the segment as the user left it; ``spacing``: voxel spacing in array order (mm).
+    ``writable``: where the prediction may be written (the user's slices are those along ``array_axis`` with
+    nothing writable); ``user``: the segment as the user left it; ``spacing``: voxel spacing in array order (mm).
     """
     from scipy import ndimage
 

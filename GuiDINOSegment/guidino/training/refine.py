@@ -268,11 +268,12 @@ def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None
     slices = spread_slices(truth, axis_index, count)
     refined, seg, current, rest = refine_and_segment(image, truth, slices, guide, axis, settings, device)
     moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
-    summary = {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps, "stopped": refined.stopped,
-            "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]), "dice_all": dice_score(current, truth),
-            "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
-            "region": refined.model.config.region, "warm_up_seconds": round(warm_up, 3),
-            "guide_pretrained": None if refined.model.guide is None else bool(refined.model.guide.pretrained)}
+    summary = {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps,
+               "stopped": refined.stopped, "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]),
+               "dice_all": dice_score(current, truth), "refine_seconds": round(refined.seconds, 3),
+               "segment_seconds": round(seg.seconds, 3), "region": refined.model.config.region,
+               "warm_up_seconds": round(warm_up, 3),
+               "guide_pretrained": None if refined.model.guide is None else bool(refined.model.guide.pretrained)}
     if on_round is not None:
         on_round(summary, seg.labels, current)
     return summary
