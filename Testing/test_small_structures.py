@@ -153,3 +153,26 @@ def test_beyond_the_users_slices_a_thin_band_is_not_taken_for_the_structure():
     predicted[3] = band
     kept = with_corrections(predicted, labels, [1, 2], 0, thick)
     assert np.array_equal(kept[3], band) and np.array_equal(kept[4], band)
+
+
+def test_beyond_the_users_slices_a_band_beside_a_tapering_section_is_dropped():
+    """Past the last labelled slice, a band and a smaller compact section, each smaller than the section before
+    them but together larger, keep only the compact one (the band goes, and what goes on from it); two compact
+    lobes that together outgrow the section before them are both kept."""
+    y, x = np.mgrid[:60, :60]
+    radius = np.hypot(y - 30, x - 30)
+    band = (y >= 10) & (y < 50) & (x >= 37) & (x < 40)  # 120 voxels, 3 wide, touching slice 3's section in 3D
+    thick = (6.5, 0.78, 0.78)
+    labels = np.zeros((7, 60, 60), np.uint8)
+    labels[1:3] = radius < 8
+    predicted = np.zeros_like(labels)
+    predicted[3] = radius < 7  # 145 voxels: the structure tapers
+    predicted[4] = (radius < 5) | band  # 69 + 120 voxels: each piece smaller than slice 3's section, together larger
+    predicted[5] = band
+    kept = with_corrections(predicted, labels, [1, 2], 0, thick)
+    assert np.array_equal(kept[3], radius < 7)
+    assert np.array_equal(kept[4], radius < 5) and not kept[5:].any()
+    lobes = (np.hypot(y - 30, x - 24) < 5.5) | (np.hypot(y - 30, x - 36) < 5.5)  # two compact lobes, 2 x 97 voxels
+    predicted[4], predicted[5] = lobes, 0
+    kept = with_corrections(predicted, labels, [1, 2], 0, thick)
+    assert np.array_equal(kept[4], lobes)
