@@ -118,8 +118,9 @@ def continuing(predicted, writable, user, array_axis, spacing):
             pieces, count = ndimage.label(moved[k], structure=square)
             area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
             inside = np.bincount(pieces.ravel(), weights=reach.ravel(), minlength=count + 1)[1:]
-            keep = [int(p) for p in np.flatnonzero(inside >= CONTINUES * area) + 1]
-            kept_area, total = int(before.sum()), int(sum(area[p - 1] for p in keep))
+            near = inside >= CONTINUES * area
+            keep = [int(p) for p in np.flatnonzero(near) + 1]
+            kept_area, total = int(before.sum()), int(area[near].sum())
             if total > kept_area:  # outgrowing what it continues: the thinnest pieces go first
                 boxes, most = ndimage.find_objects(pieces), THINS * elongation(before)
                 thin = {p: elongation(pieces[boxes[p - 1]] == p) for p in keep}
