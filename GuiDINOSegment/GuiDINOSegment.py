@@ -47,6 +47,15 @@ class GuiDINOSegment(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = _("Method: Liang et al., GuiDINO (arXiv 2603.01115); DINOv3 (Meta AI).")
         slicer.app.connect("startupCompleted()", registerEditorEffect)
+        slicer.app.connect("startupCompleted()", watchEdits)
+
+
+def watchEdits():
+    """Record every edit of GuiDINO's segments as it is made, from Slicer's start (a ``.seg.nrrd`` loaded and
+    painted before any GuiDINO run included). The review store imports no torch."""
+    from GuiDINOSegmentLib.ReviewStore import watchScene
+
+    watchScene(slicer.mrmlScene)
 
 
 def registerEditorEffect():

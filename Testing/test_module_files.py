@@ -1,7 +1,10 @@
 """Static checks of the Slicer extension layout: Slicer installs only what CMake lists."""
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +215,43 @@ def test_extension_icon_and_screenshot_urls_point_to_files_of_this_repository():
         for url in urls:
             path = url.split("/main/", 1)[1]
             assert (ROOT / path).is_file(), f"{variable}: {path} is not in the repository"
+
+
+def test_the_review_store_records_strokes_without_torch(tmp_path):
+    """What Slicer's own process runs at startup and at every stroke (the review store, the MRML <-> array code)
+    works with torch, transformers, peft and monai unimportable: a stroke on a watched scene becomes the user's."""
+    script = tmp_path / "probe.py"
+    script.write_text('''
+import sys
+
+class Unimportable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "peft", "monai"):
+            raise ImportError(f"{name} is unimportable in this test")
+
+sys.meta_path.insert(0, Unimportable())
+import numpy as np
+import slicer.util
+from slicer_harness import HeadlessSlicer
+from GuiDINOSegmentLib.ReviewStore import REVIEW_TAG, recordEdits, segmentTag, watchScene
+from guidino.review import ReviewState
+
+app = HeadlessSlicer()
+volume = slicer.util.addVolumeFromArray(np.zeros((6, 8, 9), np.int16), name="volume")
+segmentation = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+segmentId = segmentation.GetSegmentation().AddEmptySegment("target", "target")
+watchScene(app.scene)
+recordEdits(segmentation, segmentId, volume)  # GuiDINO looks at the segment once
+drawn = np.zeros((6, 8, 9), np.uint8)
+drawn[4, 2:6, 3:7] = 1
+slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, segmentation, segmentId, volume)  # a stroke
+state = ReviewState.decode(segmentTag(segmentation.GetSegmentation().GetSegment(segmentId), REVIEW_TAG))
+assert state.edited == {"axial": [4]}, state.edited
+assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft", "monai")]
+print("ok")
+''')
+    paths = [str(ROOT / "GuiDINOSegment"), str(ROOT / "Testing")]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr[-3000:]

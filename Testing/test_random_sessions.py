@@ -8,7 +8,8 @@ voxel of a slice the user painted, erased or marked (along its own axis) once Gu
 segment, and, before that, whatever the segment holds when GuiDINO first looks at it (its state
 cannot be known). After every step the user's voxels must hold what the user left there.
 
-``GUIDINO_SESSIONS`` sets how many sessions run (default 40, under a minute in CI);
+``GUIDINO_SESSIONS`` sets how many sessions run (default 40, under a minute in CI) and
+``GUIDINO_SESSIONS_SEED_START`` the first seed (default 0: CI's fixed seeds);
 ``GUIDINO_SESSIONS_REPORT=FILE`` writes the totals as JSON (benchmarks/random_sessions.py uses both).
 """
 
@@ -33,6 +34,10 @@ from guidino.inference import segment_volume
 from guidino.review import slice_mask
 
 SESSIONS = int(os.environ.get("GUIDINO_SESSIONS", "40"))
+FIRST_SEED = int(os.environ.get("GUIDINO_SESSIONS_SEED_START", "0"))
+# Sessions that once lost user voxels, always run. 100008: strokes on a reloaded .seg.nrrd were not seen one by
+# one (the reloaded node was not observed), and a one-row coronal stroke was then given to an axial slice.
+REGRESSION_SEEDS = (100008,)
 STEPS = 16
 SHAPE = (9, 20, 18)
 LIGHT = {"network": "unet", "input_size": 32, "widths": [4, 8]}
@@ -160,7 +165,7 @@ class Session:
     def _tag(self):
         import vtk
 
-        from GuiDINOSegmentLib.SegmentLogic import REVIEW_TAG
+        from GuiDINOSegmentLib.ReviewStore import REVIEW_TAG
 
         value = vtk.reference("")
         self.segmentation.GetSegmentation().GetSegment(self.segmentId).GetTag(REVIEW_TAG, value)
@@ -296,7 +301,7 @@ def _ijk_to_ras(node):
     return slicer.util.arrayFromVTKMatrix(matrix)
 
 
-@pytest.mark.parametrize("seed", range(SESSIONS))
+@pytest.mark.parametrize("seed", sorted(set(range(FIRST_SEED, FIRST_SEED + SESSIONS)) | set(REGRESSION_SEEDS)))
 def test_a_random_session_never_changes_the_users_voxels(seed, tmp_path, tiny_guide_dir):
     session = Session(seed, tmp_path, tiny_guide_dir)
     actions = []

@@ -20,7 +20,7 @@ from slicer_harness import HeadlessSlicer
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from guidino.bundle import BundleError, build_model, load_bundle, save_bundle
 from guidino.geometry import Geometry
-from GuiDINOSegmentLib.SegmentLogic import BASELINE_HASH_ATTRIBUTE, REVIEW_TAG
+from GuiDINOSegmentLib.ReviewStore import BASELINE_HASH_ATTRIBUTE, REVIEW_TAG
 from guidino.guides import GuideGenerator, GuideNotFoundError
 from guidino.model import GuiDINOModel, ModelConfig
 from guidino.review import slice_mask
@@ -412,7 +412,7 @@ def test_prediction_written_by_another_writer_is_recorded_not_reviewed(scene, lo
 
 # -- one job per run ---------------------------------------------------------------------------------
 def test_a_run_validates_the_volume_once(scene, logic, model, monkeypatch):
-    import GuiDINOSegmentLib.SegmentLogic as module
+    import GuiDINOSegmentLib.VolumeNodes as module
 
     calls = []
     check = module.check_voxels
@@ -475,9 +475,9 @@ def test_removing_a_volume_or_segmentation_removes_guidinos_hidden_nodes(scene, 
 
 def test_a_new_scene_at_a_deleted_scenes_address_is_watched(monkeypatch):
     """Scenes are told apart by identity, not by address alone (a new scene may reuse a deleted one's memory)."""
-    from GuiDINOSegmentLib import SegmentLogic as segmentLogic
+    from GuiDINOSegmentLib import ReviewStore as segmentLogic
 
-    watcher = segmentLogic._SegmentWatcher()
+    watcher = segmentLogic.SegmentWatcher()
     monkeypatch.setattr(segmentLogic, "_address", lambda vtkObject: 1)  # every object at one address
     removed = []
     for _ in range(2):
@@ -518,3 +518,31 @@ def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scen
     logic.applySegmentation(logic.prepareSegmentation(scene.volume, scene.segmentation, model=model,
                                                       segmentId=segment_id), prediction)
     assert segment_array(scene, segment_id)[9].sum() == 16
+
+
+def test_strokes_on_a_reloaded_seg_nrrd_are_each_given_to_the_slice_they_were_drawn_on(scene, logic, model, tmp_path):
+    """A .seg.nrrd loaded after GuiDINO ran (a new segmentation node: its baseline labelmap is not with it) is
+    watched from the moment it is added, so each stroke is found on its own. All together, a one-row stroke on a
+    coronal slice and a rectangle on an axial slice crossing it could only be told apart by the per-slice
+    fingerprint, which gave both to axial slices and left the rest of the coronal slice to the next run."""
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    path = tmp_path / "saved.seg.nrrd"
+    scene.app.save_segmentation(scene.segmentation, path)
+    scene.mrml.RemoveNode(scene.segmentation)  # its baseline goes with it: only the state in the file is left
+    reloaded = scene.app.load_segmentation(path)
+    scene.segmentation = reloaded
+    drawn = segment_array(scene, segment_id).copy()
+    axial, coronal = 3, 9
+    drawn[axial, coronal, 2:13] = 1 - drawn[axial, coronal, 2:13]  # one row, drawn on coronal slice 9
+    set_segment_array(scene, segment_id, drawn)
+    drawn[6, coronal - 2:coronal + 3, 3:9] = 1 - drawn[6, coronal - 2:coronal + 3, 3:9]  # on axial slice 6
+    set_segment_array(scene, segment_id, drawn)
+
+    logic.segmenter.threshold = -np.inf  # the next run predicts the structure everywhere
+    logic.process(scene.volume, reloaded, model=model)
+    after = segment_array(scene, segment_id)
+    np.testing.assert_array_equal(after[:, coronal, :], drawn[:, coronal, :])
+    np.testing.assert_array_equal(after[axial], drawn[axial])
+    np.testing.assert_array_equal(after[6], drawn[6])
+    assert not np.array_equal(after, drawn)  # the run did write elsewhere
+    assert logic.reviewedSlices(reloaded, segment_id, axis="coronal")["slices"] == [coronal]

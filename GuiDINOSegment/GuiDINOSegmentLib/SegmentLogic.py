@@ -15,12 +15,9 @@ The raw prediction of every processed voxel is kept in a hidden labelmap volume 
 segmentation node, so that later edits of the segment are recognised as corrections (reviewed slices).
 """
 
-import contextlib
 import dataclasses
-import logging
 import os
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,19 +30,15 @@ from guidino.arguments import slice_index, slice_indices
 from guidino.axes import check_axis, numpy_axes, slice_axis
 from guidino.bundle import load_bundle, read_bundle_config
 from guidino.errors import BundleError, InputError
-from guidino.geometry import Geometry
-from guidino.imageio import ImageData, check_shape, check_voxels
+from guidino.imageio import ImageData
 from guidino.inference import SegmentationResult, segment_volume
 from guidino.model import GuiDINOModel
-from guidino.review import (ReviewState, attribute_edits, changed_from_fingerprint, content_hash, content_slices,
-                            fingerprint, merge_prediction, slice_mask)
+from guidino.review import merge_prediction, slice_mask
 
+from .ReviewStore import GUIDE_INPUT_ROLE, baselineVolume, commitBaseline, recordEdits, watcher
 from .SegmentSettings import SegmentSettings
+from .VolumeNodes import checkSegmentation, imageDataFromVolume, matchGrid, sliceIndices, volumeGeometry
 
-REVIEW_TAG = "GuiDINO.ReviewState"  # segment tag: the ReviewState (saved in .seg.nrrd, restored by undo)
-BASELINE_ROLE = "GuiDINOBaseline_"  # + segment id: segmentation node -> hidden labelmap, the segment as last seen
-BASELINE_HASH_ATTRIBUTE = "GuiDINO.BaselineHash"  # on that labelmap: the content hash it holds
-GUIDE_INPUT_ROLE = "GuiDINOInput"  # guide volume -> the volume it was computed from
 GUIDE_COLOR_NAME = "GuiDINO guide"
 GUIDE_COLORS = ((0.0, (0.0, 0.0, 0.5)), (0.25, (0.0, 0.4, 1.0)), (0.6, (1.0, 1.0, 0.0)), (1.0, (1.0, 0.0, 0.0)))
 GUIDE_THRESHOLD = 0.05  # guide values below it are transparent in the slice views
@@ -157,7 +150,7 @@ class GuiDINOSegmentLogic:
             slice_indices(sliceIndices(settings.sliceRange), count, settings.axis), dtype=int)
         todo = requested
         if segmentId:  # the user's slices along the run's axis are not even computed
-            state, _ = self._sync(outputSegmentation, segmentId, inputVolume, axis=settings.axis)
+            state, _ = recordEdits(outputSegmentation, segmentId, inputVolume, axis=settings.axis)
             todo = np.setdiff1d(requested, state.user_slices(settings.axis))
         return SegmentationJob(inputVolume, outputSegmentation, segmentId, segmentName, image, model,
                                settings.guideSource or self.guideSource, settings.axis, todo, int(requested.size),
@@ -204,16 +197,16 @@ class GuiDINOSegmentLogic:
         if not job.segmentId or segmentation.GetSegment(job.segmentId) is None:
             job.segmentId = (segmentation.GetSegmentIdBySegmentName(job.segmentName)
                              or segmentation.AddEmptySegment("", job.segmentName))
-        state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis)
+        state, current = recordEdits(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis)
         write = self._writable(job, prediction, state)
         if write.any():
             labels = self._merge(current, prediction, write)
-            with _watcher.writing(job.segmentation):
+            with watcher.writing(job.segmentation):
                 slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId,
                                                                  job.inputVolume)
             current = self._segmentArray(job) > 0
         state.axis = job.axis
-        self._commit(job.segmentation, job.segmentId, job.inputVolume, state, current)
+        commitBaseline(job.segmentation, job.segmentId, job.inputVolume, state, current)
         guide = self.showPredictionGuide(job, prediction) if job.settings.showGuide else None
         return ProcessResult(job.segmentId, guide, int(prediction.processed.sum()), time.perf_counter() - job.started,
                              prediction.cancelled, prediction)
@@ -221,7 +214,7 @@ class GuiDINOSegmentLogic:
     def previewLabels(self, job, prediction):
         """What Apply would leave in the segment (0/1 uint8, the volume's grid): the prediction where the write
         rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it."""
-        state, current = (self._sync(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
+        state, current = (recordEdits(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
                           else (None, self._segmentArray(job)))
         return self._merge(current, prediction, self._writable(job, prediction, state))
 
@@ -258,12 +251,12 @@ class GuiDINOSegmentLogic:
         Voxels the editor wrote are those the write rule allowed that now equal the prediction; every other
         change since GuiDINO last looked (the user's) still counts as an edit.
         """
-        state, current = self._sync(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
+        state, current = recordEdits(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
         writable = self._writable(job, prediction, state)
         expected = self._merge(current, prediction, writable)
-        with _watcher.writing(job.segmentation):
+        with watcher.writing(job.segmentation):
             apply()
-        self._sync(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis,
+        recordEdits(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis,
                    written=writable & ((self._segmentArray(job) > 0) == (expected > 0)))
 
     def _writable(self, job, prediction, state=None):
@@ -288,7 +281,7 @@ class GuiDINOSegmentLogic:
 
         ``volume``: the grid to look on (default: the volume the segmentation is bound to).
         """
-        return self._sync(segmentation, segmentId, self._referenceVolume(segmentation, volume))[0]
+        return recordEdits(segmentation, segmentId, self._referenceVolume(segmentation, volume))[0]
 
     def reviewedSlices(self, segmentation, segmentId, axis=None, volume=None):
         """{"axis", "slices"}: the user's slices along ``axis`` (default: the axis of the latest run or mark):
@@ -304,18 +297,18 @@ class GuiDINOSegmentLogic:
         volume = self._referenceVolume(segmentation, volume)
         count = slicer.util.arrayFromVolume(volume).shape[slice_axis(volumeGeometry(volume).direction, axis)]
         sliceIndex = slice_index(sliceIndex, count, axis)
-        state, current = self._sync(segmentation, segmentId, volume)
+        state, current = recordEdits(segmentation, segmentId, volume)
         if reviewed:
             state.add("marked", axis, [sliceIndex])
         else:
             state.remove(axis, [sliceIndex])
         state.axis = axis
-        self._commit(segmentation, segmentId, volume, state, current)
+        commitBaseline(segmentation, segmentId, volume, state, current)
 
     @staticmethod
     def baselineVolume(segmentation, segmentId):
         """The hidden labelmap holding the segment as GuiDINO last saw it (edits are measured against it), or None."""
-        return segmentation.GetNodeReference(BASELINE_ROLE + segmentId)
+        return baselineVolume(segmentation, segmentId)
 
     def _referenceVolume(self, segmentation, volume=None):
         if segmentation is None or not segmentation.IsA("vtkMRMLSegmentationNode"):
@@ -325,67 +318,6 @@ class GuiDINOSegmentLogic:
             raise InputError(f"{segmentation.GetName()} is not bound to a volume yet: run GuiDINO on it (or choose its "
                              "volume) first")
         return volume
-
-    @staticmethod
-    def _sync(segmentation, segmentId, volume, axis=None, written=None):
-        """(ReviewState, current content) of a segment, with the edits since the baseline made the user's.
-
-        The baseline is the hidden labelmap when its hash is the one the state names; otherwise (a reload, an
-        undo, a file saved elsewhere) the state's per-slice fingerprint bounds the changed voxels. A segment
-        without a state (content from before GuiDINO, or a file without its state) is the user's wherever it
-        has content. ``written``: voxels a GuiDINO writer just wrote (not edits). ``axis``: the axis of a new
-        state. Main thread only.
-        """
-        segment = segmentation.GetSegmentation().GetSegment(segmentId)
-        if segment is None:
-            raise InputError(f"{segmentation.GetName()} has no segment {segmentId!r}")
-        current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume) > 0
-        axes = numpy_axes(volumeGeometry(volume).direction)
-        state = ReviewState.decode(_segmentTag(segment, REVIEW_TAG))
-        if state is None:  # nothing is known: whatever the segment holds is the user's
-            state = ReviewState(axis=axis or "axial")
-            state.add("edited", state.axis, content_slices(current, axes[state.axis]))
-            GuiDINOSegmentLogic._commit(segmentation, segmentId, volume, state, current)
-            _watcher.watch(segmentation, volume)
-            return state, current
-        baseline = GuiDINOSegmentLogic._baseline(segmentation, segmentId, state, current.shape)
-        diff = current != baseline if baseline is not None else changed_from_fingerprint(current, state)
-        if diff is None:  # a state from another grid: nothing is known about this one
-            diff = current.copy()
-        if written is not None:
-            diff &= ~written
-        if diff.any():
-            for name, slices in attribute_edits(diff, axes, prefer=state.axis).items():
-                state.add("edited", name, slices)
-        if diff.any() or baseline is None or written is not None:
-            GuiDINOSegmentLogic._commit(segmentation, segmentId, volume, state, current)
-        _watcher.watch(segmentation, volume)
-        return state, current
-
-    @staticmethod
-    def _baseline(segmentation, segmentId, state, shape):
-        node = GuiDINOSegmentLogic.baselineVolume(segmentation, segmentId)
-        if node is None or node.GetImageData() is None or node.GetAttribute(BASELINE_HASH_ATTRIBUTE) != state.baseline:
-            return None
-        baseline = slicer.util.arrayFromVolume(node)
-        return baseline > 0 if baseline.shape == shape else None
-
-    @staticmethod
-    def _commit(segmentation, segmentId, volume, state, content):
-        """Make ``content`` the segment's baseline (hidden labelmap and fingerprint) and store ``state``."""
-        state.shape, state.fingerprint, state.baseline = content.shape, fingerprint(content), content_hash(content)
-        node = GuiDINOSegmentLogic.baselineVolume(segmentation, segmentId)
-        if node is None:
-            name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
-                                                      f"{segmentation.GetName()} {name} GuiDINO baseline")
-            node.SetHideFromEditors(True)
-            segmentation.SetNodeReferenceID(BASELINE_ROLE + segmentId, node.GetID())
-        _matchGrid(node, volume, 0, np.uint8)[:] = content
-        slicer.util.arrayFromVolumeModified(node)
-        node.SetAttribute(BASELINE_HASH_ATTRIBUTE, state.baseline)
-        with _watcher.writing(segmentation):
-            segmentation.GetSegmentation().GetSegment(segmentId).SetTag(REVIEW_TAG, state.encode())
 
     # -- guide -----------------------------------------------------------------------------
     def guideVolume(self, inputVolume):
@@ -402,8 +334,8 @@ class GuiDINOSegmentLogic:
             guide = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
                                                        f"{inputVolume.GetName()} GuiDINO guide")
             guide.SetNodeReferenceID(GUIDE_INPUT_ROLE, inputVolume.GetID())
-            _watcher.watchScene(inputVolume.GetScene())
-        values = _matchGrid(guide, inputVolume, 0.0, np.float32)
+            watcher.watchScene(inputVolume.GetScene())
+        values = matchGrid(guide, inputVolume, 0.0, np.float32)
         processed = slice_mask(values.shape, prediction.axis, np.flatnonzero(prediction.processed))
         values[processed] = prediction.guide[processed]
         slicer.util.arrayFromVolumeModified(guide)
@@ -432,189 +364,6 @@ class GuiDINOSegmentLogic:
         self.guideOpacity = float(min(max(opacity, 0.0), 1.0))
         for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
             composite.SetForegroundOpacity(self.guideOpacity)
-
-
-# -- MRML <-> engine -------------------------------------------------------------------------
-def volumeGeometry(volumeNode):
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return Geometry.from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix))
-
-
-def imageDataFromVolume(volumeNode, copy=False):
-    """The engine's ImageData of a scalar volume node; InputError if unusable. Main thread only.
-
-    The voxels are shared with the node unless ``copy`` (a job that computes while the scene changes).
-    """
-    if volumeNode is None:
-        raise InputError("no input volume: select the scalar volume to segment")
-    name = volumeNode.GetName()
-    if volumeNode.IsA("vtkMRMLMultiVolumeNode") or _isSequenceItem(volumeNode):
-        check_shape(name, 4, 1)
-    image = volumeNode.GetImageData() if volumeNode.IsA("vtkMRMLVolumeNode") else None
-    components = image.GetNumberOfScalarComponents() if image is not None else 1
-    check_shape(name, 3, 3 if volumeNode.IsA("vtkMRMLTensorVolumeNode") else components)
-    if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
-        raise InputError(f"{name}: a {volumeNode.GetClassName()} is not a scalar volume; select a scalar volume")
-    if image is None or 0 in image.GetDimensions():
-        raise InputError(f"{name}: the volume has no voxels; load its image data first")
-    voxels = check_voxels(slicer.util.arrayFromVolume(volumeNode), name)
-    return ImageData(voxels.copy() if copy else voxels, volumeGeometry(volumeNode))
-
-
-def _isSequenceItem(volumeNode):
-    nodeId = volumeNode.GetID()  # None outside a scene: vtkMRMLSequenceBrowserNode.IsProxyNodeID would crash on it
-    return bool(nodeId) and volumeNode.GetScene() is not None and any(
-        browser.IsProxyNodeID(nodeId) for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"))
-
-
-def checkSegmentation(segmentationNode, volumeNode):
-    """Refuse a segmentation that cannot hold ``volumeNode``'s voxels; bind an unbound one to its geometry."""
-    if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
-        raise InputError("no output segmentation: select or create a segmentation")
-    names = f"{segmentationNode.GetName()} and {volumeNode.GetName()}"
-    if segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
-        raise InputError(f"{names} are under different transforms: put both under the same transform "
-                         "(or none) in the Transforms or Data module")
-    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    serialized = segmentationNode.GetSegmentation().GetConversionParameter(parameter)
-    if not serialized:
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        return
-    matrix, extent = vtk.vtkMatrix4x4(), [0] * 6
-    slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, matrix, extent)
-    if tuple(extent) != tuple(volumeNode.GetImageData().GetExtent()) or not np.allclose(
-            slicer.util.arrayFromVTKMatrix(matrix), volumeGeometry(volumeNode).ijk_to_ras(), atol=1e-4):
-        raise InputError(f"{segmentationNode.GetName()} is bound to another geometry than {volumeNode.GetName()}: "
-                         "segment into a new segmentation, or set its geometry from this volume "
-                         "(Segment Editor > Specify geometry)")
-    role = segmentationNode.GetReferenceImageGeometryReferenceRole()
-    if segmentationNode.GetNodeReference(role) is None:  # e.g. loaded from a file: remember the volume it fits
-        segmentationNode.SetNodeReferenceID(role, volumeNode.GetID())
-
-
-def sliceIndices(sliceRange):
-    """None (all slices), an index, or an inclusive (first, last) range -> the engine's slice list."""
-    if sliceRange is None:
-        return None
-    if isinstance(sliceRange, (int, np.integer)):
-        return [int(sliceRange)]
-    first, last = (int(i) for i in sliceRange)
-    if first > last:
-        raise InputError(f"slice range ({first}, {last}) is empty: give (first, last) with first <= last")
-    return list(range(first, last + 1))
-
-
-def _matchGrid(node, like, fill, dtype):
-    """Give ``node`` the grid and transform of ``like`` (refilling it with ``fill`` if they differed); its array."""
-    matrix = vtk.vtkMatrix4x4()
-    like.GetIJKToRASMatrix(matrix)
-    shape = slicer.util.arrayFromVolume(like).shape
-    if node.GetImageData() is None or slicer.util.arrayFromVolume(node).shape != shape \
-            or not volumeGeometry(node).is_close(volumeGeometry(like), tol=1e-6):
-        node.SetIJKToRASMatrix(matrix)
-        slicer.util.updateVolumeFromArray(node, np.full(shape, fill, dtype))
-    node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
-    return slicer.util.arrayFromVolume(node)
-
-
-def _segmentTag(segment, name):
-    value = vtk.reference("")
-    return str(value) if segment.GetTag(name, value) else ""
-
-
-class _SegmentWatcher:
-    """Brings the review state of GuiDINO's segments up to date after every change of their segmentation.
-
-    One observer per segmentation node in the process (the panel, the effect and the Train module share
-    it), so that each paint stroke is found on its own and given to the slice it was drawn on. Changes
-    GuiDINO makes itself (``writing``) are not edits. Mid-undo states (a segment momentarily without a
-    labelmap) are skipped.
-    """
-
-    def __init__(self):
-        self._observed = {}  # address of the vtkSegmentation -> (weak reference to the node, observer tag)
-        self._volumes = {}  # address of the vtkSegmentation -> weak reference to the volume its grid comes from
-        self._scenes = {}  # address of an MRML scene -> (weak reference to it, its node-removal observer tag)
-        self._writing = set()
-
-    def watch(self, segmentationNode, volumeNode):
-        """Observe ``segmentationNode``; its edits are measured on ``volumeNode``'s grid (the latest one given)."""
-        segmentation = segmentationNode.GetSegmentation()
-        key = _address(segmentation)
-        known = self._observed.get(key)
-        self._volumes[key] = weakref.ref(volumeNode)
-        self.watchScene(segmentationNode.GetScene())
-        if known is not None and known[0]() is segmentationNode:
-            return
-        node = weakref.ref(segmentationNode)
-
-        def onSegmentModified(caller, event, segmentId=None):
-            segmentationNode = node()
-            if segmentationNode is None or key in self._writing:
-                return
-            segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
-            volume = self._volumes[key]()
-            if segment is None or volume is None or not _segmentTag(segment, REVIEW_TAG):
-                return
-            try:
-                GuiDINOSegmentLogic._sync(segmentationNode, segmentId, volume)
-            except RuntimeError:  # "Export of segment failed": a segment being restored by undo, seen midway
-                pass
-            except Exception:
-                logging.exception("GuiDINO: could not record an edit of %s", segmentationNode.GetName())
-
-        onSegmentModified.CallDataType = vtk.VTK_STRING
-        self._observed[key] = (node, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified,
-                                                                           onSegmentModified))
-
-    def watchScene(self, scene):
-        """Remove GuiDINO's hidden nodes with what they belong to: a volume's guide overlay when the volume is
-        removed, a segmentation's baselines when the segmentation is (else memory grows run after run)."""
-        key = _address(scene)
-        known = self._scenes.get(key)
-        if known is not None and known[0]() is scene:
-            return  # (an address alone is not enough: a new scene may reuse a deleted one's)
-
-        def onNodeAboutToBeRemoved(caller, event, node=None):
-            if node is None:
-                return
-            if node.IsA("vtkMRMLSegmentationNode"):
-                doomed = [node.GetNthNodeReference(role, 0) for role in _roles(node) if role.startswith(BASELINE_ROLE)]
-            elif node.IsA("vtkMRMLScalarVolumeNode"):
-                volumes = caller.GetNodesByClass("vtkMRMLScalarVolumeNode")  # of this scene, not slicer.mrmlScene
-                doomed = [volumes.GetItemAsObject(n) for n in range(volumes.GetNumberOfItems())
-                          if volumes.GetItemAsObject(n).GetNodeReferenceID(GUIDE_INPUT_ROLE) == node.GetID()]
-            else:
-                return
-            for other in doomed:
-                if other is not None and other.GetScene() is caller:
-                    caller.RemoveNode(other)
-
-        onNodeAboutToBeRemoved.CallDataType = vtk.VTK_OBJECT
-        self._scenes[key] = (weakref.ref(scene), scene.AddObserver(scene.NodeAboutToBeRemovedEvent,
-                                                                     onNodeAboutToBeRemoved))
-
-    @contextlib.contextmanager
-    def writing(self, segmentationNode):
-        key = _address(segmentationNode.GetSegmentation())
-        self._writing.add(key)
-        try:
-            yield
-        finally:
-            self._writing.discard(key)
-
-
-def _roles(node):
-    return [node.GetNthNodeReferenceRole(n) for n in range(node.GetNumberOfNodeReferenceRoles())]
-
-
-def _address(vtkObject):
-    """A stable key of the C++ object (Python wrappers may be recreated)."""
-    return vtkObject.GetAddressAsString(vtkObject.GetClassName())
-
-
-_watcher = _SegmentWatcher()
 
 
 def guideColorNode():

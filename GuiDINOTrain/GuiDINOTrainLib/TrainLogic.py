@@ -11,7 +11,7 @@ import numpy as np
 import slicer
 
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
-from GuiDINOSegmentLib.SegmentLogic import checkSegmentation, imageDataFromVolume
+from GuiDINOSegmentLib.VolumeNodes import checkSegmentation, imageDataFromVolume
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from guidino.errors import InputError
 from guidino.imageio import ImageData

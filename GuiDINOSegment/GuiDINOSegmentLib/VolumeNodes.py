@@ -1,0 +1,126 @@
+"""MRML nodes <-> the engine's arrays: a volume node's voxels and geometry, a segmentation's grid. No torch.
+
+Main thread only (MRML). The engine (``guidino``) never sees a node: it gets ``ImageData`` and arrays.
+"""
+
+import numpy as np
+import slicer
+import vtk
+
+from guidino.errors import InputError
+from guidino.geometry import Geometry
+from guidino.imageio import ImageData, check_shape, check_voxels
+
+
+def volumeGeometry(volumeNode):
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return Geometry.from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix))
+
+
+def imageDataFromVolume(volumeNode, copy=False):
+    """The engine's ImageData of a scalar volume node; InputError if unusable. Main thread only.
+
+    The voxels are shared with the node unless ``copy`` (a job that computes while the scene changes).
+    """
+    if volumeNode is None:
+        raise InputError("no input volume: select the scalar volume to segment")
+    name = volumeNode.GetName()
+    if volumeNode.IsA("vtkMRMLMultiVolumeNode") or _isSequenceItem(volumeNode):
+        check_shape(name, 4, 1)
+    image = volumeNode.GetImageData() if volumeNode.IsA("vtkMRMLVolumeNode") else None
+    components = image.GetNumberOfScalarComponents() if image is not None else 1
+    check_shape(name, 3, 3 if volumeNode.IsA("vtkMRMLTensorVolumeNode") else components)
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"{name}: a {volumeNode.GetClassName()} is not a scalar volume; select a scalar volume")
+    if image is None or 0 in image.GetDimensions():
+        raise InputError(f"{name}: the volume has no voxels; load its image data first")
+    voxels = check_voxels(slicer.util.arrayFromVolume(volumeNode), name)
+    return ImageData(voxels.copy() if copy else voxels, volumeGeometry(volumeNode))
+
+
+def _isSequenceItem(volumeNode):
+    nodeId = volumeNode.GetID()  # None outside a scene: vtkMRMLSequenceBrowserNode.IsProxyNodeID would crash on it
+    return bool(nodeId) and volumeNode.GetScene() is not None and any(
+        browser.IsProxyNodeID(nodeId) for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"))
+
+
+def checkSegmentation(segmentationNode, volumeNode):
+    """Refuse a segmentation that cannot hold ``volumeNode``'s voxels; bind an unbound one to its geometry."""
+    if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+        raise InputError("no output segmentation: select or create a segmentation")
+    names = f"{segmentationNode.GetName()} and {volumeNode.GetName()}"
+    if segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+        raise InputError(f"{names} are under different transforms: put both under the same transform "
+                         "(or none) in the Transforms or Data module")
+    fits = fitsGrid(segmentationNode, volumeNode)
+    if fits is None:
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        return
+    if not fits:
+        raise InputError(f"{segmentationNode.GetName()} is bound to another geometry than {volumeNode.GetName()}: "
+                         "segment into a new segmentation, or set its geometry from this volume "
+                         "(Segment Editor > Specify geometry)")
+    role = segmentationNode.GetReferenceImageGeometryReferenceRole()
+    if segmentationNode.GetNodeReference(role) is None:  # e.g. loaded from a file: remember the volume it fits
+        segmentationNode.SetNodeReferenceID(role, volumeNode.GetID())
+
+
+def fitsGrid(segmentationNode, volumeNode):
+    """Whether the segmentation's reference geometry is ``volumeNode``'s grid (extent and IJK-to-RAS); None when
+    the segmentation is bound to no geometry yet."""
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    serialized = segmentationNode.GetSegmentation().GetConversionParameter(parameter)
+    if not serialized:
+        return None
+    image = volumeNode.GetImageData()
+    if image is None:
+        return False
+    matrix, extent = vtk.vtkMatrix4x4(), [0] * 6
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, matrix, extent)
+    return tuple(extent) == tuple(image.GetExtent()) and bool(np.allclose(
+        slicer.util.arrayFromVTKMatrix(matrix), volumeGeometry(volumeNode).ijk_to_ras(), atol=1e-4))
+
+
+def gridVolume(segmentationNode):
+    """The volume whose grid a segmentation's edits are measured on: the volume it is bound to, else a visible
+    scalar volume of its scene with its reference geometry (a segmentation loaded from a file); None if none."""
+    node = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+    if node is not None:
+        return node
+    scene = segmentationNode.GetScene()
+    if scene is None:
+        return None
+    volumes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for n in range(volumes.GetNumberOfItems()):
+        volume = volumes.GetItemAsObject(n)
+        if not volume.GetHideFromEditors() and volume.GetTransformNodeID() == segmentationNode.GetTransformNodeID() \
+                and fitsGrid(segmentationNode, volume):
+            return volume
+    return None
+
+
+def sliceIndices(sliceRange):
+    """None (all slices), an index, or an inclusive (first, last) range -> the engine's slice list."""
+    if sliceRange is None:
+        return None
+    if isinstance(sliceRange, (int, np.integer)):
+        return [int(sliceRange)]
+    first, last = (int(i) for i in sliceRange)
+    if first > last:
+        raise InputError(f"slice range ({first}, {last}) is empty: give (first, last) with first <= last")
+    return list(range(first, last + 1))
+
+
+def matchGrid(node, like, fill, dtype):
+    """Give ``node`` the grid and transform of ``like`` (refilling it with ``fill`` if they differed); its array."""
+    matrix = vtk.vtkMatrix4x4()
+    like.GetIJKToRASMatrix(matrix)
+    shape = slicer.util.arrayFromVolume(like).shape
+    if node.GetImageData() is None or slicer.util.arrayFromVolume(node).shape != shape \
+            or not volumeGeometry(node).is_close(volumeGeometry(like), tol=1e-6):
+        node.SetIJKToRASMatrix(matrix)
+        slicer.util.updateVolumeFromArray(node, np.full(shape, fill, dtype))
+    node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
+    return slicer.util.arrayFromVolume(node)
+
