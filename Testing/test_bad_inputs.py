@@ -53,6 +53,13 @@ def user(tmp_path_factory, tiny_guide_dir):
     os.symlink(root / "loop-a.nrrd", root / "loop-b.nrrd")
     nan = sitk.GetImageFromArray(np.where(np.arange(8 * 40 * 36).reshape(8, 40, 36) == 5, np.nan, 1.0))
     sitk.WriteImage(nan, str(root / "nan.nrrd"))
+    huge = sitk.GetImageFromArray(sitk.GetArrayFromImage(image).astype(np.float64) * 1e297)  # up to about 1e300
+    huge.CopyInformation(image)
+    sitk.WriteImage(huge, str(root / "huge.nrrd"))
+    half = sitk.GetImageFromArray(sitk.GetArrayFromImage(labels).astype(np.float32) * 0.5)  # a resampled mask
+    half.CopyInformation(labels)
+    sitk.WriteImage(half, str(root / "half-labels.nrrd"))
+    (root / "notes.txt").write_text("the user's notes")
     return root
 
 
@@ -160,14 +167,86 @@ CLI_CASES = [
                                                            "{u}/volume.nrrd", "--labels", "{u}/empty-labels.nrrd",
                                                            "--slices", "0,1", "--out", "{o}/r", "--steps", 1,
                                                            "--device", "cpu"], 0, "saved"),
+    ("a float64 volume beyond 32-bit floats (refine from nothing)", [
+        "refine", "--model", "none", "--volume", "{u}/huge.nrrd", "--labels", "{u}/labels.nrrd", "--slices", "3",
+        "--out", "{o}/r", "--guide", "none", "--steps", 1], 1, "beyond 32-bit floats .*rescale the volume"),
+    ("a float64 volume beyond 32-bit floats (segment)", ["segment", "--model", "{u}/bundle", "--input",
+                                                         "{u}/huge.nrrd", "--output", "{o}/s.nrrd"], 1,
+     "beyond 32-bit floats"),
+    ("output onto the user's label map", ["segment", "--model", "{u}/bundle", "--input", "{u}/volume.nrrd",
+                                          "--output", "{u}/labels.nrrd"], 1,
+     "already exists and may be yours: .*--overwrite"),
+    ("guide output onto an existing file", ["segment", "--model", "{u}/bundle", "--input", "{u}/volume.nrrd",
+                                            "--output", "{o}/s.nrrd", "--guide-output", "{u}/empty-labels.nrrd"], 1,
+     "already exists"),
+    ("evaluate json onto the user's notes", ["evaluate", "--model", "{u}/bundle", "--data", "{u}/data", "--json",
+                                             "{u}/notes.txt"], 1, "already exists and may be yours"),
+    ("refine into the bundle", ["refine", "--model", "{u}/bundle", "--volume", "{u}/volume.nrrd", "--labels",
+                                "{u}/labels.nrrd", "--slices", "3", "--out", "{u}/bundle/v2"], 1,
+     "must stay as it is"),
+    ("refine into the guide", ["refine", "--model", "{u}/bundle", "--volume", "{u}/volume.nrrd", "--labels",
+                               "{u}/labels.nrrd", "--slices", "3", "--out", "{g}/v2"], 1, "must stay as it is"),
+    ("train into the dataset", ["train", "--data", "{u}/data", "--out", "{u}/data/model", "--guide", "none",
+                                "--steps", 1], 1, "is an input of this command .*or inside it"),
+    ("a 2D format for a 3D result", ["segment", "--model", "{u}/bundle", "--input", "{u}/volume.nrrd", "--output",
+                                     "{o}/s.png"], 1, "a .png file holds one 2D image, and volume.nrrd is a 3D volume"),
+    ("an unknown output format", ["segment", "--model", "{u}/bundle", "--input", "{u}/volume.nrrd", "--output",
+                                  "{o}/s.xyz"], 1, "GuiDINO writes .nrrd, .* files; give one of these suffixes"),
+    ("labels that are not whole numbers", ["refine", "--model", "none", "--volume", "{u}/volume.nrrd", "--labels",
+                                           "{u}/half-labels.nrrd", "--slices", "3", "--out", "{o}/r", "--guide",
+                                           "none", "--steps", 1], 1, "are not whole numbers \\(e.g. 0.5\\)"),
+    ("a window without its width", ["train", "--data", "{u}/data", "--out", "{o}/m", "--window", "40"], 2,
+     "window must be CENTER,WIDTH with a width > 0, e.g. 40,400, got '40'"),
+    ("a window of negative width", ["train", "--data", "{u}/data", "--out", "{o}/m", "--window", "40,-400"], 2,
+     "window must be CENTER,WIDTH with a width > 0"),
+    ("a bundle whose normalisation is inverted", ["segment", "--model", "{inverted}", "--input", "{u}/volume.nrrd",
+                                                  "--output", "{o}/s.nrrd"], 1,
+     "fixed normalization needs low < high, got low 255, high 0"),
+    ("train on a dataset with only val/", ["train", "--data", "{valonly}", "--out", "{o}/m", "--guide", "none",
+                                           "--steps", 1], 1, "has no train/ split \\(it has val/\\): add train/images"),
+    ("evaluate a dataset with only val/", ["evaluate", "--model", "{u}/bundle", "--data", "{valonly}", "--split",
+                                           "val", "--device", "cpu"], 0, "val: n=2"),
+    ("train --data on a file", ["train", "--data", "{u}/volume.nrrd", "--out", "{o}/m", "--guide", "none",
+                                "--steps", 1], 1, "--data .*volume.nrrd: not a folder"),
+    ("bundle widths written as text", ["segment", "--model", "{widths-text}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "config.json is corrupt \\(widths must be a list of whole numbers"),
+    ("bundle input size negative", ["segment", "--model", "{size-negative}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "input_size must be a whole number >= 32, got -64"),
+    ("bundle input size as text", ["segment", "--model", "{size-text}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "input_size must be a whole number >= 32, got '64'"),
+    ("bundle classes edited", ["segment", "--model", "{classes-3}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "its weights do not fit its config.json \\(size mismatch for .*\\): the config was edited"),
+    ("bundle channels 0", ["segment", "--model", "{channels-0}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "in_channels must be a whole number >= 1, got 0"),
+    ("bundle weights changed after saving", ["segment", "--model", "{reweighted}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "model.safetensors was changed after the bundle was saved"),
+    ("a guide given as the model", ["segment", "--model", "{g}", "--input", "{u}/volume.nrrd", "--output",
+                                    "{o}/s.nrrd"], 1, "is a guide \\(a dinov3_vit vision transformer\\), not a GuiDINO model bundle"),
+    ("a bundle given as the guide", ["segment", "--model", "{u}/bundle", "--guide", "{u}/bundle", "--input",
+                                     "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1,
+     "is a GuiDINO model bundle, not a guide: give it with --model"),
+    ("a guide whose config was edited", ["segment", "--model", "{u}/bundle", "--guide", "{wideguide}", "--input",
+                                         "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1,
+     "Cannot load the guide from .*wide-guide: .*its config.json and weights do not belong together"),
+    ("a degenerate direction", ["segment", "--model", "{u}/bundle", "--input", "{flat}", "--output", "{o}/s.nrrd"],
+     1, "the direction matrix in its header is degenerate \\(determinant 0\\)"),
+    ("zero spacing", ["segment", "--model", "{u}/bundle", "--input", "{zerospacing}", "--output", "{o}/s.nrrd"], 1,
+     "a voxel spacing of 0 or less in its header"),
+    ("NaN spacing", ["segment", "--model", "{u}/bundle", "--input", "{nanspacing}", "--output", "{o}/s.nrrd"], 1,
+     "the space directions in its header cannot be read"),
+    ("a truncated NRRD", ["segment", "--model", "{u}/bundle", "--input", "{truncated}", "--output", "{o}/s.nrrd"], 1,
+     "this .nrrd file cannot be read .*it may be truncated or damaged"),
+    ("widths with an empty entry", ["train", "--data", "{u}/data", "--out", "{o}/m", "--widths", "8,,16"], 2,
+     "widths must be one or more whole numbers separated by single commas, got '8,,16'"),
+    ("a mask without its image", ["train", "--data", "{orphan}", "--out", "{o}/m", "--guide", "none", "--steps", 1],
+     1, "1 masks have no image \\(e.g. lost.png\\)"),
     ("an all-background correction from nothing", ["refine", "--model", "none", "--volume", "{u}/volume.nrrd",
                                                    "--labels", "{u}/empty-labels.nrrd", "--slices", "0,1", "--out",
                                                    "{o}/r", "--guide", "none"], 1, "contain no target"),
 ]
 
 
+EDITED_BUNDLES = [("widths-text", "widths", "8,16,32"), ("size-negative", "input_size", -64),
+                  ("size-text", "input_size", "64"), ("classes-3", "num_classes", 3), ("channels-0", "in_channels", 0)]
+
+
 def _derived(user, tmp_path):
     """Inputs made per case from the user's files (never the user's files themselves)."""
+    import re
     import shutil
 
     places = {"u": user, "o": tmp_path / "out"}
@@ -181,6 +260,42 @@ def _derived(user, tmp_path):
     shutil.copytree(user / "bundle", tmp_path / "corrupt")
     (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"not safetensors")
     places["corrupt"] = tmp_path / "corrupt"
+    shutil.copytree(user / "bundle", tmp_path / "inverted")
+    inverted = json.loads((user / "bundle" / "config.json").read_text())
+    inverted["model"]["normalization"] = {"mode": "fixed", "low": 255, "high": 0}
+    (tmp_path / "inverted" / "config.json").write_text(json.dumps(inverted))
+    places["inverted"] = tmp_path / "inverted"
+    shutil.copytree(user / "data" / "val", tmp_path / "valonly" / "val")
+    places["valonly"] = tmp_path / "valonly"
+    for name, key, value in EDITED_BUNDLES:  # config.json edited by hand after saving
+        shutil.copytree(user / "bundle", tmp_path / name)
+        edited = json.loads((user / "bundle" / "config.json").read_text())
+        edited["model"][key] = value
+        (tmp_path / name / "config.json").write_text(json.dumps(edited))
+        places[name] = tmp_path / name
+    shutil.copytree(user / "bundle", tmp_path / "reweighted")
+    with open(tmp_path / "reweighted" / "model.safetensors", "r+b") as weights:  # one byte of a weight changed
+        weights.seek(-1, os.SEEK_END)
+        last = weights.read(1)
+        weights.seek(-1, os.SEEK_END)
+        weights.write(bytes([last[0] ^ 1]))
+    places["reweighted"] = tmp_path / "reweighted"
+    shutil.copytree(places["g"], tmp_path / "wide-guide")
+    guide_config = json.loads((places["g"] / "config.json").read_text())
+    guide_config["hidden_size"] = guide_config["hidden_size"] * 2
+    (tmp_path / "wide-guide" / "config.json").write_text(json.dumps(guide_config))
+    places["wideguide"] = tmp_path / "wide-guide"
+    header = (user / "volume.nrrd").read_bytes()
+    for name, directions in (("flat", b"(1,0,0) (0,1,0) (1,1,0)"), ("zerospacing", b"(1,0,0) (0,0,0) (0,0,2)"),
+                             ("nanspacing", b"(nan,0,0) (0,1,0) (0,0,2)")):
+        (tmp_path / f"{name}.nrrd").write_bytes(re.sub(rb"space directions: [^\n]*", b"space directions: " + directions,
+                                                       header, count=1))
+        places[name] = tmp_path / f"{name}.nrrd"
+    (tmp_path / "truncated.nrrd").write_bytes(header[: len(header) // 2])
+    places["truncated"] = tmp_path / "truncated.nrrd"
+    shutil.copytree(user / "data", tmp_path / "orphan")
+    shutil.copy(user / "data" / "train" / "masks" / "c1.png", tmp_path / "orphan" / "train" / "masks" / "lost.png")
+    places["orphan"] = tmp_path / "orphan"
     for name, change in (("mixed", "16bit"), ("nothing", "empty")):
         shutil.copytree(user / "data", tmp_path / name)
         if change == "16bit":
@@ -340,3 +455,108 @@ def test_the_logic_refuses_bad_input_clearly(scene, user, tmp_path, tiny_guide_d
         if changed:
             problems.append(f"{name}: changed the user's segment or files")
     assert not problems, problems
+
+
+def test_a_model_with_non_finite_weights_is_never_saved_loaded_or_used(user, tmp_path):
+    """A diverged training (NaN or infinite weights) saves nothing; such a bundle is refused when loaded, and
+    such a model writes no NaN probability map."""
+    import safetensors.torch
+    import torch
+
+    from guidino.bundle import BundleError, load_bundle, save_bundle
+    from guidino.errors import InputError
+    from guidino.imageio import read_image
+    from guidino.inference import segment_volume
+
+    model = load_bundle(user / "bundle")
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
+    with pytest.raises(BundleError, match="hold NaN or infinite values .*nothing was saved"):
+        save_bundle(model, tmp_path / "diverged")
+    assert not (tmp_path / "diverged").exists() and not list(tmp_path.glob(".partial-*"))
+    _record(True, 0)
+    with pytest.raises(InputError, match="NaN or infinite probabilities"):
+        segment_volume(model, read_image(user / "volume.nrrd"), device="cpu")
+    _record(True, 0)
+
+    import shutil
+
+    shutil.copytree(user / "bundle", tmp_path / "nan-bundle")
+    weights = safetensors.torch.load_file(str(tmp_path / "nan-bundle" / "model.safetensors"))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("inf"))
+    safetensors.torch.save_file(weights, str(tmp_path / "nan-bundle" / "model.safetensors"))
+    config = json.loads((tmp_path / "nan-bundle" / "config.json").read_text())
+    del config["weights_sha256"]  # as a bundle of an earlier GuiDINO (the checksum would refuse it first)
+    (tmp_path / "nan-bundle" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="nan-bundle: 1 of .* weight tensors hold NaN or infinite values"):
+        load_bundle(tmp_path / "nan-bundle")
+    _record(True, 0)
+
+
+def test_a_bundle_trained_with_a_relative_guide_path_works_from_another_folder(user, tmp_path, capsys, monkeypatch,
+                                                                               tiny_guide_dir):
+    """The bundle records where its guide is as an absolute path: a relative one meant another folder (or a hub
+    id) from anywhere else."""
+    import shutil
+
+    shutil.copytree(tiny_guide_dir, tmp_path / "work" / "guide")
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("GUIDINO_GUIDE", raising=False)
+    code, text = _cli(capsys, "train", "--data", user / "data", "--out", "model", "--guide", "guide", "--steps", 1,
+                      "--size", 64, "--widths", "8,16,32", "--device", "cpu")
+    assert code == 0, text
+    recorded = json.loads((tmp_path / "work" / "model" / "config.json").read_text())["guide"]["source"]
+    assert recorded == str((tmp_path / "work" / "guide").resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, text = _cli(capsys, "segment", "--model", tmp_path / "work" / "model", "--input", user / "volume.nrrd",
+                      "--output", "s.nrrd", "--device", "cpu")
+    assert code == 0 and (tmp_path / "elsewhere" / "s.nrrd").is_file(), text
+    _record(False, 0)
+
+
+def test_what_a_killed_write_left_is_removed_by_the_next_write(user, tmp_path, capsys):
+    """kill -9 while writing leaves a hidden temporary beside the output; the next command writing in that folder
+    removes the temporaries of processes that no longer run (and keeps a running one's)."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".partial-{dead.pid}-s.nrrd"
+    stale.write_bytes(b"half a volume")
+    alive = tmp_path / f".partial-{os.getppid()}-other.nrrd"
+    alive.write_bytes(b"being written")
+    code, text = _cli(capsys, "segment", "--model", user / "bundle", "--input", user / "volume.nrrd", "--output",
+                      tmp_path / "s.nrrd", "--device", "cpu")
+    assert code == 0, text
+    assert not stale.exists() and alive.exists() and (tmp_path / "s.nrrd").is_file()
+    _record(False, 0)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new outputs", "outputs replaced with --overwrite"])
+def test_a_failure_between_the_renames_leaves_all_outputs_or_none(tmp_path, monkeypatch, existing):
+    """The second of three renames fails (a crash there, injected): the first output is taken back, so the
+    folder holds what it held before, and no temporary."""
+    from guidino import outputs
+    from guidino.errors import InputError
+
+    targets = [tmp_path / name for name in ("labels.nrrd", "guide.nrrd", "probability.nrrd")]
+    if existing:
+        for target in targets:
+            target.write_text(f"earlier {target.name}")
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    real, calls = os.replace, []
+
+    def failing_replace(source, destination):
+        if Path(source).name.startswith(".partial-") and Path(destination) in targets:
+            calls.append(destination)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+        return real(source, destination)
+
+    monkeypatch.setattr(outputs.os, "replace", failing_replace)
+    with pytest.raises(InputError, match="cannot write .*guide.nrrd: Input/output error"):
+        outputs.write_all({t: (lambda temporary, t=t: Path(temporary).write_text(f"new {t.name}")) for t in targets})
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+    _record(True, 0)

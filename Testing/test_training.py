@@ -200,27 +200,29 @@ def test_train_on_a_volume_folder_with_classes(tmp_path):
     from guidino.errors import InputError
     from guidino.training.trainer import train_on_folder
 
+    data = tmp_path / "data"  # the bundles go beside the dataset, never into it
+    data.mkdir()
     image, labels = synthetic_volume(shape=(8, 48, 40))
     classes = sitk.GetArrayFromImage(labels).astype(np.uint8)
     classes[:, :, 20:] *= 2  # right half of the blob is class 2
     label_image = sitk.GetImageFromArray(classes)
     label_image.CopyInformation(image)
-    sitk.WriteImage(image, str(tmp_path / "case_image.nrrd"))
-    sitk.WriteImage(label_image, str(tmp_path / "case_label.nrrd"))
+    sitk.WriteImage(image, str(data / "case_image.nrrd"))
+    sitk.WriteImage(label_image, str(data / "case_label.nrrd"))
     options = dict(network="unet", guide="none", size=64, widths=SMALL, steps=3, device="cpu")
-    bundle, result = train_on_folder(tmp_path, tmp_path / "three", classes=3, **options)
+    bundle, result = train_on_folder(data, tmp_path / "three", classes=3, **options)
     model = load_bundle(bundle)
     assert model.config.num_classes == 3 and result.steps == 3
     assert model.predict(torch.rand(1, 1, 64, 64))[0].shape[1] == 3
-    binary, _ = train_on_folder(tmp_path, tmp_path / "binary", **options)  # default: any label > 0 is the target
+    binary, _ = train_on_folder(data, tmp_path / "binary", **options)  # default: any label > 0 is the target
     assert load_bundle(binary).config.num_classes == 2
 
     classes[classes == 2] = 7  # a label value a 3-class model cannot hold
     label_image = sitk.GetImageFromArray(classes)
     label_image.CopyInformation(image)
-    sitk.WriteImage(label_image, str(tmp_path / "case_label.nrrd"))
+    sitk.WriteImage(label_image, str(data / "case_label.nrrd"))
     with pytest.raises(InputError, match="relabel them 0..2"):
-        train_on_folder(tmp_path, tmp_path / "bad", classes=3, **options)
+        train_on_folder(data, tmp_path / "bad", classes=3, **options)
 
 
 def test_early_stopping_waits_until_the_model_has_found_something(tiny_guide):

@@ -6,12 +6,14 @@ replaces an existing bundle.
 """
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import safetensors.torch
+import torch
 
 from . import __version__
 from .errors import BundleError, GuideNotFoundError
@@ -47,6 +49,10 @@ def save_bundle(model, out_dir, metrics=None, provenance=None):
     try:
         partial.mkdir()
         guide = model.guide
+        state = {k: v.detach().cpu().contiguous() for k, v in model.learned_state_dict().items()}
+        _check_finite(state, f"the model for {out}", "nothing was saved; train again (a lower learning rate, "
+                      "or check the volume's intensities)")
+        safetensors.torch.save_file(state, str(partial / "model.safetensors"))
         config = {
             "format": BUNDLE_FORMAT,
             "guidino_version": __version__,
@@ -55,11 +61,10 @@ def save_bundle(model, out_dir, metrics=None, provenance=None):
             "guide": None if guide is None else {"source": guide.source, "family": guide.family,
                                                  "sha256": guide.weights_hash(), "embed_dim": guide.embed_dim,
                                                  "pretrained": guide.pretrained},
+            "weights_sha256": _file_sha256(partial / "model.safetensors"),
             "provenance": provenance or {},
         }
         (partial / "config.json").write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in model.learned_state_dict().items()}
-        safetensors.torch.save_file(state, str(partial / "model.safetensors"))
         if guide is not None and has_lora(guide):
             save_lora(guide, partial / "lora")
         (partial / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
@@ -93,11 +98,17 @@ def read_bundle_config(bundle):
             raise BundleError(f"model bundle {bundle} is incomplete: {name} is missing")
     try:
         config = json.loads((bundle / "config.json").read_text())
+        if isinstance(config, dict) and "model" not in config and "model_type" in config:
+            raise BundleError(f"{bundle} is a guide (a {config['model_type']} vision transformer), not a GuiDINO "
+                              "model bundle: give it with --guide, and with --model a bundle written by `guidino "
+                              "train` or Refine")
         config["model"] = ModelConfig.from_dict(config["model"])
         guide = config.get("guide")
         if config["model"].guided and not (isinstance(guide, dict) and isinstance(guide.get("source"), str)
                                            and isinstance(guide.get("sha256"), str)):
             raise ValueError("the model is guided but names no guide (source and sha256)")
+    except BundleError:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise BundleError(f"model bundle {bundle}: config.json is corrupt ({error})") from None
     except OSError as error:
@@ -135,6 +146,11 @@ def load_bundle(bundle, guide=None, device="cpu"):
         state = safetensors.torch.load_file(str(bundle / "model.safetensors"))
     except Exception as error:  # safetensors raises several types for a damaged file
         raise BundleError(f"model bundle {bundle}: model.safetensors is corrupt ({error})") from None
+    recorded_weights = config.get("weights_sha256")
+    if recorded_weights is not None and _file_sha256(bundle / "model.safetensors") != recorded_weights:
+        raise BundleError(f"model bundle {bundle}: model.safetensors was changed after the bundle was saved (its "
+                          "SHA-256 is not the one config.json records): restore the bundle, or retrain")
+    _check_finite(state, f"model bundle {bundle}", "retrain it or roll back to an earlier version")
     expected = set(model.learned_state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -143,8 +159,27 @@ def load_bundle(bundle, guide=None, device="cpu"):
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise BundleError(f"model bundle {bundle}: weights do not match its config.json ({error})") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else "")
+        raise BundleError(f"model bundle {bundle}: its weights do not fit its config.json ({reason}): the config "
+                          "was edited after saving; restore it or retrain") from None
     return model.to(device).eval()
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_finite(state, what, fix):
+    """Refuse weights with NaN or infinite values (a diverged training): they segment nothing."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise BundleError(f"{what}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values "
+                          f"(e.g. {bad[0]}); {fix}")
 
 
 def _load_guide(source, recorded, bundle):

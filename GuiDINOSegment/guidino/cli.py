@@ -13,6 +13,7 @@ from .axes import AXES
 from .errors import InputError
 from .outputs import check_new_folder, check_outputs, write_text
 
+OVERWRITE_HELP = "replace existing output files (never done otherwise: they may be yours)"
 GUIDE_STRIDE_HELP = "run the guide on every n-th slice, interpolated between (auto: from the slice spacing; 1: every slice)"
 
 
@@ -85,7 +86,7 @@ def _train(args):
                                          max_images=args.max_images, device=args.device, batch_size=args.batch_size,
                                          optimizer=args.optimizer, lr=args.lr, seed=args.seed,
                                          progress=bar.training, checkpoint=args.checkpoint,
-                                         resume=args.resume)
+                                         resume=args.resume, overwrite=args.overwrite)
     finally:
         bar.close()
     best = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
@@ -95,11 +96,14 @@ def _train(args):
 
 def _segment(args):
     from .bundle import load_bundle
+    from .imageio import check_image_outputs
     from .inference import segment_file
 
     outputs = {"--output": args.output, "--guide-output": args.guide_output,
                "--probability-output": args.probability_output}
-    check_outputs(outputs, inputs=[args.input], kept=_model_folders(args.model, args.guide))  # before any work
+    check_outputs(outputs, inputs=[args.input], kept=_model_folders(args.model, args.guide),  # before any work
+                  overwrite=args.overwrite)
+    check_image_outputs(outputs, args.input)
     model = load_bundle(args.model, guide=args.guide)
     bar = _Progress("segmenting", "slice")
     try:
@@ -119,7 +123,8 @@ def _evaluate(args):
 
     from .training.datasets import folder_pairs, is_image_folder, volume_label_pairs
 
-    check_outputs({"--json": args.json}, inputs=[args.data], kept=_model_folders(args.model, args.guide))
+    check_outputs({"--json": args.json}, inputs=[args.data], kept=_model_folders(args.model, args.guide),
+                  overwrite=args.overwrite)
     model = load_bundle(args.model, guide=args.guide)
     pairs = folder_pairs(args.data, args.split) if is_image_folder(args.data) else volume_label_pairs(Path(args.data) / args.split)
     bar = _Progress(f"evaluating {args.split}", "case")
@@ -153,7 +158,8 @@ def _refine(args):
 
     from .training.refine import load_starting_model, refine_model, save_refined
 
-    check_new_folder(args.out, "--out")  # before any work: a saved model is never replaced
+    # before any work: a saved model is never replaced, nor a bundle, a guide or an input changed
+    check_new_folder(args.out, "--out", inputs=[args.volume, args.labels], kept=_model_folders(args.model, args.guide))
     settings = _refine_settings(args)
     image = read_image(args.volume)
     labels = read_labels(args.labels, like=image)
@@ -177,7 +183,8 @@ def _simulate(args):
 
     from .training.refine import load_starting_model, simulate, spread_protocol
 
-    check_outputs({"--json": args.json}, inputs=[args.volume, args.label], kept=_model_folders(args.model, args.guide))
+    check_outputs({"--json": args.json}, inputs=[args.volume, args.label], kept=_model_folders(args.model, args.guide),
+                  overwrite=args.overwrite)
     rounds_folder = None if args.save_rounds is None else check_new_folder(args.save_rounds, "--save-rounds",
                                                                            "a folder of saved rounds")
     settings = _refine_settings(args)
@@ -246,15 +253,27 @@ def _auto_or_count(text, name, hint=""):
 def _whole_numbers(name, minimum=1):
     """An argparse type for a comma-separated list of whole numbers >= ``minimum`` ("3,10,17")."""
     def check(text, name):
-        values = [whole_number(v.strip(), name, minimum) for v in str(text).split(",") if v.strip()]
-        if not values:
-            raise InputError(f"{name} must be one or more whole numbers separated by commas, got {text!r}")
-        return values
+        parts = [v.strip() for v in str(text).split(",")]
+        if not any(parts) or not all(parts):
+            raise InputError(f"{name} must be one or more whole numbers separated by single commas, got {text!r}")
+        return [whole_number(v, name, minimum) for v in parts]
 
     return _checked(check, name)
 
 
 GUIDE_STRIDE = _checked(_auto_or_count, "guide stride", hint=" (1 = the guide on every slice)")
+
+
+def _window(text, name):
+    """A CT window "CENTER,WIDTH" (width > 0) as [center, width]."""
+    from .model import check_normalization
+
+    try:
+        center, width = (float(v) for v in str(text).split(","))
+        check_normalization({"mode": "window", "center": center, "width": width})
+    except ValueError:
+        raise InputError(f"{name} must be CENTER,WIDTH with a width > 0, e.g. 40,400, got {text!r}") from None
+    return [center, width]
 
 
 def build_parser():
@@ -284,7 +303,7 @@ def build_parser():
     tr.add_argument("--size", type=_checked(whole_number, "size", minimum=32), default=ModelConfig.input_size)
     tr.add_argument("--classes", type=_checked(whole_number, "classes", minimum=2), default=2,
                     help="2: binary, any label > 0 is the target (default); C: labels 0..C-1, 0 = background")
-    tr.add_argument("--window", type=lambda t: [float(v) for v in t.split(",")], default=None, metavar="CENTER,WIDTH",
+    tr.add_argument("--window", type=_checked(_window, "window"), default=None, metavar="CENTER,WIDTH",
                     help="CT window for intensity normalisation, e.g. 40,400 (default: per-volume percentiles)")
     tr.add_argument("--widths", type=_whole_numbers("widths"), default=None,
                     help="channels per network stage, e.g. 8,16,32,64,128 (default: the authors' setup)")
@@ -299,6 +318,8 @@ def build_parser():
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     tr.add_argument("--checkpoint", default=None, help="training state file, rewritten at each validation")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint (same data and settings)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --checkpoint file instead of "
+                                                             "resuming from it")
     tr.set_defaults(run=_train)
 
     seg = commands.add_parser("segment", help="segment a volume or image slice by slice")
@@ -314,6 +335,7 @@ def build_parser():
                     help=GUIDE_STRIDE_HELP)
     seg.add_argument("--guide", default=None, help="where the bundle's guide weights are, if not where they were")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    seg.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     seg.set_defaults(run=_segment)
 
     ev = commands.add_parser("evaluate", help="IoU / Dice / HD95 of a bundle on a dataset split at native resolution")
@@ -326,6 +348,7 @@ def build_parser():
     ev.add_argument("--guide-stride", default="auto", type=GUIDE_STRIDE,
                     help=GUIDE_STRIDE_HELP)
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ev.set_defaults(run=_evaluate)
 
     for name, helptext in (("refine", "fine-tune a model on corrected slices of a volume; writes a new bundle"),
@@ -347,6 +370,7 @@ def build_parser():
                                   help="spread protocol: label this many slices evenly spaced over the structure, "
                                        "refine a new model once, segment the rest")
             cmd.add_argument("--json", default=None)
+            cmd.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
             cmd.add_argument("--save-rounds", default=None,
                              help="new folder for each round's model labels (round-N-prediction.nrrd) and what the "
                                   "segmentation then holds (round-N-segment.nrrd), in the volume's geometry")

@@ -12,6 +12,10 @@ from .geometry import Geometry
 from .outputs import write_all
 
 
+VOLUME_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")  # hold a 3D result with its geometry
+IMAGE_FORMATS = VOLUME_FORMATS + (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # and 2D ones
+
+
 @dataclass
 class ImageData:
     """A volume or 2D image as the engine sees it: (D, H, W) or (D, H, W, 3) voxels plus geometry."""
@@ -50,9 +54,27 @@ def read_image(path, labels=False):
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
-        raise InputError(f"{path}: cannot be read as an image ({reason}); use NRRD, NIfTI, MHA, DICOM, PNG or JPEG") from None
+        raise InputError(_unreadable(path, str(error))) from None
     return image_data_from_sitk(image, name=str(path), constant_ok=labels)
+
+
+def _unreadable(path, message):
+    """One line on why SimpleITK could not read ``path``: a broken geometry in its header, a damaged file of a
+    format GuiDINO reads, or a format it does not."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown format"
+    if "determinant is 0" in message or "Bad direction" in message:
+        return (f"{path}: the direction matrix in its header is degenerate (determinant 0); fix the header's "
+                "orientation (space directions) and save it again")
+    if "change spacing" in message:
+        return (f"{path}: a voxel spacing of 0 or less in its header; fix the spacing (in Slicer: Volumes > Volume "
+                "Information) and save it again")
+    if "space vector" in message or "space directions" in message:
+        return f"{path}: the space directions in its header cannot be read ({reason}); fix the header and save again"
+    suffix = next((s for s in IMAGE_FORMATS if path.name.lower().endswith(s)), None)
+    if suffix is not None:  # a format GuiDINO reads: the file itself is damaged
+        return f"{path}: this {suffix} file cannot be read ({reason}); it may be truncated or damaged: save it again"
+    return f"{path}: cannot be read as an image ({reason}); use NRRD, NIfTI, MHA, DICOM, PNG or JPEG"
 
 
 def check_shape(name, dim, components):
@@ -72,6 +94,7 @@ def image_data_from_sitk(image, name="input", constant_ok=False):
     """Check and convert a SimpleITK image: 2D (grey or RGB) or 3D scalar (``constant_ok``: see check_voxels)."""
     dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     check_shape(name, dim, components)
+    check_geometry(name, image.GetSpacing(), image.GetDirection())
     voxels = check_voxels(sitk.GetArrayFromImage(image), name, constant_ok)
     if dim == 2:
         if components == 4:
@@ -90,7 +113,12 @@ def read_labels(path, like=None):
     labels = data.voxels
     if labels.ndim == 4:
         labels = labels[..., 0]
-    labels = np.rint(labels).astype(np.int64) if np.issubdtype(labels.dtype, np.floating) else labels.astype(np.int64)
+    if np.issubdtype(labels.dtype, np.floating):
+        fractional = labels[labels != np.rint(labels)]
+        if fractional.size:
+            raise InputError(f"{path}: {fractional.size} label voxels are not whole numbers (e.g. {fractional[0]:g}); "
+                             "labels are whole numbers, 0 = background: threshold the mask (e.g. > 0.5) first")
+    labels = labels.astype(np.int64)
     if labels.max() == 255 and set(np.unique(labels)) <= {0, 255}:
         labels = (labels > 0).astype(np.int64)
     if like is not None:
@@ -102,13 +130,36 @@ def read_labels(path, like=None):
     return labels
 
 
+def check_geometry(name, spacing, direction):
+    """Refuse a voxel spacing that is not a positive finite number and a direction matrix that is not a rotation
+    (degenerate or scaled): lengths, Dice in mm and the slicing axis would mean nothing."""
+    spacing = np.asarray(spacing, dtype=float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"{name}: voxel spacing {tuple(spacing.tolist())} must be positive numbers (mm); fix the "
+                         "file's header (in Slicer: Volumes > Volume Information) and save it again")
+    size = int(round(np.sqrt(len(direction))))
+    matrix = np.asarray(direction, dtype=float).reshape(size, size)
+    if not np.isfinite(matrix).all() or not np.allclose(matrix.T @ matrix, np.eye(size), atol=1e-3):
+        raise InputError(f"{name}: its direction matrix {matrix.round(4).tolist()} is not a rotation (degenerate or "
+                         "scaled axes); fix the file's orientation header and save it again")
+
+
+FLOAT32_LIMIT = float(np.finfo(np.float32).max)  # the models compute in 32-bit floats
+
+
 def check_voxels(voxels, name="input", constant_ok=False):
-    """Refuse empty, NaN / infinite and (unless ``constant_ok``: labels) constant voxel arrays; return the array."""
+    """Refuse empty, NaN / infinite, beyond 32-bit float and (unless ``constant_ok``: labels) constant voxel
+    arrays; return the array."""
     if voxels.size == 0:
         raise InputError(f"{name}: the image is empty (no voxels)")
-    if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
-        count = int((~np.isfinite(voxels)).sum())
-        raise InputError(f"{name}: {count} voxels are NaN or infinite; replace them (e.g. with the minimum) first")
+    if np.issubdtype(voxels.dtype, np.floating):
+        if not np.isfinite(voxels).all():
+            count = int((~np.isfinite(voxels)).sum())
+            raise InputError(f"{name}: {count} voxels are NaN or infinite; replace them (e.g. with the minimum) first")
+        largest = float(np.abs(voxels).max())
+        if largest > FLOAT32_LIMIT:
+            raise InputError(f"{name}: values up to {largest:.3g} lie beyond 32-bit floats (±{FLOAT32_LIMIT:.3g}), "
+                             "which GuiDINO computes in; rescale the volume (e.g. to its physical units) first")
     if not constant_ok and voxels.min() == voxels.max():
         raise InputError(f"{name}: every voxel has the value {voxels.flat[0]}, so there is nothing to segment; "
                          "check that the right volume was loaded")
@@ -135,6 +186,38 @@ def to_sitk(array, geometry, is_2d=False):
 def image_slice_axis(image, axis):
     """The numpy axis an ImageData is sliced along: 0 for a 2D image, else the anatomical ``axis``."""
     return 0 if image.is_2d else slice_axis(image.geometry.direction, axis)
+
+
+def check_image_outputs(outputs, input_path):
+    """Refuse, before the work, image outputs whose format cannot hold the result: an unknown suffix, or a 2D
+    format (PNG, JPEG...) for the result of a 3D input. ``outputs``: {flag: path or None}."""
+    dimension = _dimension(input_path)
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        name = Path(path).name.lower()
+        suffix = next((s for s in IMAGE_FORMATS if name.endswith(s)), None)
+        if suffix is None:
+            raise InputError(f"{flag} {path}: GuiDINO writes {', '.join(IMAGE_FORMATS)} files; give one of these "
+                             "suffixes")
+        if dimension == 3 and suffix not in VOLUME_FORMATS:
+            raise InputError(f"{flag} {path}: a {suffix} file holds one 2D image, and {Path(input_path).name} is a 3D "
+                             f"volume; use {', '.join(VOLUME_FORMATS)}")
+
+
+def _dimension(path):
+    """The image's dimension from the file's header (a folder is a DICOM series: 3); None when the header cannot
+    be read (the reading refuses it later, with its reason)."""
+    path = Path(path)
+    if path.is_dir():
+        return 3
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader.GetDimension()
+    except (RuntimeError, OSError):
+        return None
 
 
 def write_image(array, geometry, path, is_2d=False):

@@ -125,6 +125,9 @@ def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", d
             images = slicer.images(index, device).contiguous(memory_format=torch.channels_last)
             probs, guide_map = model.predict(images, None if sparse_guide is None else sparse_guide(index))
         probs = slicer.restore(probs)
+        if not torch.isfinite(probs).all():
+            raise InputError("the model gave NaN or infinite probabilities (its weights or this volume's intensities "
+                             "overflow 32-bit floats); nothing was written: check the volume, retrain or roll back")
         if probs.shape[1] == 1:
             foreground, predicted = probs[:, 0], (probs[:, 0] >= 0.5).to(torch.uint8)
         else:

@@ -34,6 +34,16 @@ class ModelConfig:
     region: Optional[dict] = None
 
     def __post_init__(self):
+        for name, minimum in (("in_channels", 1), ("num_classes", 2), ("input_size", 32), ("num_prototypes", 1),
+                              ("lora_rank", 0), ("lora_alpha", 1)):
+            _check_whole(name, getattr(self, name), minimum)
+        for name in ("widths", "gate_stages", "segdino_layers"):
+            values = getattr(self, name)
+            if values is not None:
+                if not isinstance(values, (list, tuple)) or not values:
+                    raise ValueError(f"{name} must be a list of whole numbers such as [8, 16, 32], got {values!r}")
+                for value in values:
+                    _check_whole(name, value, 1 if name == "widths" else 0)
         spec = network_spec(self.network)
         if spec.needs_guide and not self.guided:
             raise ValueError(f"the {self.network} network reads the guide's tokens: it needs a guide")
@@ -41,6 +51,7 @@ class ModelConfig:
             raise ValueError("num_classes counts the background: use 2 for a binary segmentation")
         if self.input_size % 32:
             raise ValueError(f"input_size {self.input_size} must be a multiple of 32")
+        check_normalization(self.normalization)
 
     @property
     def out_channels(self):
@@ -151,3 +162,31 @@ class GuiDINOModel(nn.Module):
     def learned_state_dict(self):
         """TokenBook and network weights: what a bundle stores (the guide's base weights are not copied)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("guide.")}
+
+
+def _check_whole(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def check_normalization(spec):
+    """Refuse an intensity normalisation that maps nothing, or maps it upside down (ValueError naming the fix)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"normalization must be a mapping with a mode, got {spec!r}")
+    mode = spec.get("mode", "percentile")
+    try:
+        if mode == "window":
+            center, width = float(spec["center"]), float(spec["width"])
+            if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+                raise ValueError(f"a window needs a finite center and a width > 0, got center {center:g}, "
+                                 f"width {width:g}: give CENTER,WIDTH such as 40,400")
+        elif mode in ("fixed", "percentile"):
+            low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
+            upper = 100 if mode == "percentile" else math.inf
+            if not (math.isfinite(low) and low < high <= upper and (mode == "fixed" or low >= 0)):
+                raise ValueError(f"{mode} normalization needs low < high" + (" within 0..100" if mode == "percentile"
+                                                                              else "") + f", got low {low:g}, high {high:g}")
+        else:
+            raise ValueError(f"unknown normalization mode {mode!r}: use percentile, window or fixed")
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{mode} normalization is missing or has a non-number {error}") from None

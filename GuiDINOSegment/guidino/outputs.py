@@ -1,7 +1,7 @@
 """The one output rule of every command and of the Slicer Logic.
 
 Before any work: an output may not be an input, lie inside a model bundle, a guide or a dataset, be
-a folder, or be another output; its folder must be writable. Writing: to a temporary beside the
+a folder, be another output, or (without ``--overwrite``) an existing file; its folder must be writable. Writing: to a temporary beside the
 target, then one rename, so a killed or failed write leaves the file that was there (or nothing),
 never half of one. Several outputs of one command are all written first, then all renamed.
 Operating-system errors become one line naming the path. No torch.
@@ -31,12 +31,11 @@ def _same(a, b):
         return False
 
 
-def check_outputs(outputs, inputs=(), kept=()):
+def check_outputs(outputs, inputs=(), kept=(), overwrite=False):
     """Refuse unusable outputs before the work. ``outputs``: {flag: path or None}; ``inputs``: files or
     folders the command reads (an output inside an input folder is refused too); ``kept``: folders that
-    must not change (bundles, guides). Returns {flag: resolved Path} of the outputs given."""
-    inputs = [_resolved(p, "input") for p in inputs if p is not None]
-    kept = [_resolved(p, "folder") for p in kept if p is not None]
+    must not change (bundles, guides); ``overwrite``: an existing file may be replaced (else refused: it may
+    be the user's). Returns {flag: resolved Path} of the outputs given."""
     resolved = {}
     for flag, path in outputs.items():
         if path is None:
@@ -48,28 +47,38 @@ def check_outputs(outputs, inputs=(), kept=()):
             if other in target.parents or target in other.parents:
                 raise InputError(f"{flag} {path} and {other_flag} {other} are one inside the other: give each output "
                                  "its own place")
-        for source in inputs:
-            if _same(target, source) or source in target.parents:
-                raise InputError(f"{flag} {path} is an input of this command ({source}): writing there would "
-                                 "replace it; choose another output file")
-        for folder in kept:
-            if _same(target, folder) or folder in target.parents:
-                raise InputError(f"{flag} {path} is inside {folder}, which must stay as it is (a model bundle or a "
-                                 "guide): choose an output outside it")
+        _check_outside(target, flag, path, inputs, kept)
         if target.is_dir():
             raise InputError(f"{flag} {path} is a folder: give a file name")
+        if not overwrite and (target.exists() or target.is_symlink()):
+            raise InputError(f"{flag} {path} already exists and may be yours: choose a new file name, or give "
+                             "--overwrite to replace it")
         _check_writable_folder(target.parent, flag, path)
         resolved[flag] = target
     return resolved
 
 
-def check_new_folder(path, flag, what="a saved model"):
-    """Refuse, before the work, a folder output that exists (``what`` is never replaced) or cannot be made."""
+def check_new_folder(path, flag, what="a saved model", inputs=(), kept=()):
+    """Refuse, before the work, a folder output that exists (``what`` is never replaced), lies inside an input
+    folder (a dataset) or a folder that must stay as it is (a bundle, a guide: ``kept``), or cannot be made."""
     target = _resolved(path, flag)
     if target.exists() or target.is_symlink():
         raise InputError(f"{flag} {path} already exists: {what} is never replaced; choose a new folder")
+    _check_outside(target, flag, path, inputs, kept)
     _check_writable_folder(target.parent, flag, path)
     return target
+
+
+def _check_outside(target, flag, path, inputs, kept):
+    """Refuse an output that is an input, lies inside an input folder, or inside a folder that must not change."""
+    for source in (_resolved(p, "input") for p in inputs if p is not None):
+        if _same(target, source) or source in target.parents:
+            raise InputError(f"{flag} {path} is an input of this command ({source}), or inside it: writing there "
+                             "would change it; choose a place outside it")
+    for folder in (_resolved(p, "folder") for p in kept if p is not None):
+        if _same(target, folder) or folder in target.parents:
+            raise InputError(f"{flag} {path} is inside {folder}, which must stay as it is (a model bundle or a "
+                             "guide): choose an output outside it")
 
 
 def _check_writable_folder(folder, flag, path):
@@ -88,18 +97,33 @@ def partial_path(path):
 
 def write_all(writers):
     """Write several outputs, all or none: ``writers`` {path: write(temporary path)}; each goes to its
-    temporary, then all are renamed onto their targets. OSError -> InputError naming the path."""
-    temporaries = {}
+    temporary, then all are renamed onto their targets. A failure while renaming puts back what the
+    earlier renames replaced (or removes what they made). What killed writes left in a target's folder
+    (temporaries of processes that no longer run) is removed first. OSError -> InputError naming the path."""
+    temporaries, backups, done = {}, {}, []
     try:
         for path, write in writers.items():
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(path.parent)
             temporary = temporaries[path] = partial_path(path)
             _os_errors(path, write, temporary)
-        for path, temporary in temporaries.items():
-            _os_errors(path, os.replace, temporary, path)
+        try:
+            for path, temporary in temporaries.items():
+                if path.exists():
+                    backups[path] = partial_path(path.with_name("replaced-" + path.name))
+                    _os_errors(path, os.replace, path, backups[path])
+                done.append(path)
+                _os_errors(path, os.replace, temporary, path)
+        except BaseException:
+            for path in reversed(done):  # the earlier outputs as they were
+                if path in backups:
+                    os.replace(backups.pop(path), path)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
     finally:
-        for temporary in temporaries.values():
+        for temporary in (*temporaries.values(), *backups.values()):
             temporary.unlink(missing_ok=True)
 
 

@@ -8,6 +8,7 @@ checks, the weights hash a bundle records) is here, the same for every family.
 
 import hashlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -34,8 +35,11 @@ def _how_to_provide():
 
 
 def resolve_guide_source(source=None) -> str:
-    """The guide to load: ``source`` argument > ``$GUIDINO_GUIDE`` > ``DEFAULT_GUIDE``."""
-    return str(source or os.environ.get(GUIDE_ENV) or DEFAULT_GUIDE)
+    """The guide to load: ``source`` argument > ``$GUIDINO_GUIDE`` > ``DEFAULT_GUIDE``; a local file or folder as
+    an absolute path (bundles record it: a relative one would mean another guide from another folder)."""
+    source = str(source or os.environ.get(GUIDE_ENV) or DEFAULT_GUIDE)
+    local = Path(source).expanduser()
+    return str(local.resolve()) if local.exists() else source
 
 
 def _frozen_state_dict(model):

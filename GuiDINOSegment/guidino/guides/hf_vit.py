@@ -48,10 +48,15 @@ def _load_pretrained(source, local_files_only):
             raise GuideNotFoundError(
                 f"{folder} is not a Hugging Face model folder (no config.json).\n{_how_to_provide()}"
             )
+        _refuse_bundle(folder)
         try:
             return AutoModel.from_pretrained(folder, local_files_only=True)
         except Exception as error:
-            raise ValueError(f"Cannot load the guide from {folder}: {error}") from error
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(error).__name__)
+            raise ValueError(f"Cannot load the guide from {folder}: {reason}; its config.json and weights do not "
+                             "belong together (an edited config?): give the folder as the hub or "
+                             "`guidino make-tiny-guide` wrote it") from None
     offline = _hub_offline() if local_files_only is None else local_files_only
     if not offline and not _hub_reachable():
         offline = True  # no network: answer from the cache at once instead of retrying for half a minute
@@ -66,6 +71,19 @@ def _load_pretrained(source, local_files_only):
         raise GuideNotFoundError(
             f"Cannot get the guide {source!r} from {where} ({constants.HF_HUB_CACHE}): {error}\n{_how_to_provide()}"
         ) from error
+
+
+def _refuse_bundle(folder):
+    """A GuiDINO model bundle given where a guide belongs: say so (transformers would fail on its config.json)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(config, dict) and "model" in config and "format" in config:
+        raise ValueError(f"{folder} is a GuiDINO model bundle, not a guide: give it with --model; the guide is the "
+                         "vision transformer (hub id, folder or .pth) the bundle names")
 
 
 class HuggingFaceViTGuide(GuideGenerator):

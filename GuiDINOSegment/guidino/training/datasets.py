@@ -55,6 +55,10 @@ def folder_pairs(root, split):
     """(image, mask) path pairs of ``root/split/images`` and ``root/split/masks`` with the same stems."""
     base = Path(root) / split
     images_dir, masks_dir = base / "images", base / "masks"
+    if not base.is_dir() and is_image_folder(root):
+        found = sorted(p.parent.name for p in Path(root).glob("*/images") if p.is_dir())
+        raise InputError(f"{root} has no {split}/ split (it has {', '.join(found)}/): add {split}/images and "
+                         f"{split}/masks" + (", or give --split " + found[0] if split != "train" else ""))
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise InputError(f"{base}: expected folders images/ and masks/ (Kvasir-SEG layout: <split>/images, <split>/masks)")
     masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
@@ -63,6 +67,10 @@ def folder_pairs(root, split):
         (pairs.append((image, masks[image.stem])) if image.stem in masks else unmatched.append(image.name))
     if unmatched:
         raise InputError(f"{masks_dir}: no mask for {len(unmatched)} images (e.g. {unmatched[0]}); masks need the image's stem")
+    orphans = sorted(set(masks) - {image.stem for image, _ in pairs})
+    if orphans:
+        raise InputError(f"{masks_dir}: {len(orphans)} masks have no image (e.g. {masks[orphans[0]].name}); each mask "
+                         f"needs an image of the same stem in {images_dir}: add it, or remove the mask")
     if not pairs:
         raise InputError(f"{images_dir}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     return pairs
@@ -136,7 +144,9 @@ def volume_label_pairs(root):
 
 
 def is_image_folder(root):
-    return (Path(root) / "train" / "images").is_dir()
+    """Whether ``root`` is a 2D dataset in the Kvasir-SEG layout: any ``<split>/images`` folder."""
+    root = Path(root)
+    return root.is_dir() and any(p.is_dir() for p in root.glob("*/images"))
 
 
 def photo_like(image_path):

@@ -304,10 +304,15 @@ def train_bundle(model, train_set, val_set, out, train_config, provenance=None, 
 def train_on_folder(data, out, network="wnet", guide=None, lora=False, size=256, widths=None, window=None,
                     classes=2, epochs=100, steps=None,
                     max_images=None, device="auto", batch_size=4, optimizer="adamw", lr=None, seed=0,
-                    progress=None, cancel=None, checkpoint=None, resume=False):
-    """``guidino train``: train on a dataset folder and write a bundle."""
-    check_new_folder(out, "--out")  # before any work: a saved model is never replaced
-    check_outputs({} if resume else {"--checkpoint": checkpoint}, inputs=[data])
+                    progress=None, cancel=None, checkpoint=None, resume=False, overwrite=False):
+    """``guidino train``: train on a dataset folder and write a bundle (``overwrite``: an existing
+    ``checkpoint`` file may be replaced when not resuming from it)."""
+    if not Path(data).is_dir():
+        raise InputError(f"--data {data}: not a folder; give a dataset folder (<split>/images and <split>/masks, or "
+                         "volumes named X_image.nrrd with X_label.nrrd)")
+    guide_folder = [guide] if guide is not None and Path(str(guide)).expanduser().exists() else []
+    check_new_folder(out, "--out", inputs=[data], kept=guide_folder)  # before any work: a model is never replaced
+    check_outputs({} if resume else {"--checkpoint": checkpoint}, inputs=[data], overwrite=overwrite)
     if lora and guide is not None and str(guide).lower() == "none":
         raise InputError("--lora adapts the guide, and --guide none has none: give a guide, or drop --lora")
     train_config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
