@@ -234,6 +234,9 @@ CLI_CASES = [
      "widths must be one or more whole numbers separated by single commas, got '8,,16'"),
     ("a mask without its image", ["train", "--data", "{orphan}", "--out", "{o}/m", "--guide", "none", "--steps", 1],
      1, "1 masks have no image \\(e.g. lost.png\\)"),
+    ("a NIfTI whose qform and sform disagree", ["segment", "--model", "{u}/bundle", "--input", "{apart}",
+                                                "--output", "{o}/s.nrrd", "--device", "cpu"], 0,
+     "guidino segment: warning: .*apart.nii: its qform and sform place the volume up to 10 mm apart; .*uses the sform"),
     ("an all-background correction from nothing", ["refine", "--model", "none", "--volume", "{u}/volume.nrrd",
                                                    "--labels", "{u}/empty-labels.nrrd", "--slices", "0,1", "--out",
                                                    "{o}/r", "--guide", "none"], 1, "contain no target"),
@@ -248,6 +251,7 @@ def _derived(user, tmp_path):
     """Inputs made per case from the user's files (never the user's files themselves)."""
     import re
     import shutil
+    import struct
 
     places = {"u": user, "o": tmp_path / "out"}
     places["o"].mkdir()
@@ -291,6 +295,11 @@ def _derived(user, tmp_path):
         (tmp_path / f"{name}.nrrd").write_bytes(re.sub(rb"space directions: [^\n]*", b"space directions: " + directions,
                                                        header, count=1))
         places[name] = tmp_path / f"{name}.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(user / "volume.nrrd")), str(tmp_path / "apart.nii"))
+    nifti = bytearray((tmp_path / "apart.nii").read_bytes())
+    nifti[292:296] = struct.pack("<f", struct.unpack_from("<f", nifti, 292)[0] + 10.0)  # the sform 10 mm off in x
+    (tmp_path / "apart.nii").write_bytes(bytes(nifti))
+    places["apart"] = tmp_path / "apart.nii"
     (tmp_path / "truncated.nrrd").write_bytes(header[: len(header) // 2])
     places["truncated"] = tmp_path / "truncated.nrrd"
     shutil.copytree(user / "data", tmp_path / "orphan")

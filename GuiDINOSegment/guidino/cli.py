@@ -4,13 +4,14 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .arguments import auto_or_count, positive_number, seconds, whole_number
 from .axes import AXES
-from .errors import InputError
+from .errors import GeometryWarning, InputError
 from .outputs import check_new_folder, check_outputs, write_text
 
 OVERWRITE_HELP = "replace existing output files (never done otherwise: they may be yours)"
@@ -414,8 +415,15 @@ def main(argv=None):
     from .runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
+
+    def show_warning(message, category, *rest, **options):
+        print(f"guidino {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", GeometryWarning)
+            warnings.showwarning = show_warning
+            return args.run(args)
     except KeyboardInterrupt:
         print("guidino: interrupted", file=sys.stderr)
         return 130

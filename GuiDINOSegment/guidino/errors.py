@@ -15,3 +15,7 @@ class BundleError(ValueError):
 
 class GuideNotFoundError(RuntimeError):
     """The guide weights are not where they were looked for."""
+
+
+class GeometryWarning(UserWarning):
+    """A volume whose header may place it elsewhere than its maker meant (read as ITK and Slicer read it)."""

@@ -1,5 +1,6 @@
 """Volumes and 2D images in and out of the engine, in their exact geometry (spacing, origin, direction)."""
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,8 +8,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .axes import slice_axis
-from .errors import InputError
+from .errors import GeometryWarning, InputError
 from .geometry import Geometry
+from .niftiheader import geometry_warnings
 from .outputs import write_all
 
 
@@ -55,6 +57,8 @@ def read_image(path, labels=False):
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(_unreadable(path, str(error))) from None
+    for message in geometry_warnings(path):
+        warnings.warn(message, GeometryWarning, stacklevel=2)
     return image_data_from_sitk(image, name=str(path), constant_ok=labels)
 
 
