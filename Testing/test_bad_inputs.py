@@ -90,6 +90,10 @@ def _record(refused, changed):
         Path(report).write_text(json.dumps(TOTALS, indent=2))
 
 
+def _segment_with(bundle):
+    return ["segment", "--model", "{" + bundle + "}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"]
+
+
 # (name, arguments with {u} the user's folder and {o} an empty output folder, expected exit, message pattern)
 CLI_CASES = [
     ("output is the input", ["segment", "--model", "{u}/bundle", "--input", "{u}/volume.nrrd", "--output",
@@ -208,14 +212,21 @@ CLI_CASES = [
                                            "val", "--device", "cpu"], 0, "val: n=2"),
     ("train --data on a file", ["train", "--data", "{u}/volume.nrrd", "--out", "{o}/m", "--guide", "none",
                                 "--steps", 1], 1, "--data .*volume.nrrd: not a folder"),
-    ("bundle widths written as text", ["segment", "--model", "{widths-text}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "config.json is corrupt \\(widths must be a list of whole numbers"),
-    ("bundle input size negative", ["segment", "--model", "{size-negative}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "input_size must be a whole number >= 32, got -64"),
-    ("bundle input size as text", ["segment", "--model", "{size-text}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "input_size must be a whole number >= 32, got '64'"),
-    ("bundle classes edited", ["segment", "--model", "{classes-3}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "its weights do not fit its config.json \\(size mismatch for .*\\): the config was edited"),
-    ("bundle channels 0", ["segment", "--model", "{channels-0}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "in_channels must be a whole number >= 1, got 0"),
-    ("bundle weights changed after saving", ["segment", "--model", "{reweighted}", "--input", "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1, "model.safetensors was changed after the bundle was saved"),
+    ("bundle widths written as text", _segment_with("widths-text"), 1,
+     "config.json is corrupt \\(widths must be a list of whole numbers"),
+    ("bundle input size negative", _segment_with("size-negative"), 1,
+     "input_size must be a whole number >= 32, got -64"),
+    ("bundle input size as text", _segment_with("size-text"), 1,
+     "input_size must be a whole number >= 32, got '64'"),
+    ("bundle classes edited", _segment_with("classes-3"), 1,
+     "its weights do not fit its config.json \\(size mismatch for .*\\): the config was edited"),
+    ("bundle channels 0", _segment_with("channels-0"), 1,
+     "in_channels must be a whole number >= 1, got 0"),
+    ("bundle weights changed after saving", _segment_with("reweighted"), 1,
+     "model.safetensors was changed after the bundle was saved"),
     ("a guide given as the model", ["segment", "--model", "{g}", "--input", "{u}/volume.nrrd", "--output",
-                                    "{o}/s.nrrd"], 1, "is a guide \\(a dinov3_vit vision transformer\\), not a GuiDINO model bundle"),
+                                    "{o}/s.nrrd"], 1,
+     "is a guide \\(a dinov3_vit vision transformer\\), not a GuiDINO model bundle"),
     ("a bundle given as the guide", ["segment", "--model", "{u}/bundle", "--guide", "{u}/bundle", "--input",
                                      "{u}/volume.nrrd", "--output", "{o}/s.nrrd"], 1,
      "is a GuiDINO model bundle, not a guide: give it with --model"),

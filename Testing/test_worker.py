@@ -2,7 +2,9 @@
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +193,116 @@ def _request(logic, scene, bundle):
             "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
                          "direction": list(geometry.direction)}, "batch_size": 4, "device": "cpu",
             "guide_stride": "auto"}
+
+
+# -- what a real Slicer does that a plain subprocess does not ------------------------------------------------
+def _launcher(tmp_path):
+    """A stand-in for CTK's launcher (``PythonSlicer``): it starts the real interpreter as its child and waits."""
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                        f"sys.exit(subprocess.call([{sys.executable!r}] + sys.argv[1:]))\n")
+    launcher.chmod(0o755)
+    return launcher
+
+
+def _gone(pid, seconds=10):
+    """Whether process ``pid`` has ended (a zombie waiting for its parent counts as ended)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/status").read_text()
+            if "\nState:\tZ" in state:
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("when", ["after it said ready", "before it said ready"])
+def test_ending_the_worker_ends_the_interpreter_behind_slicers_launcher(tmp_path, when):
+    worker = WorkerProcess(python=str(_launcher(tmp_path)))
+    worker.start()
+    launcher = worker.process.pid
+    if when == "after it said ready":
+        assert _pump_until(worker, lambda: worker.ready)
+        interpreter = worker.pid
+        assert interpreter != launcher  # the model would live in the launcher's child
+    else:
+        deadline = time.monotonic() + 30
+        children = []
+        while not children and time.monotonic() < deadline:  # the launcher has started the interpreter
+            children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+            time.sleep(0.01)
+        interpreter = int(children[0])
+    worker.kill()
+    assert _gone(launcher) and _gone(interpreter), "a worker process outlived Cancel/kill"
+    worker.close()
+
+
+def test_cancelling_a_queued_job_leaves_the_running_one_alone(scene, bundle, worker, monkeypatch):
+    """Two panels share the worker: the second one's job, cancelled while it waits behind the first, is not timed
+    (it stops when it starts); the first one's job completes and the worker is not ended."""
+    monkeypatch.setattr(workerClientModule, "STOP_TIMEOUT", 0.2)
+    logic = GuiDINOSegmentLogic()
+    running = logic.startSegmentation(_prepare(logic, scene, bundle, batchSize=1))
+    queued = logic.startSegmentation(_prepare(logic, scene, bundle))
+    queued.cancel()
+    deadline = time.monotonic() + 300
+    first, second = running.poll(), queued.poll()
+    while not (first.finished and second.finished) and time.monotonic() < deadline:  # both panels' timers
+        time.sleep(0.02)
+        first, second = running.poll(), queued.poll()
+    assert first.error is None and first.done == 24, first.errorDetails
+    assert second.error is None and second.result.cancelled and not second.result.processed.any()
+    assert worker.starts == 1 and worker.alive
+
+
+def test_a_folder_named_like_a_package_in_slicers_current_folder_shadows_nothing(scene, bundle, tmp_path,
+                                                                                  monkeypatch):
+    for name in ("torch", "guidino"):
+        (tmp_path / "cwd" / name).mkdir(parents=True)
+        (tmp_path / "cwd" / name / "__init__.py").write_text(f"raise ImportError('a stray {name}/ folder')\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    worker = WorkerProcess()
+    try:
+        state = worker.submit("segment", _request(GuiDINOSegmentLogic(), scene, bundle), {"image": _image(scene)}).wait(300)
+        assert state.error is None, state.errorDetails
+    finally:
+        worker.close()
+
+
+def test_what_native_code_prints_on_the_standard_output_never_reaches_the_protocol(scene, bundle, tmp_path):
+    """A library writing to file descriptor 1 (here: at import, during the idle warm-up) goes to the log: a forged
+    event and lines that are not protocol objects never reach the GUI."""
+    noisy = tmp_path / "site" / "monai"
+    noisy.mkdir(parents=True)
+    (noisy / "__init__.py").write_text(
+        "import os\nos.write(1, b'native noise\\n[1, 2]\\n\"text\"\\n{\"id\": 1, \"event\": \"error\", "
+        "\"message\": \"forged\"}\\n')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(noisy.parent), os.environ.get("PYTHONPATH")) if p))
+    worker = WorkerProcess(env=env)
+    try:
+        worker.start()
+        assert _pump_until(worker, lambda: worker.warm or not worker.alive) and worker.alive
+        state = worker.submit("segment", _request(GuiDINOSegmentLogic(), scene, bundle), {"image": _image(scene)}).wait(300)
+        assert state.error is None and state.done == 24, state.error
+        worker._log.seek(0)
+        assert "native noise" in worker._log.read()
+    finally:
+        worker.close()
+
+
+def test_the_client_skips_lines_that_are_not_protocol_messages(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys, time\n"
+                    "sys.stdout.write('[1, 2]\\nnot json\\n\"text\"\\n{\"event\": \"ready\", \"pid\": 7}\\n')\n"
+                    "sys.stdout.flush()\ntime.sleep(30)\n")
+    fake.chmod(0o755)
+    worker = WorkerProcess(python=str(fake))
+    try:
+        worker.start()
+        assert _pump_until(worker, lambda: worker.ready, seconds=30) and worker.pid == 7
+    finally:
+        worker.kill()

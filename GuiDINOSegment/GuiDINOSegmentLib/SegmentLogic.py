@@ -173,7 +173,9 @@ class GuiDINOSegmentLogic:
         if isinstance(job.model, GuiDINOModel):
             raise InputError("the worker process loads models from bundle folders: save the model as a bundle")
         geometry = job.image.geometry
-        request = {"bundle": str(job.model), "guide": job.guideSource, "axis": job.axis,
+        from .WorkerClient import absoluteSource, sharedWorker
+
+        request = {"bundle": absoluteSource(job.model), "guide": absoluteSource(job.guideSource), "axis": job.axis,
                    "geometry": geometry.to_dict(), "is_2d": job.image.is_2d,
                    "slices": [int(s) for s in job.slices], "batch_size": job.settings.batchSize,
                    "device": job.settings.device, "guide_stride": job.settings.guideStride}
@@ -183,8 +185,6 @@ class GuiDINOSegmentLogic:
                                       geometry, job.image.is_2d, int(answer["axis"]), handle.array("processed"),
                                       float(answer["seconds"]), bool(answer["cancelled"]), int(answer["guide_stride"]),
                                       answer.get("region"))
-
-        from .WorkerClient import sharedWorker
 
         return sharedWorker().submit("segment", request, {"image": job.image.voxels}, convert=result)
 

@@ -4,14 +4,22 @@ Slicer's Python threads barely run (PythonQt holds the GIL while the GUI is idle
 another process, started when a GuiDINO module opens or on first use, with Slicer's own Python
 (``PythonSlicer``; ``sys.executable`` headless). Nothing here blocks: the GUI polls jobs from a timer
 (``WorkerJob.poll`` reads whatever events have arrived). Cancel asks the worker to stop between slice batches
-(the slices done are kept); a worker that does not stop within a few seconds is ended. A worker that dies (out
-of memory, a crash, ``kill -9``) fails its job with a clear message, and the next job starts a new one. No
-torch here.
+(the slices done are kept); a running job that does not stop within a few seconds has the worker ended, and
+the jobs queued behind it go to a new one (a job still queued when cancelled is not timed: it stops as soon as
+it starts). A worker that dies (out of memory, a crash, ``kill -9``) fails its job with a clear message, and the
+next job starts a new one.
+
+``PythonSlicer`` is CTK's launcher: it starts the real interpreter as its child. The worker runs in a process
+group (a session) of its own, and ending it ends the whole group, the interpreter that holds the model
+included. It starts in the engine's folder, so that no ``torch/`` or ``guidino/`` folder in Slicer's current
+folder shadows the real packages (paths sent to it are absolute). No torch here.
 """
 
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +36,15 @@ STOP_TIMEOUT = 5.0  # seconds a cancelled job may take to stop before the worker
 
 class WorkerError(RuntimeError):
     """The worker failed a job (its message names the problem) or ended."""
+
+
+def absoluteSource(source):
+    """A guide or bundle source as the worker must get it: a local path made absolute (the worker runs in another
+    folder), a hub id as it is; None stays None."""
+    if source is None:
+        return None
+    local = Path(str(source)).expanduser()
+    return str(local.resolve()) if local.exists() else str(source)
 
 
 def workerPython():
@@ -50,6 +67,7 @@ class WorkerProcess:
     def __init__(self, python=None, env=None):
         self.python, self.env = python, env
         self.process = None
+        self.pid = None  # the interpreter that runs the jobs (the launcher's child inside Slicer), once ready
         self.jobs = {}
         self._buffer = b""
         self._next = 0
@@ -72,16 +90,21 @@ class WorkerProcess:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_FOLDER), env.get("PYTHONPATH")) if p)
         self._log = tempfile.TemporaryFile(mode="w+", prefix="guidino-worker-")
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
         self.process = subprocess.Popen([self.python or workerPython(), "-u", "-m", "guidino.worker"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
-                                        creationflags=flags)
+                                        cwd=str(ENGINE_FOLDER), creationflags=flags,
+                                        start_new_session=os.name == "posix")
         os.set_blocking(self.process.stdout.fileno(), False)  # pump() never waits for the worker
-        self._buffer, self.ready, self.warm = b"", False, False
+        self._buffer, self.ready, self.warm, self.pid = b"", False, False, None
         self.starts += 1
 
-    def _send(self, message):
-        self.start()
+    def _send(self, message, start=True):
+        """Write one request; ``start``: start a worker that is not running (a cancel or quit never needs to)."""
+        if start:
+            self.start()
+        elif not self.alive:
+            return
         try:
             self.process.stdin.write((json.dumps(message) + "\n").encode())
             self.process.stdin.flush()
@@ -107,9 +130,12 @@ class WorkerProcess:
             try:
                 event = json.loads(line)
             except ValueError:
+                event = None
+            if not isinstance(event, dict):  # not a protocol message (something printed on the pipe)
+                logging.warning("GuiDINO worker: ignored a line that is not a protocol message: %.200r", line)
                 continue
             if event.get("event") == "ready":
-                self.ready = True
+                self.ready, self.pid = True, event.get("pid")
             elif event.get("event") == "warm":
                 self.warm = True
             elif event.get("id") in self.jobs:
@@ -138,19 +164,39 @@ class WorkerProcess:
         for name, array in arrays.items():
             np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
         job = WorkerJob(self, self._next, folder, convert)
+        job.message = {"id": job.id, "kind": kind, "folder": str(folder), "request": request}
         self.jobs[job.id] = job
-        self._send({"id": job.id, "kind": kind, "folder": str(folder), "request": request})
+        self._send(job.message)
         return job
 
     def kill(self):
-        if self.process is not None and self.process.poll() is None:
+        """End the worker and everything it started (the launcher's interpreter too)."""
+        if self.process is None:
+            return
+        if os.name == "posix":
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the launcher and the interpreter
+            except (ProcessLookupError, PermissionError):
+                pass
+        elif self.process.poll() is None:  # Windows: the process tree
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+        if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
+
+    def restartWithout(self, job):
+        """End a worker that runs ``job`` and will not stop; the jobs queued behind it go to a new worker."""
+        self.kill()
+        self.pump()  # what arrived before the end (a job that did finish keeps its result)
+        waiting = [other for other in self.jobs.values() if other is not job and other.startedAt is None]
+        self.process = None
+        for other in waiting:
+            self._send(other.message)
 
     def close(self, timeout=5.0):
         """Ask the worker to quit (ending it if it does not), and forget its jobs."""
         if self.process is not None:
-            self._send({"quit": True})
+            self._send({"quit": True}, start=False)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -166,6 +212,8 @@ class WorkerJob:
     def __init__(self, worker, id, folder, convert=None, clock=time.monotonic):
         self.worker, self.id, self.folder, self._convert, self._clock = worker, id, folder, convert, clock
         self.started = clock()
+        self.startedAt = None  # when the worker began to run it (it may wait behind another job until then)
+        self.message = None
         self.done = self.total = 0
         self.latest = None  # the latest training progress entry (refine jobs)
         self.result = self.error = None
@@ -176,7 +224,9 @@ class WorkerJob:
 
     def _event(self, event):
         kind = event.get("event")
-        if kind == "progress":
+        if kind == "started":
+            self.startedAt = self._clock()
+        elif kind == "progress":
             if "entry" in event:
                 self.latest = event["entry"]
                 self.done, self.total = int(event["entry"].get("step", 0)), int(event["entry"].get("total", 0))
@@ -204,12 +254,13 @@ class WorkerJob:
     def cancel(self):
         if not self.finished and not self.cancelRequested:
             self.cancelRequested, self._cancelledAt = True, self._clock()
-            self.worker._send({"cancel": self.id})
+            self.worker._send({"cancel": self.id}, start=False)
 
     def poll(self):
         self.worker.pump()
-        if not self.finished and self.cancelRequested and self._clock() - self._cancelledAt > STOP_TIMEOUT:
-            self.worker.kill()  # it does not stop: end it (the next job starts a new one)
+        if not self.finished and self.cancelRequested and self.startedAt is not None \
+                and self._clock() - max(self._cancelledAt, self.startedAt) > STOP_TIMEOUT:
+            self.worker.restartWithout(self)  # it does not stop: end it; the jobs queued behind it go on
             self._finish(error=WorkerError(f"GuiDINO's worker did not stop within {STOP_TIMEOUT:g} s of Cancel; "
                                            "it was ended, and nothing was written"))
         return JobState(self.finished, self.done, self.total, self._clock() - self.started, self.result,

@@ -184,8 +184,8 @@ def check_normalization(spec):
             low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
             upper = 100 if mode == "percentile" else math.inf
             if not (math.isfinite(low) and low < high <= upper and (mode == "fixed" or low >= 0)):
-                raise ValueError(f"{mode} normalization needs low < high" + (" within 0..100" if mode == "percentile"
-                                                                              else "") + f", got low {low:g}, high {high:g}")
+                within = " within 0..100" if mode == "percentile" else ""
+                raise ValueError(f"{mode} normalization needs low < high{within}, got low {low:g}, high {high:g}")
         else:
             raise ValueError(f"unknown normalization mode {mode!r}: use percentile, window or fixed")
     except (KeyError, TypeError) as error:

@@ -1,9 +1,10 @@
 """The one output rule of every command and of the Slicer Logic.
 
 Before any work: an output may not be an input, lie inside a model bundle, a guide or a dataset, be
-a folder, be another output, or (without ``--overwrite``) an existing file; its folder must be writable. Writing: to a temporary beside the
-target, then one rename, so a killed or failed write leaves the file that was there (or nothing),
-never half of one. Several outputs of one command are all written first, then all renamed.
+a folder, be another output, or (without ``--overwrite``) an existing file; its folder must be writable.
+Writing: to a temporary beside the target, then one rename, so a killed or failed write leaves the file
+that was there (or nothing), never half of one. Several outputs of one command are all written first,
+then all renamed.
 Operating-system errors become one line naming the path. No torch.
 """
 

@@ -9,7 +9,8 @@ round waits for it.
 Protocol, one JSON object per line. Requests on stdin: ``{"id", "kind": "segment"|"refine", "folder",
 "request"}``, ``{"cancel": id}``, ``{"quit": true}``. Events on stdout: ``{"event": "ready"}`` once,
 ``{"event": "warm", "seconds"}`` once it has imported MONAI, and per job ``{"id", "event": "progress", ...}``,
-then ``{"id", "event": "done", "result"}`` or ``{"id", "event": "error", "message", "details"}``. Arrays
+(``{"id", "event": "started"}`` first, when it leaves the queue), then ``{"id", "event": "done", "result"}``
+or ``{"id", "event": "error", "message", "details"}``. Arrays
 travel as ``.npy`` files in the job's folder (``image.npy``, ``labels.npy`` in; ``labels.npy``,
 ``probability.npy``, ``guide.npy``, ``processed.npy`` out). Everything else the libraries print goes to stderr.
 """
@@ -135,9 +136,18 @@ KINDS = {"segment": _segment, "refine": _refine}
 
 
 def serve(stdin=None, stdout=None):
-    """Answer requests until told to quit or stdin closes."""
-    out = stdout or sys.stdout
-    sys.stdout = sys.stderr  # what libraries print must not mix with the protocol
+    """Answer requests until told to quit or stdin closes.
+
+    The protocol goes out on a duplicate of the standard output's descriptor, and descriptor 1 itself is pointed
+    at the standard error: what native code prints (a library's C++ ``printf``) cannot corrupt the protocol.
+    """
+    if stdout is None:
+        sys.stdout.flush()
+        out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+    else:
+        out = stdout
+    sys.stdout = sys.stderr  # what Python code prints must not mix with the protocol
     from .runtime import preload_monai, tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -160,6 +170,7 @@ def serve(stdin=None, stdout=None):
         if message.get("quit"):
             return 0
         job = message.get("id")
+        jobs.send(id=job, event="started")
         try:
             run = KINDS[message["kind"]]
             result = run(message["request"], Path(message["folder"]), models,

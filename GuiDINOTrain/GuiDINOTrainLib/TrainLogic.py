@@ -108,12 +108,13 @@ class GuiDINOTrainLogic:
         saves the new version; poll() the handle, then ``finishRefine(prepared, handle.result)``."""
         from dataclasses import asdict
 
-        from GuiDINOSegmentLib.WorkerClient import sharedWorker
+        from GuiDINOSegmentLib.WorkerClient import absoluteSource, sharedWorker
 
         name = prepared.inputVolume.GetName()
-        request = {"parent": str(prepared.parent) if prepared.parent else None, "guide": self.segmentLogic.guideSource,
+        request = {"parent": absoluteSource(prepared.parent), "guide": absoluteSource(self.segmentLogic.guideSource),
                    "axis": prepared.corrections["axis"], "slices": prepared.corrections["slices"],
-                   "settings": asdict(prepared.settings), "models_folder": str(self.modelsFolder),
+                   "settings": asdict(prepared.settings),
+                   "models_folder": str(self.modelsFolder.expanduser().resolve()),
                    "stem": _safeName(name), "volume": name, "geometry": prepared.image.geometry.to_dict()}
 
         def result(handle, answer):
