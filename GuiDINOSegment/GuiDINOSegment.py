@@ -29,7 +29,7 @@ from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
 from GuiDINOSegmentLib import WidgetHelpers as helpers
-from GuiDINOSegmentLib.WorkerClient import startSharedWorker
+from GuiDINOSegmentLib.WorkerClient import closeSharedWorker, startSharedWorker
 
 
 class GuiDINOSegment(ScriptedLoadableModule):
@@ -48,6 +48,7 @@ class GuiDINOSegment(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("Method: Liang et al., GuiDINO (arXiv 2603.01115); DINOv3 (Meta AI).")
         slicer.app.connect("startupCompleted()", registerEditorEffect)
         slicer.app.connect("startupCompleted()", watchEdits)
+        slicer.app.connect("aboutToQuit()", closeSharedWorker)  # no job goes on after Slicer exits
 
 
 def watchEdits():

@@ -359,3 +359,23 @@ def test_dinov2_through_the_same_class(tmp_path):
         assert [grid.shape for grid in grids] == [(2, 32, 4, 6)] * 2
         torch.testing.assert_close(grids[1], guide(image))
         assert not any(p.requires_grad for p in guide.parameters())
+
+
+def test_behind_a_proxy_the_hub_is_tried_even_when_its_name_does_not_resolve_here(monkeypatch):
+    """Where only the proxy resolves names, the DNS check alone would force offline mode: the proxy the environment
+    names is honoured (its request then says whether it got through); no_proxy for the hub brings the check back."""
+    import socket
+
+    from guidino.guides import hf_vit
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror("no name resolution here")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not hf_vit._hub_reachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hf_vit._hub_reachable()
+    monkeypatch.setenv("NO_PROXY", "huggingface.co")
+    assert not hf_vit._hub_reachable()

@@ -306,3 +306,18 @@ def test_the_client_skips_lines_that_are_not_protocol_messages(tmp_path):
         assert _pump_until(worker, lambda: worker.ready, seconds=30) and worker.pid == 7
     finally:
         worker.kill()
+
+
+def test_slicer_quitting_ends_the_worker_and_its_running_job(scene, bundle, worker):
+    import ast
+
+    module = ast.unparse(ast.parse((Path(workerClientModule.__file__).parents[1] / "GuiDINOSegment.py").read_text()))
+    assert 'slicer.app.connect("aboutToQuit()", closeSharedWorker)' in module.replace("'", '"')
+    logic = GuiDINOSegmentLogic()
+    handle = logic.startSegmentation(_prepare(logic, scene, bundle, batchSize=1))
+    assert _pump_until(worker, lambda: handle.startedAt is not None)
+    launcher = worker.process.pid
+    started = time.monotonic()
+    workerClientModule.closeSharedWorker()  # what Slicer's aboutToQuit calls
+    assert time.monotonic() - started < 4 and _gone(launcher)
+    assert handle.poll().finished and workerClientModule._shared is None

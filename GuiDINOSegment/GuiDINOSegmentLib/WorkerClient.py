@@ -303,3 +303,12 @@ def startSharedWorker():
         return False
     worker.start()
     return True
+
+
+def closeSharedWorker():
+    """End the session's worker when Slicer quits (a running job would otherwise go on after it): asked to quit,
+    then ended with its process group."""
+    global _shared
+    if _shared is not None:
+        _shared.close(timeout=2.0)
+        _shared = None

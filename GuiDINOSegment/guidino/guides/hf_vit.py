@@ -27,14 +27,20 @@ def _hub_offline():
 
 
 def _hub_reachable():
-    """Whether the hub's host name resolves (a failed lookup answers at once; downloads would retry)."""
+    """Whether the hub can be tried: through a proxy the environment names (then the request itself says whether it
+    got through), else when the hub's host name resolves (a failed lookup answers at once; downloads would retry)."""
     import socket
+    import urllib.request
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
 
+    host = urlparse(constants.ENDPOINT).hostname
+    proxies = urllib.request.getproxies_environment()
+    if (proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass_environment(host):
+        return True  # only the proxy may resolve the hub's name
     try:
-        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        socket.getaddrinfo(host, 443)
         return True
     except OSError:
         return False
