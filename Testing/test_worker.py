@@ -1,5 +1,6 @@
 """The GuiDINO worker process, as a real subprocess on real MRML: what Slicer runs its models in."""
 
+import dataclasses
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from GuiDINOSegmentLib import WorkerClient as workerClientModule
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from GuiDINOSegmentLib.WorkerClient import WorkerError, WorkerProcess, startSharedWorker
 from guidino.geometry import Geometry
+from guidino.jobs import SegmentRequest
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +145,10 @@ def test_opening_a_module_starts_the_worker_which_warms_up_when_idle_not_before_
     assert startSharedWorker() and worker.alive and worker.starts == 1  # a module opening
     assert startSharedWorker() and worker.starts == 1  # it runs: not started twice
     logic = GuiDINOSegmentLogic()
-    first = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    first = worker.submit(_request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
     assert first.error is None and not worker.warm  # a job sent with the start did not wait for the warm-up
     assert _pump_until(worker, lambda: worker.warm)  # idle: it imports what a refine round needs
-    again = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    again = worker.submit(_request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
     assert again.error is None and again.result["model_loads"] == 1 and worker.starts == 1
 
 
@@ -161,7 +163,7 @@ def test_a_broken_monai_install_leaves_the_worker_serving(scene, bundle, tmp_pat
         _pump_until(worker, lambda: worker.warm or not worker.alive)
         assert worker.warm and worker.alive  # the warm-up failed and said so; the worker goes on
         request = _request(GuiDINOSegmentLogic(), scene, bundle)
-        state = worker.submit("segment", request, {"image": _image(scene)}).wait(300)
+        state = worker.submit(request, {"image": _image(scene)}).wait(300)
         assert state.error is None and worker.alive and worker.starts == 1
     finally:
         worker.close()
@@ -169,16 +171,16 @@ def test_a_broken_monai_install_leaves_the_worker_serving(scene, bundle, tmp_pat
 
 def test_two_jobs_on_one_bundle_load_it_once(scene, bundle, worker):
     logic = GuiDINOSegmentLogic()
-    first = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
-    second = worker.submit("segment", _request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    first = worker.submit(_request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
+    second = worker.submit(_request(logic, scene, bundle), {"image": _image(scene)}).wait(300)
     assert first.error is None and second.error is None
     assert first.result["model_loads"] == second.result["model_loads"] == 1
 
 
 def test_an_engine_error_reaches_the_gui_as_one_line(scene, bundle, worker):
     logic = GuiDINOSegmentLogic()
-    request = {**_request(logic, scene, bundle), "slices": [99]}
-    state = worker.submit("segment", request, {"image": _image(scene)}).wait(300)
+    request = dataclasses.replace(_request(logic, scene, bundle), slices=[99])
+    state = worker.submit(request, {"image": _image(scene)}).wait(300)
     assert isinstance(state.error, WorkerError) and str(state.error).startswith("slice 99 does not exist")
     assert worker.alive  # the worker goes on
 
@@ -189,10 +191,7 @@ def _image(scene):
 
 def _request(logic, scene, bundle):
     geometry = logic.prepareSegmentation(scene[1], scene[2], model=str(bundle)).image.geometry
-    return {"bundle": str(bundle), "guide": None, "axis": "axial", "is_2d": False, "slices": list(range(24)),
-            "geometry": {"spacing": list(geometry.spacing), "origin": list(geometry.origin),
-                         "direction": list(geometry.direction)}, "batch_size": 4, "device": "cpu",
-            "guide_stride": "auto"}
+    return SegmentRequest(str(bundle), None, "axial", geometry, False, list(range(24)), 4, "cpu", "auto")
 
 
 # -- what a real Slicer does that a plain subprocess does not ------------------------------------------------
@@ -267,7 +266,7 @@ def test_a_folder_named_like_a_package_in_slicers_current_folder_shadows_nothing
     monkeypatch.chdir(tmp_path / "cwd")
     worker = WorkerProcess()
     try:
-        state = worker.submit("segment", _request(GuiDINOSegmentLogic(), scene, bundle), {"image": _image(scene)}).wait(300)
+        state = worker.submit(_request(GuiDINOSegmentLogic(), scene, bundle), {"image": _image(scene)}).wait(300)
         assert state.error is None, state.errorDetails
     finally:
         worker.close()
@@ -286,7 +285,7 @@ def test_what_native_code_prints_on_the_standard_output_never_reaches_the_protoc
     try:
         worker.start()
         assert _pump_until(worker, lambda: worker.warm or not worker.alive) and worker.alive
-        state = worker.submit("segment", _request(GuiDINOSegmentLogic(), scene, bundle), {"image": _image(scene)}).wait(300)
+        state = worker.submit(_request(GuiDINOSegmentLogic(), scene, bundle), {"image": _image(scene)}).wait(300)
         assert state.error is None and state.done == 24, state.error
         worker._log.seek(0)
         assert "native noise" in worker._log.read()

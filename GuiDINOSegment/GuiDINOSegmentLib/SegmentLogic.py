@@ -31,7 +31,8 @@ from guidino.axes import check_axis, numpy_axes, slice_axis
 from guidino.bundle import load_bundle, read_bundle_config
 from guidino.errors import BundleError, InputError
 from guidino.imageio import ImageData
-from guidino.inference import SegmentationResult, segment_volume
+from guidino.inference import segment_volume
+from guidino.jobs import SEGMENT_ARRAYS_OUT, SegmentationResult, SegmentRequest, segmentation_from_answer
 from guidino.model import GuiDINOModel
 from guidino.review import merge_prediction, slice_mask
 
@@ -172,21 +173,18 @@ class GuiDINOSegmentLogic:
         """
         if isinstance(job.model, GuiDINOModel):
             raise InputError("the worker process loads models from bundle folders: save the model as a bundle")
-        geometry = job.image.geometry
         from .WorkerClient import absoluteSource, sharedWorker
 
-        request = {"bundle": absoluteSource(job.model), "guide": absoluteSource(job.guideSource), "axis": job.axis,
-                   "geometry": geometry.to_dict(), "is_2d": job.image.is_2d,
-                   "slices": [int(s) for s in job.slices], "batch_size": job.settings.batchSize,
-                   "device": job.settings.device, "guide_stride": job.settings.guideStride}
+        geometry, is2d = job.image.geometry, job.image.is_2d
+        request = SegmentRequest(absoluteSource(job.model), absoluteSource(job.guideSource), job.axis, geometry, is2d,
+                                 [int(s) for s in job.slices], job.settings.batchSize, job.settings.device,
+                                 job.settings.guideStride)
 
         def result(handle, answer):
-            return SegmentationResult(handle.array("labels"), handle.array("probability"), handle.array("guide"),
-                                      geometry, job.image.is_2d, int(answer["axis"]), handle.array("processed"),
-                                      float(answer["seconds"]), bool(answer["cancelled"]), int(answer["guide_stride"]),
-                                      answer.get("region"))
+            arrays = {name: handle.array(name) for name in SEGMENT_ARRAYS_OUT}
+            return segmentation_from_answer(answer, arrays, geometry, is2d)
 
-        return sharedWorker().submit("segment", request, {"image": job.image.voxels}, convert=result)
+        return sharedWorker().submit(request, {"image": job.image.voxels}, convert=result)
 
     def applySegmentation(self, job, prediction):
         """Main thread: write the prediction into the segment by the one write rule, show the guide.

@@ -156,15 +156,16 @@ class WorkerProcess:
         return (f"GuiDINO's worker process {how} before it finished: out of memory, a crash, or it was stopped"
                 + (f" ({text})" if text else "") + ". Run again: a new worker starts.")
 
-    def submit(self, kind, request, arrays, convert=None):
-        """Start a job: ``arrays`` {name: numpy array} go to the worker as .npy files. Returns a WorkerJob whose
-        result is ``convert(job, result)`` (default: the worker's result dict) once it is done."""
+    def submit(self, request, arrays, convert=None):
+        """Start a job: ``request`` a ``guidino.jobs`` request (SegmentRequest, RefineRequest), ``arrays``
+        {name: numpy array} go to the worker as .npy files. Returns a WorkerJob whose result is
+        ``convert(job, answer)`` (default: the worker's answer dict) once it is done."""
         self._next += 1
-        folder = Path(tempfile.mkdtemp(prefix=f"guidino-{kind}-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"guidino-{request.kind}-"))
         for name, array in arrays.items():
             np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
         job = WorkerJob(self, self._next, folder, convert)
-        job.message = {"id": job.id, "kind": kind, "folder": str(folder), "request": request}
+        job.message = {"id": job.id, "kind": request.kind, "folder": str(folder), "request": request.to_message()}
         self.jobs[job.id] = job
         self._send(job.message)
         return job

@@ -2,33 +2,16 @@
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
 from .arguments import auto_or_count
 from .errors import InputError
-from .geometry import Geometry
 from .imageio import read_image, write_images
+from .jobs import SegmentationResult
 from .runtime import resolve_device
 from .slicing import VolumeSlicer
-
-
-@dataclass
-class SegmentationResult:
-    labels: np.ndarray  # uint8 (D, H, W), input geometry
-    probability: np.ndarray  # float32 foreground probability
-    guide: Optional[np.ndarray]  # float32 guide in [0, 1] resampled to the input grid, None if unguided
-    geometry: Geometry
-    is_2d: bool
-    axis: int  # numpy axis the slices were taken along
-    processed: np.ndarray  # bool per slice along ``axis``: which slices were segmented
-    seconds: float
-    cancelled: bool = False
-    guide_stride: int = 1  # the guide ran on every n-th slice, interpolated between
-    region: Optional[dict] = None  # the model's evidence region (ModelConfig.region): it knows nothing beyond it
 
 
 def resolve_guide_stride(model, slicer, guide_stride):

@@ -6,8 +6,8 @@ It imports torch once, keeps the loaded model between jobs, and applies the CPU 
 so it segments as fast as ``guidino segment``. When first idle it imports MONAI (seconds), so that no refine
 round waits for it.
 
-Protocol, one JSON object per line. Requests on stdin: ``{"id", "kind": "segment"|"refine", "folder",
-"request"}``, ``{"cancel": id}``, ``{"quit": true}``. Events on stdout: ``{"event": "ready"}`` once,
+Protocol, one JSON object per line (the requests and answers are typed in ``guidino.jobs``). Requests on
+stdin: ``{"id", "kind": "segment"|"refine", "folder", "request"}``, ``{"cancel": id}``, ``{"quit": true}``. Events on stdout: ``{"event": "ready"}`` once,
 ``{"event": "warm", "seconds"}`` once it has imported MONAI, and per job ``{"id", "event": "progress", ...}``,
 (``{"id", "event": "started"}`` first, when it leaves the queue), then ``{"id", "event": "done", "result"}``
 or ``{"id", "event": "error", "message", "details"}``. Arrays
@@ -86,50 +86,45 @@ class _Models:
         return self.model
 
 
-def _segment(request, folder, models, progress, cancel):
+def _segment(message, folder, models, progress, cancel):
     import numpy as np
 
-    from .geometry import Geometry
     from .imageio import ImageData
     from .inference import segment_volume
+    from .jobs import SEGMENT_ARRAYS_OUT, SegmentRequest, segmentation_answer
 
-    image = ImageData(np.load(folder / "image.npy"), Geometry.from_dict(request["geometry"]), bool(request["is_2d"]))
-    model = models.get(request["bundle"], request.get("guide"))
-    result = segment_volume(model, image, axis=request["axis"], slices=request["slices"],
-                            batch_size=request["batch_size"], device=request["device"],
-                            guide_stride=request["guide_stride"], cancel=cancel,
+    request = SegmentRequest.from_message(message)
+    image = ImageData(np.load(folder / "image.npy"), request.geometry, request.is_2d)
+    model = models.get(request.bundle, request.guide)
+    result = segment_volume(model, image, axis=request.axis, slices=request.slices, batch_size=request.batch_size,
+                            device=request.device, guide_stride=request.guide_stride, cancel=cancel,
                             progress=lambda done, total: progress(done=done, total=total))
-    np.save(folder / "labels.npy", result.labels)
-    np.save(folder / "probability.npy", result.probability)
-    np.save(folder / "processed.npy", result.processed)
-    if result.guide is not None:
-        np.save(folder / "guide.npy", result.guide)
-    return {"axis": result.axis, "seconds": result.seconds, "cancelled": result.cancelled,
-            "guide_stride": result.guide_stride, "guide": result.guide is not None, "model_loads": models.loads,
-            "region": result.region}
+    for name in SEGMENT_ARRAYS_OUT:
+        if getattr(result, name) is not None:
+            np.save(folder / f"{name}.npy", getattr(result, name))
+    return {**segmentation_answer(result), "model_loads": models.loads}
 
 
-def _refine(request, folder, models, progress, cancel):
+def _refine(message, folder, models, progress, cancel):
     import numpy as np
 
-    from .geometry import Geometry
     from .imageio import ImageData
+    from .jobs import RefineRequest, refine_answer
     from .training.refine import refine_model, save_version
     from .training.settings import RefineSettings
 
-    image = ImageData(np.load(folder / "image.npy"), Geometry.from_dict(request["geometry"]), False)
+    request = RefineRequest.from_message(message)
+    image = ImageData(np.load(folder / "image.npy"), request.geometry, False)
     labels = np.load(folder / "labels.npy")
-    parent = request.get("parent")
-    start = models.get(parent, request.get("guide")) if parent else None
-    result = refine_model(image, labels, request["slices"], model=start, guide=request.get("guide"),
-                          axis=request["axis"], settings=RefineSettings(**request["settings"]), cancel=cancel,
+    start = models.get(request.parent, request.guide) if request.parent else None
+    result = refine_model(image, labels, request.slices, model=start, guide=request.guide, axis=request.axis,
+                          settings=RefineSettings(**request.settings), cancel=cancel,
                           progress=lambda entry: progress(entry=entry))
     bundle = None
     if result.model is not None:
-        bundle = str(save_version(result, request["models_folder"], request["stem"], parent=parent,
-                                  volume=request.get("volume"), axis=request["axis"]))
-    return {"bundle": bundle, "slices": result.slices, "held_out": result.held_out, "steps": result.steps,
-            "seconds": result.seconds, "val_dice": result.val_dice, "stopped": result.stopped}
+        bundle = save_version(result, request.models_folder, request.stem, parent=request.parent,
+                              volume=request.volume, axis=request.axis)
+    return refine_answer(result, bundle)
 
 
 KINDS = {"segment": _segment, "refine": _refine}

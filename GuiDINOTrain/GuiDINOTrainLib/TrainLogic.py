@@ -15,7 +15,8 @@ from GuiDINOSegmentLib.VolumeNodes import checkSegmentation, imageDataFromVolume
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from guidino.errors import InputError
 from guidino.imageio import ImageData
-from guidino.training.refine import RefineResult, list_versions, load_starting_model, refine_model, save_version
+from guidino.jobs import RefineRequest, refine_from_answer
+from guidino.training.refine import list_versions, load_starting_model, refine_model, save_version
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
 
@@ -111,19 +112,12 @@ class GuiDINOTrainLogic:
         from GuiDINOSegmentLib.WorkerClient import absoluteSource, sharedWorker
 
         name = prepared.inputVolume.GetName()
-        request = {"parent": absoluteSource(prepared.parent), "guide": absoluteSource(self.segmentLogic.guideSource),
-                   "axis": prepared.corrections["axis"], "slices": prepared.corrections["slices"],
-                   "settings": asdict(prepared.settings),
-                   "models_folder": str(self.modelsFolder.expanduser().resolve()),
-                   "stem": _safeName(name), "volume": name, "geometry": prepared.image.geometry.to_dict()}
-
-        def result(handle, answer):
-            return RefineResult(None, answer["slices"], answer["held_out"], answer["steps"], answer["seconds"],
-                                answer["val_dice"], answer["stopped"],
-                                bundle=Path(answer["bundle"]) if answer["bundle"] else None)
-
-        return sharedWorker().submit("refine", request, {"image": prepared.image.voxels, "labels": prepared.labels},
-                                     convert=result)
+        request = RefineRequest(absoluteSource(prepared.parent), absoluteSource(self.segmentLogic.guideSource),
+                                prepared.corrections["axis"], list(prepared.corrections["slices"]),
+                                asdict(prepared.settings), str(self.modelsFolder.expanduser().resolve()),
+                                _safeName(name), name, prepared.image.geometry)
+        return sharedWorker().submit(request, {"image": prepared.image.voxels, "labels": prepared.labels},
+                                     convert=lambda handle, answer: refine_from_answer(answer))
 
     def finishRefine(self, prepared, result):
         """Main thread: save the new version (unless the worker did), make it active, re-segment the slices the

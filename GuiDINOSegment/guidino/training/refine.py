@@ -7,9 +7,8 @@ from MRML, the ``guidino refine`` / ``guidino simulate`` commands from files.
 import copy
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from ..errors import BundleError, InputError
 from ..guides import load_guide
 from ..imageio import image_slice_axis
 from ..inference import segment_volume
+from ..jobs import RefineResult
 from ..lora import add_lora, has_lora
 from ..metrics import dice_score
 from ..model import ModelConfig
@@ -28,19 +28,6 @@ from ..runtime import preload_monai, seed_everything
 from .datasets import slices_of
 from .settings import RefineSettings
 from .trainer import learned_state, seed_tokenbook, train
-
-
-@dataclass
-class RefineResult:
-    model: object  # the refined GuiDINOModel (None when a cancelled round was discarded)
-    slices: list
-    held_out: Optional[int]  # the corrected slice kept aside for early stopping (``held_out_slice``)
-    steps: int
-    seconds: float
-    val_dice: Optional[float]
-    stopped: str
-    bundle: Optional[Path] = None
-    settings: dict = field(default_factory=dict)
 
 
 def corrections_check(labels, slices, axis_index, starting_fresh):
