@@ -1,7 +1,7 @@
 """GuiDINO Segment: slice-by-slice segmentation of a volume, gated by a DINOv3 guide.
 
 The module file only wires the GUI. Its Slicer code is in ``GuiDINOSegmentLib``: ``GuiDINOSegmentLogic``
-(imported on first use because it imports torch), ``DependencyLogic`` (installs the packages),
+(imported on first use: it needs the installed packages, not torch), ``DependencyLogic`` (installs the packages),
 ``WidgetHelpers`` (the panel's small decisions) and ``SegmentSettings`` (one run's settings); the
 Segment Editor effect is ``SegmentEditorGuiDINOLib/SegmentEditorEffect.py``. The computing is done by
 the engine, the ``guidino`` package beside them (see ARCHITECTURE.md).
@@ -70,7 +70,7 @@ def registerEditorEffect():
 
 
 def __getattr__(name):
-    """``GuiDINOSegment.GuiDINOSegmentLogic``, imported when first asked for (it imports torch)."""
+    """``GuiDINOSegment.GuiDINOSegmentLogic``, imported when first asked for (it needs the installed packages)."""
     if name == "GuiDINOSegmentLogic":
         return helpers.segmentLogicClass()
     raise AttributeError(name)

@@ -1,7 +1,7 @@
 """GuiDINO Train: refine the GuiDINO model from the user's corrections.
 
 The module file only wires the GUI. The work is in ``GuiDINOTrainLib`` (``GuiDINOTrainLogic``,
-imported on first use because it imports torch). A refinement runs in three parts so that the
+imported on first use: it needs the installed packages). A refinement runs in three parts so that the
 training never blocks the GUI: ``prepareRefine`` reads the scene (main thread), ``startRefine``
 trains in the GuiDINO worker process (no MRML), ``finishRefine`` makes the new version active (main
 thread); the unreviewed slices are then re-segmented by one Segment Logic job
@@ -54,14 +54,14 @@ class GuiDINOTrain(ScriptedLoadableModule):
 
 
 def trainLogicClass():
-    """The GuiDINOTrainLogic class, imported when first asked for (it imports torch)."""
+    """The GuiDINOTrainLogic class, imported when first asked for (it needs the installed packages)."""
     from GuiDINOTrainLib import GuiDINOTrainLogic
 
     return GuiDINOTrainLogic
 
 
 def __getattr__(name):
-    """``GuiDINOTrain.GuiDINOTrainLogic``, imported when first asked for (it imports torch)."""
+    """``GuiDINOTrain.GuiDINOTrainLogic``, imported when first asked for (it needs the installed packages)."""
     if name == "GuiDINOTrainLogic":
         return trainLogicClass()
     raise AttributeError(name)
@@ -92,7 +92,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None  # GuiDINOTrainLogic, created when first needed (it imports torch)
+        self.logic = None  # GuiDINOTrainLogic, created when first needed (it needs the installed packages)
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None  # the RefineRun in progress

@@ -255,3 +255,68 @@ print("ok")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr[-3000:]
+
+
+def test_slicers_process_segments_refines_and_lists_versions_without_torch(tmp_path, tiny_guide_dir):
+    """Slicer's own process never imports torch, transformers, peft or MONAI: with them unimportable there, the
+    Logics of both modules segment a volume and refine from a correction (both in the real worker process, which
+    has them), mark slices, show the guide and list the versions."""
+    from guidino.bundle import build_model, save_bundle
+    from guidino.model import ModelConfig
+
+    bundle = save_bundle(build_model(ModelConfig(network="unet", input_size=64, widths=[8, 16]), str(tiny_guide_dir)),
+                         tmp_path / "bundle")
+    script = tmp_path / "probe.py"
+    script.write_text('''
+import sys
+
+class Unimportable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "peft", "monai"):
+            raise ImportError(f"{name} is unimportable in Slicer's process")
+
+sys.meta_path.insert(0, Unimportable())
+from pathlib import Path
+
+import numpy as np
+import slicer.util
+from slicer_harness import HeadlessSlicer
+
+from GuiDINOSegmentLib import GuiDINOSegmentLogic, WidgetHelpers  # noqa: F401
+from GuiDINOSegmentLib.WorkerClient import closeSharedWorker
+from GuiDINOTrainLib import GuiDINOTrainLogic, TrainPanel  # noqa: F401
+from guidino.training.settings import RefineSettings
+
+bundle, folder = Path(sys.argv[1]), Path(sys.argv[2])
+app = HeadlessSlicer()
+voxels = np.zeros((10, 40, 36), np.int16)
+voxels[3:8, 10:30, 8:28] = 900
+volume = slicer.util.addVolumeFromArray(voxels, name="volume")
+segmentation = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+segmentation.CreateDefaultDisplayNodes()
+try:
+    logic = GuiDINOSegmentLogic()
+    result = logic.process(volume, segmentation, model=str(bundle), device="cpu")
+    assert result.slicesProcessed == 10 and logic.guideVolume(volume) is not None
+    drawn = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, result.segmentId, volume).copy()
+    drawn[5] = (voxels[5] > 0).astype(np.uint8)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, segmentation, result.segmentId, volume)
+    logic.markSliceReviewed(segmentation, result.segmentId, 6)
+    assert logic.reviewedSlices(segmentation, result.segmentId)["slices"] == [5, 6]
+    train = GuiDINOTrainLogic(logic, modelsFolder=folder)
+    refined = train.refineFromCorrections(volume, segmentation, result.segmentId, model=str(bundle),
+                                          settings=RefineSettings(steps=2, time_budget=None, device="cpu"))
+    assert refined.bundle is not None and [v["path"] for v in train.versions()] == [refined.bundle]
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, result.segmentId,
+                                                                             volume)[5], drawn[5])
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft", "monai"))
+    assert not loaded, loaded
+finally:
+    closeSharedWorker()
+    app.close()
+print("ok")
+''')
+    paths = [str(ROOT / "GuiDINOSegment"), str(ROOT / "GuiDINOTrain"), str(ROOT / "Testing")]
+    done = subprocess.run([sys.executable, str(script), str(bundle), str(tmp_path / "models")], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-4000:]

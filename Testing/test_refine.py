@@ -14,7 +14,8 @@ from test_cli import guidino
 from guidino.bundle import load_bundle, read_bundle_config
 from guidino.errors import InputError
 from guidino.imageio import image_data_from_sitk
-from guidino.training.refine import list_versions, next_version_path, refine_model, save_refined, simulate
+from guidino.bundlefiles import list_versions
+from guidino.training.refine import next_version_path, refine_model, save_refined, simulate
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings, TrainConfig
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}

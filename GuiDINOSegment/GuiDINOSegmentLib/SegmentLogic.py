@@ -28,12 +28,10 @@ import vtk
 
 from guidino.arguments import slice_index, slice_indices
 from guidino.axes import check_axis, numpy_axes, slice_axis
-from guidino.bundle import load_bundle, read_bundle_config
+from guidino.bundlefiles import read_bundle_json
 from guidino.errors import BundleError, InputError
 from guidino.imageio import ImageData
-from guidino.inference import segment_volume
 from guidino.jobs import SEGMENT_ARRAYS_OUT, SegmentationResult, SegmentRequest, segmentation_from_answer
-from guidino.model import GuiDINOModel
 from guidino.review import merge_prediction, slice_mask
 
 from .ReviewStore import GUIDE_INPUT_ROLE, baselineVolume, commitBaseline, recordEdits, watcher
@@ -76,10 +74,20 @@ class ProcessResult:
 ACTIVE_MODEL_ATTRIBUTE = "GuiDINO.Model"
 
 
-class GuiDINOSegmentLogic:
-    """Runs GuiDINO models on MRML nodes; ``segmenter`` and ``bundleLoader`` are injectable for tests."""
+def isModel(model):
+    """Whether ``model`` is a model object (in this process) rather than a bundle folder (for the worker)."""
+    return model is not None and not isinstance(model, (str, os.PathLike))
 
-    def __init__(self, segmenter=segment_volume, bundleLoader=load_bundle):
+
+class GuiDINOSegmentLogic:
+    """Runs GuiDINO models on MRML nodes.
+
+    Bundles run in the GuiDINO worker process, and this process never imports torch for them. ``segmenter``
+    (``segment_volume``'s signature) and ``bundleLoader`` (``load_bundle``'s), injectable for tests and scripts,
+    run in this process instead, as does a model object given in place of a bundle.
+    """
+
+    def __init__(self, segmenter=None, bundleLoader=None):
         self.segmenter = segmenter
         self.bundleLoader = bundleLoader
         self.defaultModelPath = os.environ.get("GUIDINO_MODEL") or None
@@ -99,23 +107,26 @@ class GuiDINOSegmentLogic:
         key = (bundle, config.stat().st_mtime_ns if config.is_file() else None, guide)
         if self._cachedModel[0] != key:
             self._cachedModel = (None, None)  # release the old model before loading the new one
-            self._cachedModel = (key, self.bundleLoader(bundle, guide=guide))
+            loader = self.bundleLoader
+            if loader is None:
+                from guidino.bundle import load_bundle as loader  # torch, in this process: scripts only
+            self._cachedModel = (key, loader(bundle, guide=guide))
         return self._cachedModel[1]
 
     def _resolveModel(self, model):
-        """A GuiDINOModel as it is; else the bundle folder (``model``, else ``defaultModelPath``), checked."""
-        if isinstance(model, GuiDINOModel):
+        """A model object as it is; else the bundle folder (``model``, else ``defaultModelPath``), checked."""
+        if isModel(model):
             return model
         path = model or self.defaultModelPath
         if not path:
             raise BundleError("no model bundle chosen: select a model folder in GuiDINO Segment, "
                               "or set the GUIDINO_MODEL environment variable to one")
         bundle = Path(path).expanduser().resolve()
-        read_bundle_config(bundle)  # a missing or corrupt bundle is refused before any work
+        read_bundle_json(bundle)  # a missing or corrupt bundle is refused before any work (the worker checks the rest)
         return bundle
 
     def _model(self, model, guideSource=None):
-        return model if isinstance(model, GuiDINOModel) else self.loadModel(model, guideSource)
+        return model if isModel(model) else self.loadModel(model, guideSource)
 
     def activeModel(self, segmentation):
         """The bundle a segmentation was last refined to (saved with the scene), or None."""
@@ -160,7 +171,10 @@ class GuiDINOSegmentLogic:
     def computeSegmentation(self, job, progressCallback=None, cancelEvent=None):
         """Any thread, no scene access: load the model (cached) and segment the job's slices."""
         settings = job.settings
-        return self.segmenter(self._model(job.model, job.guideSource), job.image, axis=job.axis, slices=job.slices,
+        segmenter = self.segmenter
+        if segmenter is None:
+            from guidino.inference import segment_volume as segmenter  # torch, in this process: scripts only
+        return segmenter(self._model(job.model, job.guideSource), job.image, axis=job.axis, slices=job.slices,
                               batch_size=settings.batchSize, device=settings.device, progress=progressCallback,
                               cancel=cancelEvent, guide_stride=settings.guideStride)
 
@@ -171,7 +185,7 @@ class GuiDINOSegmentLogic:
         ``cancel()``; then ``applySegmentation(job, result)`` on the main thread. The worker keeps the model
         loaded between jobs. ``job.model`` must be a bundle folder there (not an in-memory model).
         """
-        if isinstance(job.model, GuiDINOModel):
+        if isModel(job.model):
             raise InputError("the worker process loads models from bundle folders: save the model as a bundle")
         from .WorkerClient import absoluteSource, sharedWorker
 
@@ -240,7 +254,20 @@ class GuiDINOSegmentLogic:
         """
         job = self.prepareSegmentation(inputVolume, outputSegmentation, SegmentSettings(
             segmentName=segmentName, model=model, axis=axis, sliceRange=sliceRange, device=device, showGuide=showGuide))
-        return self.applySegmentation(job, self.computeSegmentation(job, progressCallback, cancelEvent))
+        return self.applySegmentation(job, self.segment(job, progressCallback, cancelEvent))
+
+    def segment(self, job, progressCallback=None, cancelEvent=None):
+        """The prediction of a prepared job, waited for: in the worker process for a bundle (``startSegmentation``),
+        in this process for an injected segmenter or a model object (``computeSegmentation``).
+
+        ``progressCallback(done, total)``; ``cancelEvent`` (threading.Event) stops between slice batches.
+        """
+        if self.segmenter is not None or isModel(job.model):
+            return self.computeSegmentation(job, progressCallback, cancelEvent)
+        from .WorkerClient import waitForJob
+
+        return waitForJob(self.startSegmentation(job), progressCallback and (
+            lambda handle, state: progressCallback(state.done, state.total)), cancelEvent)
 
     def applyThroughEditor(self, job, prediction, apply):
         """The Segment Editor effect's Apply: ``apply()`` writes ``previewLabels`` through the editor (its masking,

@@ -177,7 +177,7 @@ class JobState:
 
 # -- the Logic, and the Train module's refine (registered at startup) ---------------------------
 def segmentLogicClass():
-    """The GuiDINOSegmentLogic class (importing it imports torch: check the dependencies first)."""
+    """The GuiDINOSegmentLogic class (it needs the installed packages: check the dependencies first)."""
     from GuiDINOSegmentLib.SegmentLogic import GuiDINOSegmentLogic
 
     return GuiDINOSegmentLogic
@@ -188,7 +188,7 @@ _refineLogicFactory = None
 
 def registerRefineLogic(factory):
     """Offer "Refine from corrections" to the Segment module: the GuiDINO Train module calls this when
-    Slicer loads it. ``factory()`` returns the refine Logic class (it may import torch: it is called
+    Slicer loads it. ``factory()`` returns the refine Logic class (it needs the installed packages: it is called
     only when needed); None withdraws the offer. The Segment module never imports the Train module."""
     global _refineLogicFactory
     _refineLogicFactory = factory

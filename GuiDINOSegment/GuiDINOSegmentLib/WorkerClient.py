@@ -282,6 +282,26 @@ class WorkerJob:
         return np.load(path) if path.is_file() else None
 
 
+def waitForJob(job, onProgress=None, cancelEvent=None, interval=0.02):
+    """Wait for a worker job in a script (a GUI polls from a timer instead): its result, or its error raised.
+
+    ``onProgress(job, state)`` after each change of progress; ``cancelEvent`` (threading.Event) cancels the job,
+    which then ends with what it did (the slices done, or no new version).
+    """
+    state, seen = job.poll(), None
+    while not state.finished:
+        if cancelEvent is not None and cancelEvent.is_set():
+            job.cancel()
+        if onProgress is not None and (state.done, state.total) != seen:
+            seen = (state.done, state.total)
+            onProgress(job, state)
+        time.sleep(interval)
+        state = job.poll()
+    if state.error is not None:
+        raise state.error
+    return state.result
+
+
 _shared = None
 
 

@@ -1,8 +1,8 @@
 """Slicer code of the GuiDINO Segment module: the Logic (MRML <-> engine), dependency installation and
 the panel's and effect's helpers. The engine itself is the ``guidino`` package beside it.
 
-``GuiDINOSegmentLogic`` is exported lazily: it imports torch, and the GUI imports this package
-before the dependencies are installed.
+``GuiDINOSegmentLogic`` is exported lazily: it needs the installed packages (never torch: models run in the
+worker process), and the GUI imports this package before the dependencies are installed.
 """
 
 

@@ -16,13 +16,13 @@ import safetensors.torch
 import torch
 
 from . import __version__
+from .bundlefiles import BUNDLE_FORMAT, read_bundle_json
 from .errors import BundleError, GuideNotFoundError
 from .guides import GuideGenerator
 from .lora import add_lora, has_lora, load_lora, save_lora
 from .model import GuiDINOModel, ModelConfig
 from .outputs import partial_path, remove_stale_partials
 
-BUNDLE_FORMAT = 1
 
 
 class BundleExistsError(BundleError):
@@ -89,33 +89,17 @@ def save_bundle(model, out_dir, metrics=None, provenance=None):
 
 
 def read_bundle_config(bundle):
-    """The parsed config.json of a bundle, checked."""
+    """The parsed config.json of a bundle, checked (its model settings as a ModelConfig)."""
     bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise BundleError(f"model bundle {bundle} not found: give the folder written by `guidino train` or Refine")
-    for name in ("config.json", "model.safetensors"):
-        if not (bundle / name).is_file():
-            raise BundleError(f"model bundle {bundle} is incomplete: {name} is missing")
+    config = read_bundle_json(bundle)
     try:
-        config = json.loads((bundle / "config.json").read_text())
-        if isinstance(config, dict) and "model" not in config and "model_type" in config:
-            raise BundleError(f"{bundle} is a guide (a {config['model_type']} vision transformer), not a GuiDINO "
-                              "model bundle: give it with --guide, and with --model a bundle written by `guidino "
-                              "train` or Refine")
         config["model"] = ModelConfig.from_dict(config["model"])
         guide = config.get("guide")
         if config["model"].guided and not (isinstance(guide, dict) and isinstance(guide.get("source"), str)
                                            and isinstance(guide.get("sha256"), str)):
             raise ValueError("the model is guided but names no guide (source and sha256)")
-    except BundleError:
-        raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise BundleError(f"model bundle {bundle}: config.json is corrupt ({error})") from None
-    except OSError as error:
-        raise BundleError(f"model bundle {bundle}: config.json cannot be read ({error.strerror or error})") from None
-    if config.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"model bundle {bundle} has format {config.get('format')}, this GuiDINO reads format "
-                          f"{BUNDLE_FORMAT}: update GuiDINO or retrain the model")
     return config
 
 

@@ -16,7 +16,7 @@ from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from guidino.errors import InputError
 from guidino.imageio import ImageData
 from guidino.jobs import RefineRequest, refine_from_answer
-from guidino.training.refine import list_versions, load_starting_model, refine_model, save_version
+from guidino.bundlefiles import list_versions
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings
 
 
@@ -71,13 +71,18 @@ class GuiDINOTrainLogic:
         ``model``: a bundle, or None for the segmentation's active model, then the default model, then
         a new model built from the guide (few-shot from one or two labelled slices).
         ``settings`` (RefineSettings) overrides ``train``/``lora``/``timeBudgetSeconds``/``keepOnCancel``.
-        The three phases (``prepareRefine`` on the main thread, ``runRefine`` anywhere, ``finishRefine``
-        on the main thread) let a GUI train off its main thread.
+        Training runs in the GuiDINO worker process, as a GUI's Refine does (``startRefine``); this waits for it.
+        ``progressCallback(entry)`` gets the training's progress entries. A GUI uses the three phases
+        (``prepareRefine`` and ``finishRefine`` on the main thread, ``startRefine`` polled between).
         """
+        from GuiDINOSegmentLib.WorkerClient import waitForJob
+
         prepared = self.prepareRefine(inputVolume, segmentation, segmentId, model=model, train=train, lora=lora,
                                       timeBudgetSeconds=timeBudgetSeconds, resegment=resegment,
                                       keepOnCancel=keepOnCancel, settings=settings)
-        return self.finishRefine(prepared, self.runRefine(prepared, progressCallback, cancelEvent))
+        result = waitForJob(self.startRefine(prepared), progressCallback and (
+            lambda handle, state: handle.latest is not None and progressCallback(handle.latest)), cancelEvent)
+        return self.finishRefine(prepared, result)
 
     def prepareRefine(self, inputVolume, segmentation, segmentId, model=None, train="tokenbook+network", lora=False,
                       timeBudgetSeconds=REFINE_TIME_BUDGET, resegment=True, keepOnCancel=True, settings=None):
@@ -97,7 +102,10 @@ class GuiDINOTrainLogic:
                               resegment, started)
 
     def runRefine(self, prepared, progressCallback=None, cancelEvent=None):
-        """Any thread, no scene access: load the starting model and fine-tune it (``refine.RefineResult``)."""
+        """Any thread, no scene access: load the starting model and fine-tune it in this process (torch; scripts and
+        tests that want the model object, ``guidino.jobs.RefineResult``)."""
+        from guidino.training.refine import load_starting_model, refine_model
+
         guide = self.segmentLogic.guideSource
         starting = load_starting_model(prepared.parent, guide=guide) if prepared.parent else None
         return refine_model(prepared.image, prepared.labels, prepared.corrections["slices"], model=starting,
@@ -127,6 +135,8 @@ class GuiDINOTrainLogic:
                                                time.perf_counter() - prepared.started, result.val_dice,
                                                result.stopped, 0)
         name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
+        if result.bundle is None:  # refined in this process (runRefine)
+            from guidino.training.refine import save_version
         bundle = result.bundle or save_version(result, self.modelsFolder, _safeName(name), parent=prepared.parent,
                                                volume=name, axis=axis)
         self.segmentLogic.setActiveModel(prepared.segmentation, bundle)
@@ -153,7 +163,7 @@ class GuiDINOTrainLogic:
         axis = axis or self.corrections(segmentation, segmentId, inputVolume)["axis"]
         job = logic.prepareSegmentation(inputVolume, segmentation,
                                         SegmentSettings(segmentId=segmentId, model=str(bundle), axis=axis))
-        logic.applySegmentation(job, logic.computeSegmentation(job))
+        logic.applySegmentation(job, logic.segment(job))
         after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
         return int(np.count_nonzero((before > 0) != (after > 0)))
 

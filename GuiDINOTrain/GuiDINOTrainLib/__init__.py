@@ -1,7 +1,8 @@
 """Slicer code of the GuiDINO Train module: the Logic (refine from corrections on MRML) and the panel's
 decisions (``TrainPanel``). Training itself is in the engine, ``guidino.training``.
 
-``GuiDINOTrainLogic`` is exported lazily: it imports torch.
+``GuiDINOTrainLogic`` is exported lazily: it needs the installed packages (never torch: refining runs in
+the worker process).
 """
 
 

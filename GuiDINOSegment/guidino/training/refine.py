@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arguments import slice_indices
-from ..bundle import BundleExistsError, build_model, load_bundle, read_bundle_config, save_bundle
+from ..bundle import BundleExistsError, build_model, load_bundle, save_bundle
 from ..corrections import evidence_region
 from ..errors import BundleError, InputError
 from ..guides import load_guide
@@ -146,23 +146,6 @@ def save_version(result, folder, stem, parent=None, volume=None, axis="axial"):
         except BundleExistsError:
             continue  # another save took that number meanwhile
     raise BundleError(f"no free version number for {stem} in {folder}")
-
-
-def list_versions(folder):
-    """Bundles in ``folder``, oldest first: dicts with path, created, parent, slices. Hidden folders (a save
-    in progress, or one a killed process left) and unreadable bundles are not versions."""
-    versions = []
-    for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
-        if path.name.startswith(".") or not (path / "config.json").is_file():
-            continue
-        try:
-            config = read_bundle_config(path)
-        except BundleError:
-            continue
-        provenance = config.get("provenance", {})
-        versions.append({"path": path, "created": config.get("created"), "parent": provenance.get("parent"),
-                         "slices": provenance.get("slices", [])})
-    return sorted(versions, key=lambda v: (v["created"] or "", str(v["path"])))
 
 
 def simulate(image, truth, rounds, model=None, guide=None, axis="axial", settings=None, device="auto",
