@@ -72,6 +72,9 @@ class Session:
         self.axes = numpy_axes(self.geometry.direction)
         self.segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
         self.segmentation.CreateDefaultDisplayNodes()
+        # as Slicer's Segment Editor does once a source volume is chosen (slicer-core 5.13 crashes reading back a
+        # one-voxel .seg.nrrd saved without it: seed 200601)
+        self.segmentation.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
         self.segmentId = self.segmentation.GetSegmentation().AddEmptySegment("target", "target")
         self.logic = GuiDINOSegmentLogic(segmenter=RandomSegmenter(self.rng))
         self.logic.guideSource = str(guide_dir)
