@@ -217,19 +217,32 @@ def test_extension_icon_and_screenshot_urls_point_to_files_of_this_repository():
             assert (ROOT / path).is_file(), f"{variable}: {path} is not in the repository"
 
 
-def test_the_review_store_records_strokes_without_torch(tmp_path):
-    """What Slicer's own process runs at startup and at every stroke (the review store, the MRML <-> array code)
-    works with torch, transformers, peft and monai unimportable: a stroke on a watched scene becomes the user's."""
-    script = tmp_path / "probe.py"
-    script.write_text('''
-import sys
+UNIMPORTABLE = '''import sys
 
 class Unimportable:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "transformers", "peft", "monai"):
-            raise ImportError(f"{name} is unimportable in this test")
+            raise ImportError(f"{name} is unimportable in Slicer's process")
 
 sys.meta_path.insert(0, Unimportable())
+'''
+
+
+def _run_without_torch(tmp_path, code, *args):
+    """Run ``code`` in a new Python where torch, transformers, peft and monai cannot be imported (Slicer's process
+    as it must be), with the modules' Libs and the test harness importable; it must print nothing but end well."""
+    script = tmp_path / "probe.py"
+    script.write_text(UNIMPORTABLE + code + '\nprint("ok")\n')
+    paths = [str(ROOT / "GuiDINOSegment"), str(ROOT / "GuiDINOTrain"), str(ROOT / "Testing")]
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_the_review_store_records_strokes_without_torch(tmp_path):
+    """What Slicer's own process runs at startup and at every stroke (the review store, the MRML <-> array code)
+    works with torch, transformers, peft and monai unimportable: a stroke on a watched scene becomes the user's."""
+    _run_without_torch(tmp_path, '''
 import numpy as np
 import slicer.util
 from slicer_harness import HeadlessSlicer
@@ -249,12 +262,7 @@ slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, segmentation, segmentId,
 state = ReviewState.decode(segmentTag(segmentation.GetSegmentation().GetSegment(segmentId), REVIEW_TAG))
 assert state.edited == {"axial": [4]}, state.edited
 assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft", "monai")]
-print("ok")
 ''')
-    paths = [str(ROOT / "GuiDINOSegment"), str(ROOT / "Testing")]
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr[-3000:]
 
 
 def test_slicers_process_segments_refines_and_lists_versions_without_torch(tmp_path, tiny_guide_dir):
@@ -266,16 +274,7 @@ def test_slicers_process_segments_refines_and_lists_versions_without_torch(tmp_p
 
     bundle = save_bundle(build_model(ModelConfig(network="unet", input_size=64, widths=[8, 16]), str(tiny_guide_dir)),
                          tmp_path / "bundle")
-    script = tmp_path / "probe.py"
-    script.write_text('''
-import sys
-
-class Unimportable:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "peft", "monai"):
-            raise ImportError(f"{name} is unimportable in Slicer's process")
-
-sys.meta_path.insert(0, Unimportable())
+    _run_without_torch(tmp_path, '''
 from pathlib import Path
 
 import numpy as np
@@ -314,9 +313,4 @@ try:
 finally:
     closeSharedWorker()
     app.close()
-print("ok")
-''')
-    paths = [str(ROOT / "GuiDINOSegment"), str(ROOT / "GuiDINOTrain"), str(ROOT / "Testing")]
-    done = subprocess.run([sys.executable, str(script), str(bundle), str(tmp_path / "models")], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-4000:]
+''', bundle, tmp_path / "models")
