@@ -18,6 +18,12 @@ VOLUME_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")  # hold a
 IMAGE_FORMATS = VOLUME_FORMATS + (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # and 2D ones
 
 
+def image_format(path):
+    """The suffix of ``path`` among ``IMAGE_FORMATS`` (".nii.gz" whole), or None."""
+    name = Path(path).name.lower()
+    return next((suffix for suffix in IMAGE_FORMATS if name.endswith(suffix)), None)
+
+
 @dataclass
 class ImageData:
     """A volume or 2D image as the engine sees it: (D, H, W) or (D, H, W, 3) voxels plus geometry."""
@@ -75,7 +81,7 @@ def _unreadable(path, message):
                 "Information) and save it again")
     if "space vector" in message or "space directions" in message:
         return f"{path}: the space directions in its header cannot be read ({reason}); fix the header and save again"
-    suffix = next((s for s in IMAGE_FORMATS if path.name.lower().endswith(s)), None)
+    suffix = image_format(path)
     if suffix is not None:  # a format GuiDINO reads: the file itself is damaged
         return f"{path}: this {suffix} file cannot be read ({reason}); it may be truncated or damaged: save it again"
     return f"{path}: cannot be read as an image ({reason}); use NRRD, NIfTI, MHA, DICOM, PNG or JPEG"
@@ -199,8 +205,7 @@ def check_image_outputs(outputs, input_path):
     for flag, path in outputs.items():
         if path is None:
             continue
-        name = Path(path).name.lower()
-        suffix = next((s for s in IMAGE_FORMATS if name.endswith(s)), None)
+        suffix = image_format(path)
         if suffix is None:
             raise InputError(f"{flag} {path}: GuiDINO writes {', '.join(IMAGE_FORMATS)} files; give one of these "
                              "suffixes")
