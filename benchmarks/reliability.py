@@ -39,9 +39,10 @@ def main():
             "GUIDINO_SESSIONS": str(args.sessions), "GUIDINO_SESSIONS_SEED_START": str(args.seed_start),
             "GUIDINO_SESSIONS_REPORT": str(sessions)})
         bad, sessions = json.loads(bad.read_text()), json.loads(sessions.read_text())
-    print(f"bad-input table: {line1} ({seconds1:.0f} s)")
+    ended = ": killed by a signal, the sessions did not all run" if code2 < 0 else ""
+    print(f"bad-input table: {line1} ({seconds1:.0f} s, exit code {code1})")
     print(f"random sessions (seeds {args.seed_start}-{args.seed_start + args.sessions - 1} and the regression "
-          f"seeds): {line2} ({seconds2:.0f} s)\n")
+          f"seeds): {line2} ({seconds2:.0f} s, exit code {code2}{ended})\n")
     print("| what | total |\n|---|---|")
     print(f"| bad-input cases | {bad['cases']} |")
     print(f"| clear refusals (exit code and one line naming the problem and the fix) | {bad['clear_refusals']} |")
