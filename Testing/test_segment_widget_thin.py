@@ -561,3 +561,46 @@ def test_the_panel_builds_one_settings_object():
                                        axis="coronal", sliceRange=(4, 9), device="cpu", showGuide=False)
     parameters.sliceMode = "current"
     assert helpers.panelSettings(parameters, currentSlice=7).sliceRange == 7
+
+
+def test_installs_pin_what_slicers_python_already_has():
+    """Every distribution the running Python has is pinned, except what the plan installs: pip cannot replace
+    Slicer's numpy, scipy or requests (5.10 ships 2.0.2, 1.13.1, 2.32.3) while resolving GuiDINO's packages."""
+    plan = deps.makeInstallPlan(["transformers>=5.0,<6", "scikit-image>=0.22,<0.27"], False, False)
+    installed = {"numpy": "2.0.2", "scipy": "1.13.1", "requests": "2.32.3", "transformers": "4.40.0",
+                 "scikit_image": "0.21.0"}
+    assert deps.slicerConstraints(plan, installed) == ["numpy==2.0.2", "requests==2.32.3", "scipy==1.13.1"]
+    here = deps.slicerConstraints(plan)  # read from this Python, not a list in the code
+    assert f"numpy=={np.__version__}" in here and not any(line.startswith("transformers==") for line in here)
+    source = ast.get_source_segment(*_method(MODULE / "GuiDINOSegmentLib" / "DependencyLogic.py", "DependencyLogic",
+                                             "install"))
+    assert source.count('["-c", constraints') == 2 and "constraints=constraints" in source
+
+
+SLICER_5_10 = ["numpy==2.0.2", "scipy==1.13.1", "requests==2.32.3"]  # SuperBuild/External_python-*.cmake of v5.10.0
+
+
+def test_guidinos_packages_resolve_around_slicer_5_10s_own(tmp_path):
+    """What GuiDINO installs into Slicer 5.10 (Python 3.12) resolves with Slicer's numpy, scipy and requests
+    pinned: pip's own resolver, on PyPI's wheels for that Python (nothing is installed)."""
+    import subprocess
+    import sys
+
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("\n".join(SLICER_5_10) + "\n")
+    packages = [r for _, r in deps.REQUIREMENTS if deps._split(r)[0] not in deps.BUNDLED_WITH_SLICER + ("torch",)]
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
+                           "--python-version", "3.12", "--only-binary=:all:", "--target", str(tmp_path / "t"),
+                           "-c", str(constraints), *packages, "torch>=2.4,<2.15"], capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode and ("NewConnectionError" in done.stderr or "Could not fetch" in done.stderr
+                            or "ConnectTimeout" in done.stderr):
+        pytest.skip(f"the package index cannot be reached here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    chosen = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+              for item in json.loads(done.stdout)["install"]}
+    for pin in SLICER_5_10:
+        name, version = pin.split("==")
+        assert chosen.get(name, version) == version, (name, chosen.get(name))

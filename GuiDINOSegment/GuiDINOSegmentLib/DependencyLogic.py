@@ -19,7 +19,7 @@ REQUIREMENTS = (
     ("torch", "torch>=2.4,<2.15"),
     ("transformers", "transformers>=5.0,<6"),
     ("peft", "peft>=0.17,<0.22"),
-    ("safetensors", "safetensors>=0.4"),
+    ("safetensors", "safetensors>=0.4,<1"),
     ("SimpleITK", "SimpleITK>=2.3,<3"),
     ("skimage", "scikit-image>=0.22,<0.27"),
     ("monai", "monai>=1.4,<1.7"),
@@ -151,6 +151,23 @@ def makeInstallPlan(missing, hasPyTorchUtils, hasPackaging):
     )
 
 
+def _normalized(name):
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def slicerConstraints(plan, installed=None):
+    """pip constraints ("name==version" lines) pinning every distribution this Python already has (Slicer's
+    numpy, scipy, requests...), except the ones the plan installs: pip then resolves GuiDINO's packages around
+    Slicer's own, and fails with a clear conflict instead of replacing them. ``installed``: {name: version},
+    read from the running Python by default (never a hard-coded list: it follows the Slicer release)."""
+    if installed is None:
+        installed = {dist.metadata["Name"]: dist.version for dist in importlib.metadata.distributions()
+                     if dist.metadata["Name"]}
+    planned = {_normalized(_split(requirement)[0]) for requirement in (plan.torch, *plan.packages) if requirement}
+    return sorted(f"{name}=={version}" for name, version in installed.items()
+                  if _normalized(name) not in planned)
+
+
 def nextStep(plan, testing, unsupported=None):
     """What the GUI does: 'unsupported' (this Slicer is too old: say so, install nothing), 'ready', 'refuse'
     (not installable here), 'skip' (testing: never install), 'ask'."""
@@ -215,9 +232,15 @@ class DependencyLogic:
         return not still
 
     def install(self, plan):
-        """Run ``plan`` (the user has agreed). torch first: peft and monai depend on it."""
+        """Run ``plan`` (the user has agreed). torch first: peft and monai depend on it. pip installs under
+        ``slicerConstraints`` (Slicer's own packages stay as they are)."""
+        import tempfile
+
         import slicer
 
+        with tempfile.NamedTemporaryFile("w", suffix="-constraints.txt", delete=False) as file:
+            file.write("\n".join(slicerConstraints(plan)) + "\n")
+        constraints = file.name
         if plan.torch:
             _, specifier = _split(plan.torch)
             if plan.torchInstaller == "PyTorchUtils":
@@ -228,15 +251,16 @@ class DependencyLogic:
                                                                  torchVersionRequirement=specifier) is None:
                     raise RuntimeError("PyTorch was not installed: GuiDINO cannot run without it.")
             else:
-                slicer.util.pip_install(plan.torch)
+                slicer.util.pip_install(["-c", constraints, plan.torch])  # Slicer 5.10: a list of pip arguments
         if plan.packages:
             if plan.packageInstaller == "slicer.packaging":
                 import slicer.packaging
 
                 # Already confirmed above; pip_ensure still refuses to install while testing.
-                slicer.packaging.pip_ensure(list(plan.packages), prompt_install=False, requester=REQUESTER)
+                slicer.packaging.pip_ensure(list(plan.packages), prompt_install=False, requester=REQUESTER,
+                                            constraints=constraints)
             else:
-                slicer.util.pip_install(" ".join(plan.packages))
+                slicer.util.pip_install(["-c", constraints, *plan.packages])
         importlib.invalidate_caches()
 
 
