@@ -104,3 +104,21 @@ def test_a_write_can_keep_only_the_prediction_connected_to_the_users_slices():
     merged = merge_prediction(current, predicted, writable, evidence_axis=0, spacing=(1.0, 1.0, 1.0))
     assert merged[3].sum() == 9 and merged[5].sum() == 0 and np.array_equal(merged[2], current[2])
     assert merge_prediction(current, predicted, writable)[5].sum() == 1
+
+
+def test_a_fingerprint_updated_in_the_changed_box_equals_one_computed_anew():
+    """Random masks and random changed boxes (seeded): the incremental fingerprint of a stroke is the full one."""
+    import numpy as np
+
+    from guidino.review import fingerprint
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        shape = tuple(int(n) for n in rng.integers(1, 9, 3))
+        before = rng.random(shape) > 0.5
+        after = before.copy()
+        lo = [int(rng.integers(0, n)) for n in shape]
+        hi = [int(rng.integers(a + 1, n + 1)) for a, n in zip(lo, shape)]
+        after[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = rng.random([b - a for a, b in zip(lo, hi)]) > 0.5
+        assert fingerprint(after, fingerprint(before), list(zip(lo, hi))) == fingerprint(after)
+        assert fingerprint(after.astype(np.uint8)) == fingerprint(after)

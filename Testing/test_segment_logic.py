@@ -546,3 +546,31 @@ def test_strokes_on_a_reloaded_seg_nrrd_are_each_given_to_the_slice_they_were_dr
     np.testing.assert_array_equal(after[6], drawn[6])
     assert not np.array_equal(after, drawn)  # the run did write elsewhere
     assert logic.reviewedSlices(reloaded, segment_id, axis="coronal")["slices"] == [coronal]
+
+
+def test_a_stroke_is_recorded_without_a_node_added_to_or_removed_from_the_scene(scene, logic, model):
+    """The stroke observer reads the segment's own labelmap (no temporary export node) and rewrites only the
+    changed box of the baseline; it reads what the export reads, also beside another segment sharing the
+    labelmap and on the oblique grid."""
+    from GuiDINOSegmentLib.VolumeNodes import segmentMask
+
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    other = scene.segmentation.GetSegmentation().AddEmptySegment("other", "other")
+    shared = np.zeros_like(segment_array(scene, segment_id))
+    shared[2, 3:6, 4:9] = 1
+    set_segment_array(scene, other, shared)
+    counts = {"added": 0, "removed": 0}
+    scene.mrml.AddObserver(scene.mrml.NodeAddedEvent, lambda *a: counts.__setitem__("added", counts["added"] + 1))
+    scene.mrml.AddObserver(scene.mrml.NodeRemovedEvent, lambda *a: counts.__setitem__("removed", counts["removed"] + 1))
+    segment = scene.segmentation.GetSegmentation().GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    values = slicer.util.arrayFromSegmentInternalBinaryLabelmap(scene.segmentation, segment_id)
+    values[4] = np.where(values[4] == segment.GetLabelValue(), 0, values[4])  # an erase stroke on slice 4
+    labelmap.Modified()
+    scene.segmentation.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SegmentModified, segment_id)
+    assert counts == {"added": 0, "removed": 0}
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [4]
+    for segmentId in (segment_id, other):
+        np.testing.assert_array_equal(segmentMask(scene.segmentation, segmentId, scene.volume),
+                                      slicer.util.arrayFromSegmentBinaryLabelmap(scene.segmentation, segmentId,
+                                                                                 scene.volume) > 0)

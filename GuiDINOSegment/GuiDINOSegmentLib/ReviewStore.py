@@ -21,7 +21,7 @@ from guidino.errors import InputError
 from guidino.review import (ReviewState, attribute_edits, changed_from_fingerprint, content_hash, content_slices,
                             fingerprint)
 
-from .VolumeNodes import gridVolume, matchGrid, volumeGeometry
+from .VolumeNodes import gridVolume, matchGrid, segmentMask, volumeGeometry
 
 REVIEW_TAG = "GuiDINO.ReviewState"  # segment tag: the ReviewState (saved in .seg.nrrd, restored by undo)
 BASELINE_ROLE = "GuiDINOBaseline_"  # + segment id: segmentation node -> hidden labelmap, the segment as last seen
@@ -44,7 +44,7 @@ def recordEdits(segmentation, segmentId, volume, axis=None, written=None):
     segment = segmentation.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         raise InputError(f"{segmentation.GetName()} has no segment {segmentId!r}")
-    current = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume) > 0
+    current = segmentMask(segmentation, segmentId, volume)
     axes = numpy_axes(volumeGeometry(volume).direction)
     state = ReviewState.decode(segmentTag(segment, REVIEW_TAG))
     if state is None:  # nothing is known: whatever the segment holds is the user's
@@ -57,22 +57,37 @@ def recordEdits(segmentation, segmentId, volume, axis=None, written=None):
     diff = current != baseline if baseline is not None else changed_from_fingerprint(current, state)
     if diff is None:  # a state from another grid: nothing is known about this one
         diff = current.copy()
+    box = _bounds(diff) if own else None  # what changed since this segment's own baseline (None: unknown)
     if written is not None:
         diff &= ~written
-    if diff.any():
-        for name, slices in attribute_edits(diff, axes, prefer=state.axis).items():
-            state.add("edited", name, slices)
-    if diff.any() or not own or written is not None:
-        commitBaseline(segmentation, segmentId, volume, state, current)
+    region = tuple(slice(lo, hi) for lo, hi in box) if box is not None else (slice(None),) * diff.ndim
+    edited = diff[region].any()
+    if edited:  # counted in the changed box only (the same slices: nothing changed outside it)
+        for name, slices in attribute_edits(diff[region], axes, prefer=state.axis).items():
+            state.add("edited", name, [index + (region[axes[name]].start or 0) for index in slices])
+    if edited or not own or written is not None:
+        commitBaseline(segmentation, segmentId, volume, state, current, changed=box)
     watcher.watch(segmentation, volume)
     return state, current
+
+
+def _bounds(mask):
+    """[(lo, hi)] per numpy axis of the True voxels ((0, 0) on each axis when there is none)."""
+    bounds, block = [], mask
+    for axis in range(mask.ndim):  # each axis on the block the axes before it bounded (a stroke: a thin block)
+        hit = np.flatnonzero(block.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not hit.size:
+            return [(0, 0)] * mask.ndim
+        bounds.append((int(hit[0]), int(hit[-1]) + 1))
+        block = block[(slice(None),) * axis + (slice(*bounds[-1]),)]
+    return bounds
 
 
 def _baseline(segmentation, segmentId, state, shape):
     """(the baseline the state names as a bool array or None, whether it is this segment's own labelmap)."""
     own = baselineVolume(segmentation, segmentId)
     if _holds(own, state.baseline, shape):
-        return slicer.util.arrayFromVolume(own) > 0, True
+        return slicer.util.arrayFromVolume(own).view(bool), True  # 0/1 as commitBaseline writes it: no copy
     scene = segmentation.GetScene()
     labelmaps = scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode") if scene is not None else None
     for n in range(labelmaps.GetNumberOfItems() if labelmaps is not None else 0):
@@ -90,17 +105,27 @@ def _holds(node, baselineHash, shape):
         and tuple(node.GetImageData().GetDimensions()[::-1]) == tuple(shape)
 
 
-def commitBaseline(segmentation, segmentId, volume, state, content):
-    """Make ``content`` the segment's baseline (hidden labelmap and fingerprint) and store ``state`` in its tag."""
-    state.shape, state.fingerprint, state.baseline = content.shape, fingerprint(content), content_hash(content)
+def commitBaseline(segmentation, segmentId, volume, state, content, changed=None):
+    """Make ``content`` the segment's baseline (hidden labelmap and fingerprint) and store ``state`` in its tag.
+
+    ``changed``: [(lo, hi)] per numpy axis bounding every voxel where ``content`` differs from the baseline the
+    segment's labelmap and ``state`` hold now (a stroke): only that box is written and fingerprinted again.
+    """
     node = baselineVolume(segmentation, segmentId)
-    if node is None:
-        name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
-        node = segmentation.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
-                                                         f"{segmentation.GetName()} {name} GuiDINO baseline")
-        node.SetHideFromEditors(True)
-        segmentation.SetNodeReferenceID(BASELINE_ROLE + segmentId, node.GetID())
-    matchGrid(node, volume, 0, np.uint8)[:] = content
+    partial = changed is not None and node is not None
+    state.fingerprint = fingerprint(content, state.fingerprint if partial else None, changed if partial else None)
+    state.shape, state.baseline = content.shape, content_hash(content)
+    if partial:
+        box = tuple(slice(lo, hi) for lo, hi in changed)
+        slicer.util.arrayFromVolume(node)[box] = content[box]
+    else:
+        if node is None:
+            name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
+            node = segmentation.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                                             f"{segmentation.GetName()} {name} GuiDINO baseline")
+            node.SetHideFromEditors(True)
+            segmentation.SetNodeReferenceID(BASELINE_ROLE + segmentId, node.GetID())
+        matchGrid(node, volume, 0, np.uint8)[:] = content
     slicer.util.arrayFromVolumeModified(node)
     node.SetAttribute(BASELINE_HASH_ATTRIBUTE, state.baseline)
     with watcher.writing(segmentation):

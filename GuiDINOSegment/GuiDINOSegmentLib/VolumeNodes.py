@@ -100,6 +100,51 @@ def gridVolume(segmentationNode):
     return None
 
 
+def segmentMask(segmentationNode, segmentId, volumeNode):
+    """The segment as a boolean array on ``volumeNode``'s grid, read from the segment's own labelmap when that lies
+    on the volume's grid (the usual case: no temporary node, no resampling, only its extent is read); else
+    through ``slicer.util.arrayFromSegmentBinaryLabelmap`` (which exports through a temporary labelmap node)."""
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    labelmap = segment.GetRepresentation(name) if segment is not None else None
+    shape = tuple(volumeNode.GetImageData().GetDimensions()[::-1])
+    shift = _gridShift(labelmap, volumeNode) if labelmap is not None and \
+        segmentationNode.GetTransformNodeID() == volumeNode.GetTransformNodeID() else None
+    if shift is None:
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+    mask = np.zeros(shape, bool)
+    extent = labelmap.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4] or labelmap.GetPointData() is None \
+            or labelmap.GetPointData().GetScalars() is None:
+        return mask  # an empty segment
+    values = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentationNode, segmentId)
+    low = [extent[2 * a] + shift[a] for a in range(3)]  # i, j, k on the volume's grid
+    source, target = [], []
+    for axis in (2, 1, 0):  # numpy order: k, j, i
+        first, last = low[axis], low[axis] + values.shape[2 - axis]
+        begin, end = max(first, 0), min(last, shape[2 - axis])
+        if begin >= end:
+            return mask  # the labelmap lies outside the volume
+        source.append(slice(begin - first, end - first))
+        target.append(slice(begin, end))
+    mask[tuple(target)] = values[tuple(source)] == segment.GetLabelValue()
+    return mask
+
+
+def _gridShift(labelmap, volumeNode):
+    """(di, dj, dk) when the labelmap's voxels are the volume's voxels shifted by whole indices; else None."""
+    image, volume = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(image)
+    volumeNode.GetIJKToRASMatrix(volume)
+    image, volume = slicer.util.arrayFromVTKMatrix(image), slicer.util.arrayFromVTKMatrix(volume)
+    if not np.allclose(image[:3, :3], volume[:3, :3], rtol=1e-6, atol=1e-6):
+        return None
+    shift = np.linalg.solve(volume[:3, :3], image[:3, 3] - volume[:3, 3])
+    if not np.allclose(shift, np.round(shift), atol=1e-3):
+        return None
+    return [int(v) for v in np.round(shift)]
+
+
 def sliceIndices(sliceRange):
     """None (all slices), an index, or an inclusive (first, last) range -> the engine's slice list."""
     if sliceRange is None:

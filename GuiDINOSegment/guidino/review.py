@@ -117,11 +117,29 @@ def _update(book, axis, slices):
         book.pop(axis, None)
 
 
-def fingerprint(mask):
-    """CRC32 of every slice of a binary mask along each numpy axis: {"0": [...], "1": [...], "2": [...]}."""
-    voxels = np.ascontiguousarray(mask, dtype=np.uint8)
-    return {str(axis): [zlib.crc32(np.ascontiguousarray(np.take(voxels, i, axis=axis)).data)
-                        for i in range(voxels.shape[axis])] for axis in range(voxels.ndim)}
+def fingerprint(mask, previous=None, changed=None):
+    """CRC32 of every slice of a binary mask along each numpy axis: {"0": [...], "1": [...], "2": [...]}.
+
+    Each CRC is of the slice's bytes in C order (``np.take(mask, i, axis)``). ``previous`` (the fingerprint of an
+    earlier content) and ``changed`` ((lo, hi) index bounds per axis of every voxel that differs from it): only the
+    slices crossing that box are computed again.
+    """
+    voxels = np.ascontiguousarray(mask)
+    voxels = voxels.view(np.uint8) if voxels.dtype == bool else voxels.astype(np.uint8)  # a view: the same bytes
+    result = {}
+    for axis in range(voxels.ndim):
+        count = voxels.shape[axis]
+        todo = range(count) if previous is None or changed is None else range(*changed[axis])
+        crcs = list(previous[str(axis)]) if previous is not None and changed is not None else [0] * count
+        if changed is None:
+            for index in todo:
+                crcs[index] = zlib.crc32(np.ascontiguousarray(np.take(voxels, index, axis=axis)).data)
+        elif len(todo):  # a few slices: one contiguous copy of them all is faster than one strided copy each
+            block = np.ascontiguousarray(np.moveaxis(voxels, axis, 0)[todo.start:todo.stop])
+            for offset, index in enumerate(todo):
+                crcs[index] = zlib.crc32(block[offset].data)
+        result[str(axis)] = crcs
+    return result
 
 
 def content_hash(mask):
