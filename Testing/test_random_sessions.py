@@ -63,7 +63,7 @@ class Session:
     def __init__(self, seed, tmp_path, guide_dir):
         self.rng = np.random.default_rng(seed)
         self.tmp, self.guide_dir = tmp_path, guide_dir
-        self.apps = [HeadlessSlicer()]
+        self.apps = [_start_slicer()]
         image, _ = synthetic_volume(shape=SHAPE, seed=seed)
         self.path = tmp_path / "volume.nrrd"
         sitk.WriteImage(image, str(self.path))
@@ -217,7 +217,7 @@ class Session:
         self.scene.SetURL(str(folder / "scene.mrml"))
         assert self.scene.Commit()
         names = (self.volume.GetName(), self.segmentation.GetName())
-        self.apps.append(HeadlessSlicer())
+        self.apps.append(_start_slicer())
         self.scene.SetURL(str(folder / "scene.mrml"))
         assert self.scene.Import()
         self.volume = self.scene.GetFirstNode(names[0], "vtkMRMLScalarVolumeNode")
@@ -294,6 +294,15 @@ class Session:
     def close(self):
         for app in reversed(self.apps):
             app.close()
+
+
+def _start_slicer():
+    """A Slicer session: a new scene, which the GuiDINO Segment module watches from startup (``watchEdits``)."""
+    from GuiDINOSegmentLib.ReviewStore import watchScene
+
+    app = HeadlessSlicer()
+    watchScene(app.scene)
+    return app
 
 
 def _ijk_to_ras(node):
