@@ -96,6 +96,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None  # the RefineRun in progress
+        self._fusion = None  # the last re-segmentation's fusionReport (the slice suggested next)
         self._observed = None  # the segmentation whose edits refresh the corrections list
         self._versionRows = []
         self._updating = False  # updateGui is writing the parameter node
@@ -121,6 +122,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshButton.connect("clicked(bool)", lambda checked: self.refreshLists(install=True))
         self.ui.refineButton.connect("clicked(bool)", self.onRefineButton)
         self.ui.rollbackButton.connect("clicked(bool)", self.onRollbackButton)
+        self.ui.suggestedButton.connect("clicked(bool)", self.onSuggestedButton)
         self.ui.versionsList.connect("currentRowChanged(int)", self.updateGui)
         self.initializeParameterNode()
 
@@ -198,6 +200,8 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.visible = running
             self.ui.rollbackButton.enabled = bool(not running and p and p.inputVolume and segmentation
                                                   and p.segmentId and self.selectedVersion())
+            self.ui.suggestedButton.enabled = bool(not running and p and p.inputVolume
+                                                   and helpers.suggestedSlice(self._fusion) is not None)
         finally:
             self._updating = False
 
@@ -317,6 +321,15 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                 timeBudgetSeconds=budget, resegment=False)
             self.startRun(panel.RefineRun(self.logic, p.inputVolume, p.segmentation, p.segmentId, budget).train(prepared))
 
+    def onSuggestedButton(self):
+        index = helpers.suggestedSlice(self._fusion)
+        p = self._parameterNode
+        if index is None or p is None or p.inputVolume is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not show the suggested slice."), waitCursor=False):
+            if self.ensureLogic():
+                self.logic.segmentLogic.jumpToSlice(p.inputVolume, self._fusion["arrayAxis"], index)
+
     def onRollbackButton(self):
         bundle = self.selectedVersion()
         if bundle is None:
@@ -345,6 +358,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not state.finished:
             return
         self._timer.stop()
+        self._fusion = self._run.fusion
         self._run = None
         self.updateGui()
         if state.error is not None:

@@ -51,18 +51,22 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     sitk.WriteImage(labels, str(tmp_path / "brain1_label.nrrd"))
     out, table = tmp_path / "curve", tmp_path / "curve.md"
     benchmark("interactive.py", "--data", tmp_path, "--guide", tiny_guide_dir, "--out", out, "--cases", "brain1",
-              "--rounds", 2, "--spread", "3", "--runs", 2, "--device", "cpu", "--markdown", table,
+              "--rounds", 2, "--spread", "3", "--runs", 2, "--unguided-runs", 1, "--device", "cpu", "--markdown", table,
               "--simulate-options", "--steps 3 --time-budget 0 --size 64 --widths 8,16,32,64,128")
-    summary = json.loads((out / "brain1-robot2.json").read_text())
-    assert [r["round"] for r in summary["rounds"]] == [1, 2]
-    assert [len(r["corrected_slices"]) for r in summary["rounds"]] == [1, 2]
-    spread = [json.loads((out / f"brain1-spread3-run{n}.json").read_text()) for n in (1, 2)]
+    for robot in ("largest-error", "suggested"):
+        summary = json.loads((out / f"brain1-robot-{robot}2.json").read_text())
+        assert summary["robot"] == robot and [r["round"] for r in summary["rounds"]] == [1, 2]
+        assert [len(r["corrected_slices"]) for r in summary["rounds"]] == [1, 2]
+    suggested = json.loads((out / "brain1-robot-suggested2.json").read_text())["rounds"]
+    assert suggested[1]["corrected_slices"] == sorted(suggested[0]["corrected_slices"] + [suggested[0]["suggested"]])
+    spread = [json.loads((out / f"brain1-ends3-seed{n}.json").read_text()) for n in (0, 1)]
     assert spread[0]["slices"] == spread[1]["slices"] == [3, 6, 9] and spread[0]["steps"] == 3
+    assert json.loads((out / "brain1-interior3-seed0.json").read_text())["slices"] == [4, 6, 8]  # extent 3..9
     kept = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.nrrd"))  # to look at a miss afterwards
-    assert [p for p in kept if p.startswith("brain1-robot2/")] == [
-        "brain1-robot2/round-1-prediction.nrrd", "brain1-robot2/round-1-segment.nrrd",
-        "brain1-robot2/round-2-prediction.nrrd", "brain1-robot2/round-2-segment.nrrd"]
-    assert "brain1-spread3-run1/spread-segment.nrrd" in kept and "brain1-spread3-run2/spread-prediction.nrrd" in kept
+    assert [p for p in kept if p.startswith("brain1-robot-largest-error2/")] == [
+        f"brain1-robot-largest-error2/round-{n}-{kind}.nrrd" for n in (1, 2)
+        for kind in ("prediction", "probability", "segment")]
+    assert "brain1-ends3-seed0/spread-segment.nrrd" in kept and "brain1-ends3-seed1/spread-prediction.nrrd" in kept
     text = table.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| brain1 **[UNTRAINED GUIDE]** | 3 (3, 6, 9) |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -70,11 +74,12 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     drawn = np.zeros_like(truth)
     drawn[[3, 6, 9]] = truth[[3, 6, 9]]
     assert cells[6] == f"{2 * (drawn & truth).sum() / (drawn.sum() + truth.sum()):.3f}"  # do nothing, whole volume
-    unguided = json.loads((out / "brain1-spread3-noguide-run1.json").read_text())
+    unguided = json.loads((out / "brain1-ends3-noguide-seed0.json").read_text())
     assert unguided["guide_pretrained"] is None and cells[5] == f"{unguided['dice_not_labelled']:.3f}"  # the ablation
-    assert "**brain1**, robot user **[UNTRAINED GUIDE]**" in text and "\n| 2 | 2 | 3 | " in text
-    assert "- K = 3: GuiDINO " in text
-    assert "imported MONAI in " in text and "(4 processes), off the rounds' clock" in text  # 2 + 1 spread, 1 robot
+    assert "- interior, K = 3: " in text and "- ends, K = 3: " in text  # ahead / level / behind Fill per K
+    assert "**brain1**, robot user (suggested) **[UNTRAINED GUIDE]**; slices to reach whole Dice 0.85: " in text
+    assert "\n| 2 | 2 | 3 | " in text
+    assert "imported MONAI in " in text and "(8 processes), off the rounds' clock" in text  # 2 x (2 + 1) spread, 2 robots
 
 
 def test_segment_speed_times_the_parts_and_the_command(tmp_path):

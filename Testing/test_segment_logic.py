@@ -443,7 +443,7 @@ def test_the_preview_and_the_panel_write_by_one_rule(scene, logic, model):
     other = GuiDINOSegmentLogic(segmenter=ThresholdSegmenter(threshold=700))
     job = other.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
     prediction = other.computeSegmentation(job)
-    preview = other.previewLabels(job, prediction)
+    preview = other.previewLabels(job, prediction)[0]
     other.applySegmentation(job, prediction)
     np.testing.assert_array_equal(segment_array(scene, segment_id), preview)
     np.testing.assert_array_equal(preview[2], edited[2])  # reviewed: the user's
@@ -506,9 +506,9 @@ def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scen
     labels = np.zeros_like(prediction.labels)
     labels[4, 11:19, 11:19] = labels[6, 12:18, 12:18] = 1  # touches the correction
     labels[9, 30:34, 25:29] = 1  # far from it
-    prediction.labels = labels
+    prediction.labels, prediction.probability = labels, labels.astype(np.float32)
     prediction.region = {"axis": "axial", "array_axis": prediction.axis}  # as segment_volume reports a region model
-    assert logic.previewLabels(job, prediction)[9].sum() == 0
+    assert logic.previewLabels(job, prediction)[0][9].sum() == 0
     logic.applySegmentation(job, prediction)
     written = segment_array(scene, segment_id)
     assert written[4].sum() == 64 and written[6].sum() == 36 and written[9].sum() == 0

@@ -250,7 +250,7 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
                                                                              sliceRange=(0, 5), showGuide=False))
     assert job.slices.tolist() == [0, 1, 3, 4, 5]  # the reviewed slice is not computed (slice 6: out of scope)
     prediction = logic.computeSegmentation(job)
-    merged = logic.previewLabels(job, prediction)
+    merged = logic.previewLabels(job, prediction)[0]
     preview = helpers.resampleToReference(helpers.orientedImageFromArrayNode(merged, oblique, segmentation),
                                           editor.GetAlignedSourceVolume())
 

@@ -14,7 +14,8 @@ from guidino.imageio import ImageData
 from guidino.inference import segment_volume
 from guidino.metrics import dice_score
 from guidino.review import slice_mask
-from guidino.training.refine import refine_model, spread_slices, with_corrections
+from guidino.training.protocols import spread_slices, with_corrections
+from guidino.training.refine import refine_model
 from guidino.training.settings import RefineSettings
 
 SHAPE = (24, 96, 96)
@@ -176,3 +177,36 @@ def test_beyond_the_users_slices_a_band_beside_a_tapering_section_is_dropped():
     predicted[4], predicted[5] = lobes, 0
     kept = with_corrections(predicted, labels, [1, 2], 0, thick)
     assert np.array_equal(kept[4], lobes)
+
+
+def _tube_volume(seed=0):
+    """Textured noise with a brighter tube whose section grows and travels over 14 slices: (ImageData, truth)."""
+    rng = np.random.default_rng(seed)
+    shape = (18, 64, 64)
+    texture = ndimage.gaussian_filter(rng.normal(size=shape), (0.5, 2.0, 2.0))
+    texture = 100 + 200 * texture / texture.std()
+    truth = np.zeros(shape, np.uint8)
+    rows, cols = np.ogrid[:shape[1], :shape[2]]
+    for k in range(2, 16):
+        radius, centre = 4 + 5 * np.sin(np.pi * (k - 1.5) / 15), (24 + k, 28 + 0.5 * k)
+        truth[k] = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+    voxels = (texture + 700.0 * truth + rng.normal(0, 60, shape)).astype(np.int16)
+    return ImageData(voxels, Geometry((0.8, 0.8, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), False), truth
+
+
+def test_one_more_labelled_slice_does_not_lower_the_result(tiny_guide_dir):
+    """A fixed-step, seeded refine from 3 interior slices of a tube, then from the same 3 and one more: the result
+    over the volume (the labelled slices holding the truth) does not drop by more than the benchmark's tolerance
+    (0.03: the two models train on different batches; volume seeds 0-4 checked while writing it: -0.016 on seed 0,
+    where the 4-slice model missed the tube's first section, +0.008 to +0.029 on the others)."""
+    from guidino.training.protocols import refine_and_segment
+
+    image, truth = _tube_volume()
+    three = spread_slices(truth, 0, 3, "interior")
+    scores = []
+    for slices in (three, sorted(three + [int(np.mean(three[:2]))])):
+        _, _, written, _, fused = refine_and_segment(image, truth, slices, guide=str(tiny_guide_dir),
+                                                     settings=_settings(), device="cpu")
+        scores.append(dice_score(written, truth))
+        assert "model and interpolation" in fused.source
+    assert scores[1] >= scores[0] - 0.03 and scores[0] > 0.7, scores

@@ -186,9 +186,15 @@ def test_status_after_refine():
     again, note = panel.resegmentAfterTraining(_result(stopped="cancelled"), cancelRequested=True)
     assert not again and "not re-segmented" in note
     assert panel.resegmentAfterTraining(_result(bundle=None), cancelRequested=True) == (False, "")
-    done = SimpleNamespace(slicesProcessed=9, seconds=3.2, cancelled=False)
+    done = SimpleNamespace(slicesProcessed=9, seconds=3.2, cancelled=False, fusion=None)
     assert panel.segmentedSummary(done) == "9 slices re-segmented in 3 s; reviewed slices kept."
-    assert "Cancelled" in panel.segmentedSummary(SimpleNamespace(slicesProcessed=2, seconds=1, cancelled=True))
+    assert "Cancelled" in panel.segmentedSummary(SimpleNamespace(slicesProcessed=2, seconds=1, cancelled=True,
+                                                                 fusion=None))
+    fusion = {"slices_by_source": {"user": 3, "model and interpolation": 8, "model": 2, "none": 12},
+              "axis": "axial", "arrayAxis": 0, "suggested": 7}
+    assert panel.segmentedSummary(SimpleNamespace(slicesProcessed=10, seconds=2, cancelled=False, fusion=fusion)) == (
+        "10 slices re-segmented in 2 s; reviewed slices kept. Slices: 3 yours; 8 from the model and the shape between "
+        "your slices; 2 from the model alone. Suggested next: axial slice 7.")
 
 
 # -- RefineRun with a recording Logic (real threads, real scene) -----------------------------------
@@ -279,7 +285,7 @@ class RecordingLogic:
     def applySegmentation(self, job, prediction):
         self._record("applySegmentation")
         self.applied = (prediction.model, job.settings.segmentId, prediction.axis)
-        return SimpleNamespace(slicesProcessed=3, seconds=0.5, cancelled=False)
+        return SimpleNamespace(slicesProcessed=3, seconds=0.5, cancelled=False, fusion=None)
 
 
 @pytest.fixture

@@ -30,13 +30,14 @@ from guidino.arguments import slice_index, slice_indices
 from guidino.axes import check_axis, numpy_axes, slice_axis
 from guidino.bundlefiles import read_bundle_json
 from guidino.errors import BundleError, InputError
+from guidino.fusion import suggest_slice
 from guidino.imageio import ImageData
 from guidino.jobs import SEGMENT_ARRAYS_OUT, SegmentationResult, SegmentRequest, segmentation_from_answer
-from guidino.review import merge_prediction, slice_mask
+from guidino.review import merge_prediction_explained, slice_mask
 
 from .ReviewStore import GUIDE_INPUT_ROLE, baselineVolume, commitBaseline, recordEdits, watcher
 from .SegmentSettings import SegmentSettings
-from .VolumeNodes import checkSegmentation, imageDataFromVolume, matchGrid, sliceIndices, volumeGeometry
+from .VolumeNodes import checkSegmentation, imageDataFromVolume, matchGrid, sliceCentre, sliceIndices, volumeGeometry
 
 GUIDE_COLOR_NAME = "GuiDINO guide"
 GUIDE_COLORS = ((0.0, (0.0, 0.0, 0.5)), (0.25, (0.0, 0.4, 1.0)), (0.6, (1.0, 1.0, 0.0)), (1.0, (1.0, 0.0, 0.0)))
@@ -69,9 +70,27 @@ class ProcessResult:
     seconds: float
     cancelled: bool
     prediction: SegmentationResult
+    fusion: Optional[dict] = None  # a region model's: slices by source, the slice suggested next (fusionReport)
+
+
+def fusionReport(fused, region):
+    """What the Train panel and the effect show of a region model's write (a ``FusedPrediction``; None: nothing to
+    show): its ``report()``, the ``axis`` of its slices (anatomical name and ``arrayAxis``, from the model's
+    ``region``) and ``suggested``, the slice along it to correct next (or None)."""
+    if fused is None:
+        return None
+    return {**fused.report(), "axis": region["axis"], "arrayAxis": int(fused.axis), "suggested": suggest_slice(fused)}
 
 
 ACTIVE_MODEL_ATTRIBUTE = "GuiDINO.Model"
+
+
+def madeFromCorrections(model):
+    """Whether ``model`` (a model object, or a checked bundle folder) was made from a few corrected slices: it has
+    an evidence region (``ModelConfig.region``)."""
+    if isModel(model):
+        return getattr(model.config, "region", None) is not None
+    return read_bundle_json(model).get("model", {}).get("region") is not None
 
 
 def isModel(model):
@@ -161,9 +180,11 @@ class GuiDINOSegmentLogic:
         requested = np.arange(count) if settings.sliceRange is None else np.asarray(
             slice_indices(sliceIndices(settings.sliceRange), count, settings.axis), dtype=int)
         todo = requested
-        if segmentId:  # the user's slices along the run's axis are not even computed
+        if segmentId and not madeFromCorrections(model):  # the user's slices along the run's axis are not computed
             state, _ = recordEdits(outputSegmentation, segmentId, inputVolume, axis=settings.axis)
             todo = np.setdiff1d(requested, state.user_slices(settings.axis))
+        # a model made from corrections runs on the user's slices too: how well it reproduces them weighs its
+        # prediction against the shape between them (guidino.fusion); the write rule never writes them
         return SegmentationJob(inputVolume, outputSegmentation, segmentId, segmentName, image, model,
                                settings.guideSource or self.guideSource, settings.axis, todo, int(requested.size),
                                settings, started)
@@ -210,9 +231,9 @@ class GuiDINOSegmentLogic:
             job.segmentId = (segmentation.GetSegmentIdBySegmentName(job.segmentName)
                              or segmentation.AddEmptySegment("", job.segmentName))
         state, current = recordEdits(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis)
-        write = self._writable(job, prediction, state)
+        write, fused = self._writable(job, prediction, state), None
         if write.any():
-            labels = self._merge(current, prediction, write)
+            labels, fused = self._merge(current, prediction, write, state)
             with watcher.writing(job.segmentation):
                 slicer.util.updateSegmentBinaryLabelmapFromArray(labels, job.segmentation, job.segmentId,
                                                                  job.inputVolume)
@@ -221,21 +242,38 @@ class GuiDINOSegmentLogic:
         commitBaseline(job.segmentation, job.segmentId, job.inputVolume, state, current)
         guide = self.showPredictionGuide(job, prediction) if job.settings.showGuide else None
         return ProcessResult(job.segmentId, guide, int(prediction.processed.sum()), time.perf_counter() - job.started,
-                             prediction.cancelled, prediction)
+                             prediction.cancelled, prediction, fusionReport(fused, prediction.region))
 
     def previewLabels(self, job, prediction):
         """What Apply would leave in the segment (0/1 uint8, the volume's grid): the prediction where the write
-        rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it."""
+        rule allows it, the segment's current content elsewhere. The Segment Editor effect shows and applies it.
+        Returns (those labels, ``fusionReport`` of a region model's prediction or None)."""
         state, current = (recordEdits(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
                           else (None, self._segmentArray(job)))
-        return self._merge(current, prediction, self._writable(job, prediction, state))
+        labels, fused = self._merge(current, prediction, self._writable(job, prediction, state), state)
+        return labels, fusionReport(fused, prediction.region)
 
     @staticmethod
-    def _merge(current, prediction, writable):
-        """The one write rule (``merge_prediction``) for this prediction; a region model's keeps to the user's slices."""
-        axis = prediction.region["array_axis"] if prediction.region is not None else None
-        return merge_prediction(current, prediction.labels, writable, evidence_axis=axis,
-                                spacing=prediction.geometry.spacing[::-1])
+    def _merge(current, prediction, writable, state=None):
+        """The one write rule (``merge_prediction_explained``) for this prediction: (the segment after it, the
+        ``FusedPrediction`` of a region model's prediction or None). A region model's prediction is combined with
+        the shape between the user's slices along its axis (``state``: the segment's ReviewState) and keeps to
+        them."""
+        region = prediction.region
+        if region is None:
+            return merge_prediction_explained(current, prediction.labels, writable)
+        userSlices = [] if state is None else state.user_slices(region["axis"])
+        return merge_prediction_explained(current, prediction.labels, writable, evidence_axis=region["array_axis"],
+                                          spacing=prediction.geometry.spacing[::-1],
+                                          probability=prediction.probability, processed=prediction.processed,
+                                          user_slices=userSlices)
+
+    def jumpToSlice(self, volumeNode, arrayAxis, index):
+        """Centre every slice view of the volume's scene on slice ``index`` along the volume's array axis
+        ``arrayAxis`` (the suggested slice of ``fusionReport``). Returns the point jumped to (world RAS)."""
+        point = sliceCentre(volumeNode, arrayAxis, index)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(volumeNode.GetScene(), *point, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        return point
 
     def showPredictionGuide(self, job, prediction):
         """Show the prediction's guide as the overlay of the job's volume; None for unguided models."""
@@ -278,7 +316,7 @@ class GuiDINOSegmentLogic:
         """
         state, current = recordEdits(job.segmentation, job.segmentId, job.inputVolume)  # the user's edits so far
         writable = self._writable(job, prediction, state)
-        expected = self._merge(current, prediction, writable)
+        expected = self._merge(current, prediction, writable, state)[0]
         with watcher.writing(job.segmentation):
             apply()
         recordEdits(job.segmentation, job.segmentId, job.inputVolume, axis=job.axis,

@@ -169,3 +169,20 @@ def matchGrid(node, like, fill, dtype):
     node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
     return slicer.util.arrayFromVolume(node)
 
+
+
+def sliceCentre(volumeNode, arrayAxis, index):
+    """The world position (RAS, the volume's parent transforms applied) of the centre of slice ``index`` along
+    numpy axis ``arrayAxis`` of the volume's voxel array (k, j, i)."""
+    dimensions = volumeNode.GetImageData().GetDimensions()
+    ijk = [(n - 1) / 2.0 for n in dimensions]
+    ijk[2 - int(arrayAxis)] = float(index)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    point = matrix.MultiplyPoint([*ijk, 1.0])[:3]
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None:
+        toWorld = vtk.vtkGeneralTransform()
+        parent.GetTransformToWorld(toWorld)
+        point = toWorld.TransformPoint(point)
+    return tuple(float(v) for v in point)

@@ -20,6 +20,8 @@ SLICE_MODES = ("all", "current", "range")  # module panel: which slices Run segm
 SCOPES = ("current", "visible", "all")  # Segment Editor effect: which slices Initialize/Update predicts
 DEVICES = ("auto", "cpu", "gpu")
 REFINE_UNAVAILABLE_TOOLTIP = "Available with the GuiDINO Train module"
+SUGGESTED_SLICE_TOOLTIP = ("Show the slice where GuiDINO is least sure of the result (the model unsure, or it and the "
+                           "interpolation between your slices disagreeing): correcting it there teaches it most.")
 
 
 # -- parameters -> Logic arguments -----------------------------------------------------------
@@ -316,6 +318,27 @@ def resampleToReference(image, reference):
             image, reference, output, False):
         raise RuntimeError("Could not resample the GuiDINO preview onto the segmentation's grid.")
     return output
+
+
+SOURCE_NAMES = {"user": "yours", "model and interpolation": "from the model and the shape between your slices",
+                "interpolation": "from the shape between your slices", "model": "from the model alone",
+                "none": "not segmented"}
+
+
+def suggestedSlice(fusion):
+    """The slice a ``fusionReport`` suggests correcting next, or None (no report, or nothing uncertain)."""
+    return None if not fusion else fusion.get("suggested")
+
+
+def fusionSummary(fusion):
+    """One line on where a region model's result came from, slice by slice, and the slice suggested next."""
+    counts = fusion.get("slices_by_source", {})
+    parts = [f"{count} {SOURCE_NAMES.get(name, name)}" for name, count in counts.items() if name != "none"]
+    text = "Slices: " + ("; ".join(parts) if parts else "none") + "."
+    index = suggestedSlice(fusion)
+    if index is not None:
+        text += f" Suggested next: {fusion['axis']} slice {index}."
+    return text
 
 
 def formatSlices(indices):

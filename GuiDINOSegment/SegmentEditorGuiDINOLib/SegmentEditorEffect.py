@@ -37,6 +37,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         self.logic = None  # GuiDINOSegmentLogic, created on first preview (it imports torch)
         self._connections = []  # (widget, signal, slot) made in setupOptionsFrame, undone by cleanup
         self._previewed = None  # (SegmentationJob, prediction) of the preview
+        self._fusion = None  # the preview's fusionReport: where its slices came from, the slice suggested next
 
     def cleanup(self):
         """Disconnect this effect's signals, so that Slicer can delete it (Slicer issue 7392)."""
@@ -92,9 +93,13 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         self.showGuideCheckBox = qt.QCheckBox("Show guide overlay")
         self.showGuideCheckBox.toolTip = "Show the DINOv3 guide of the previewed slices as a colour overlay."
         self.refineButton = qt.QPushButton("Refine from corrections")
+        self.suggestedButton = qt.QPushButton("Go to suggested slice")
+        self.suggestedButton.toolTip = helpers.SUGGESTED_SLICE_TOOLTIP
+        self.suggestedButton.enabled = False
         guideLayout = qt.QHBoxLayout()
         guideLayout.addWidget(self.showGuideCheckBox)
         guideLayout.addWidget(self.refineButton)
+        guideLayout.addWidget(self.suggestedButton)
         self.scriptedEffect.addOptionsWidget(guideLayout)
 
         AbstractScriptedSegmentEditorAutoCompleteEffect.setupOptionsFrame(self)  # Initialize, opacity, Cancel, Apply
@@ -103,7 +108,8 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
                              (self.axisComboBox, "currentIndexChanged(int)", self.updateMRMLFromGUI),
                              (self.scopeComboBox, "currentIndexChanged(int)", self.updateMRMLFromGUI),
                              (self.showGuideCheckBox, "toggled(bool)", self.onShowGuide),
-                             (self.refineButton, "clicked()", self.onRefine)]
+                             (self.refineButton, "clicked()", self.onRefine),
+                             (self.suggestedButton, "clicked()", self.onSuggestedSlice)]
         for widget, signal, slot in self._connections:
             widget.connect(signal, slot)
         self.refineButton.enabled = False  # checked on activation: importing the Train logic imports torch
@@ -230,8 +236,11 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             showGuide=bool(self.scriptedEffect.integerParameter("ShowGuide")))
         job = self.logic.prepareSegmentation(sourceVolume, segmentationNode, settings)  # main thread
         prediction = self.runInBackground(self.logic.startSegmentation(job), helpers.progressReport)
-        image = helpers.orientedImageFromArrayNode(self.logic.previewLabels(job, prediction), sourceVolume,
-                                                   segmentationNode)
+        labels, self._fusion = self.logic.previewLabels(job, prediction)
+        self.suggestedButton.enabled = helpers.suggestedSlice(self._fusion) is not None
+        if self._fusion is not None:
+            slicer.util.showStatusMessage("GuiDINO: " + helpers.fusionSummary(self._fusion), 10000)
+        image = helpers.orientedImageFromArrayNode(labels, sourceVolume, segmentationNode)
         outputLabelmap.DeepCopy(helpers.resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
         self._previewed = (job, prediction)
         if settings.showGuide:
@@ -296,6 +305,13 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         guide = self.logic.guideVolume(sourceVolume)
         if guide is not None:
             self.logic.showGuideVolume(guide, show)
+
+    def onSuggestedSlice(self):
+        """Centre the slice views on the slice the last preview suggests correcting next."""
+        index = helpers.suggestedSlice(self._fusion)
+        sourceVolume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        if index is not None and sourceVolume is not None:
+            self.logic.jumpToSlice(sourceVolume, self._fusion["arrayAxis"], index)
 
     def onRefine(self):
         """Fine-tune on the corrected slices (GuiDINO Train, in the worker process), then preview the refined model:

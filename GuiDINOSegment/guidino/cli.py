@@ -182,7 +182,8 @@ def _refine(args):
 def _simulate(args):
     from .imageio import read_image, read_labels, write_images
 
-    from .training.refine import load_starting_model, simulate, spread_protocol
+    from .training.protocols import simulate, spread_protocol
+    from .training.refine import load_starting_model
 
     check_outputs({"--json": args.json}, inputs=[args.volume, args.label], kept=_model_folders(args.model, args.guide),
                   overwrite=args.overwrite)
@@ -193,10 +194,11 @@ def _simulate(args):
     truth = read_labels(args.label, like=image)
     model = load_starting_model(args.model, guide=args.guide)
 
-    def save_round(entry, predicted, current):
+    def save_round(entry, segmentation, current):
         stem = f"round-{entry['round']}" if "round" in entry else "spread"
         rounds_folder.mkdir(parents=True, exist_ok=True)
-        write_images({rounds_folder / f"{stem}-prediction.nrrd": predicted,
+        write_images({rounds_folder / f"{stem}-prediction.nrrd": segmentation.labels,
+                      rounds_folder / f"{stem}-probability.nrrd": segmentation.probability,
                       rounds_folder / f"{stem}-segment.nrrd": current}, image.geometry, image.is_2d)
 
     on_round = None if rounds_folder is None else save_round
@@ -205,19 +207,22 @@ def _simulate(args):
         unreviewed = "n/a" if entry["dice_unreviewed"] is None else f"{entry['dice_unreviewed']:.4f}"
         print(f"round {entry['round']}: corrected {entry['corrected_slices']} dice_all {entry['dice_all']:.4f} "
               f"dice_unreviewed {unreviewed} refine {entry['refine_seconds']:.1f} s "
-              f"segment {entry['segment_seconds']:.1f} s", flush=True)
+              f"segment {entry['segment_seconds']:.1f} s; slices by source {entry['slices_by_source']}, "
+              f"next suggested {entry['suggested']}", flush=True)
 
     if args.spread is not None:
         if model is not None:
             raise InputError("--spread starts a new model from the spread slices: drop --model")
         summary = spread_protocol(image, truth, args.spread, guide=args.guide, axis=args.axis, settings=settings,
-                                  device=args.device, on_round=on_round)
+                                  device=args.device, on_round=on_round, placement=args.placement)
         print(f"spread {summary['slices']}: dice_not_labelled {summary['dice_not_labelled']:.4f} "
               f"dice_all {summary['dice_all']:.4f} refine {summary['refine_seconds']:.1f} s "
-              f"segment {summary['segment_seconds']:.1f} s ({summary['steps']} steps)", flush=True)
+              f"segment {summary['segment_seconds']:.1f} s ({summary['steps']} steps); slices by source "
+              f"{summary['slices_by_source']}", flush=True)
     else:
         summary = simulate(image, truth, args.rounds, model=model, guide=args.guide, axis=args.axis,
-                           settings=settings, device=args.device, progress=report, on_round=on_round)
+                           settings=settings, device=args.device, progress=report, on_round=on_round,
+                           robot=args.robot)
     if _label_untrained_guide(summary, summary["guide_pretrained"]):
         print(f"[{summary['warning']}]")
     _write_json(args.json, summary)
@@ -280,7 +285,7 @@ def _window(text, name):
 def build_parser():
     from .model import ModelConfig
     from .networks import NETWORKS
-    from .training.settings import DEFAULT_NEW_MODEL, RefineSettings
+    from .training.settings import DEFAULT_NEW_MODEL, PLACEMENTS, ROBOTS, RefineSettings
 
     parser = argparse.ArgumentParser(prog="guidino", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -370,10 +375,17 @@ def build_parser():
             protocol.add_argument("--spread", type=_checked(whole_number, "spread"),
                                   help="spread protocol: label this many slices evenly spaced over the structure, "
                                        "refine a new model once, segment the rest")
+            cmd.add_argument("--robot", choices=ROBOTS, default="largest-error",
+                             help="which slice the robot corrects next: the one with the largest true error (an "
+                                  "oracle), or the one GuiDINO suggests (as a user following the suggestion)")
+            cmd.add_argument("--placement", choices=PLACEMENTS, default="ends",
+                             help="where the spread slices go: 'ends' from the structure's first to its last slice, "
+                                  "'interior' in the middle of equal parts of it, as a user places them")
             cmd.add_argument("--json", default=None)
             cmd.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
             cmd.add_argument("--save-rounds", default=None,
-                             help="new folder for each round's model labels (round-N-prediction.nrrd) and what the "
+                             help="new folder for each round's model labels and probability (round-N-prediction.nrrd, "
+                                  "round-N-probability.nrrd) and what the "
                                   "segmentation then holds (round-N-segment.nrrd), in the volume's geometry")
         cmd.add_argument("--axis", choices=AXES, default="axial")
         cmd.add_argument("--train", default="tokenbook+network", help="what learns: tokenbook, network, lora joined by +")

@@ -15,7 +15,8 @@ from .guides.hf_vit import make_tiny_guide
 from .imageio import image_slice_axis, read_image, read_labels, write_image
 from .metrics import case_metrics
 from .training.datasets import check_labels
-from .training.refine import refine_and_segment, save_refined
+from .training.protocols import refine_and_segment
+from .training.refine import save_refined
 from .training.settings import RefineSettings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"  # GuiDINOSegment/Resources
@@ -67,7 +68,7 @@ def run_demo(out="demo-output", guide=None, device="auto", steps=RefineSettings.
     # any machine.
     settings = RefineSettings(steps=steps, time_budget=None, device=device, seed=0)
     print(f"refining a new model from slices {list(TRAIN_SLICES)} of brain1 ({steps} steps)", file=sys.stderr)
-    result, seg, labels, rest = refine_and_segment(image, truth, list(TRAIN_SLICES), guide=guide_source,
+    result, seg, labels, rest, _ = refine_and_segment(image, truth, list(TRAIN_SLICES), guide=guide_source,
                                                    settings=settings, device=device, progress=progress)
     save_refined(result, run_dir / "model", volume=str(SAMPLE / "brain1_image.nrrd"))
     axis = image_slice_axis(image, "axial")

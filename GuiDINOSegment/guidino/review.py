@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .corrections import connected_to, continuing
+from .fusion import fuse_prediction
 
 
 def slice_mask(shape, axis, indices):
@@ -24,24 +25,44 @@ def slice_mask(shape, axis, indices):
     return mask
 
 
-def merge_prediction(current, predicted, writable, evidence_axis=None, spacing=None):
+def merge_prediction(current, predicted, writable, evidence_axis=None, spacing=None, probability=None,
+                     processed=None, user_slices=None):
     """The segment after a write (0/1 uint8): ``predicted`` (any label > 0) where ``writable``, else ``current``.
 
     ``evidence_axis``: for a model refined from a few corrections (``ModelConfig.region``), which knows nothing
-    beyond them, the array axis of the user's slices: only the prediction that connects to what the user labelled
-    (``current`` where it is not writable) is written, and beyond the user's slices only what continues them
-    (``corrections.continuing``; ``spacing``: voxel spacing in array order, mm).
+    beyond them, the array axis of the user's slices: the prediction is first combined with the shape interpolated
+    between the user's slices (``fusion.fuse_prediction``, from ``probability``: the model's foreground
+    probability; ``processed``: per slice along that axis, whether the model ran there; ``user_slices``: the
+    user's slices along it, by default those where nothing is writable), then only what
+    connects to what the user labelled (``current`` where it is not writable) is written, and beyond the user's
+    slices only what continues them (``corrections.continuing``; ``spacing``: voxel spacing in array order, mm).
+    See ``merge_prediction_explained`` for where each slice's result came from.
     """
+    return merge_prediction_explained(current, predicted, writable, evidence_axis, spacing, probability,
+                                      processed, user_slices)[0]
+
+
+def merge_prediction_explained(current, predicted, writable, evidence_axis=None, spacing=None, probability=None,
+                               processed=None, user_slices=None):
+    """``merge_prediction``'s segment and, for a region model's prediction, its ``fusion.FusedPrediction`` (where
+    each slice's result came from; None otherwise)."""
     current, predicted = np.asarray(current), np.asarray(predicted)
     if current.shape != predicted.shape or np.shape(writable) != current.shape:
         raise ValueError(f"the prediction {predicted.shape}, the segment {current.shape} and the writable mask "
                          f"{np.shape(writable)} have different grids")
+    fused = None
     if evidence_axis is not None:
         if spacing is None:
             raise ValueError("merging a region model's prediction needs the voxel spacing")
+        if probability is not None:
+            if user_slices is None:
+                free = np.moveaxis(np.asarray(writable, bool), evidence_axis, 0)
+                user_slices = np.flatnonzero(~free.reshape(free.shape[0], -1).any(axis=1)).tolist()
+            fused = fuse_prediction(probability, current, user_slices, evidence_axis, spacing, processed)
+            predicted = fused.labels
         predicted = connected_to(np.where(writable, predicted, 0), (current > 0) & ~np.asarray(writable, bool))
         predicted = continuing(predicted, writable, current, evidence_axis, spacing)
-    return np.where(writable, predicted > 0, current > 0).astype(np.uint8)
+    return np.where(writable, predicted > 0, current > 0).astype(np.uint8), fused
 
 
 # -- whose slices they are: the review state of one segment -------------------------------------------

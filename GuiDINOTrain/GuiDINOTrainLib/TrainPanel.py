@@ -174,6 +174,8 @@ def resegmentAfterTraining(result, cancelRequested):
 def segmentedSummary(processResult):
     text = (f"{processResult.slicesProcessed} slices re-segmented in {helpers.formatDuration(processResult.seconds)}; "
             "reviewed slices kept.")
+    if processResult.fusion is not None:
+        text += " " + helpers.fusionSummary(processResult.fusion)
     return text + (" Cancelled: the slices done were kept." if processResult.cancelled else "")
 
 
@@ -204,6 +206,7 @@ class RefineRun:
         self.stage = "idle"  # training | segmenting | done
         self.job = None
         self.refined = None  # the RefineFromCorrectionsResult once saved
+        self.fusion = None  # the re-segmentation's fusionReport: where its slices came from, the slice suggested next
         self.messages = []
         self._prepared = None
         self._segmentation = None  # the re-segmentation's SegmentationJob
@@ -268,7 +271,9 @@ class RefineRun:
             return RunState(False, 0, "Re-segmenting the unreviewed slices...")
         if self.segmentation.GetSegmentation().GetSegment(self.segmentId) is None:
             return self._done("Nothing written: the segment was removed meanwhile.")
-        return self._done(segmentedSummary(self.logic.segmentLogic.applySegmentation(self._segmentation, state.result)))
+        written = self.logic.segmentLogic.applySegmentation(self._segmentation, state.result)
+        self.fusion = written.fusion
+        return self._done(segmentedSummary(written))
 
     def _done(self, message):
         self.stage = "done"

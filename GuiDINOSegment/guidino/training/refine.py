@@ -1,7 +1,7 @@
 """Refine from corrections: fine-tune on the slices a user corrected, as a new model version.
 
 Works on engine objects (ImageData, label arrays, GuiDINOModel); the GuiDINOTrain Logic feeds it
-from MRML, the ``guidino refine`` / ``guidino simulate`` commands from files.
+from MRML, the ``guidino refine`` command from files (``protocols`` runs it as a benchmark user would).
 """
 
 import copy
@@ -18,13 +18,10 @@ from ..corrections import evidence_region
 from ..errors import BundleError, InputError
 from ..guides import load_guide
 from ..imageio import image_slice_axis
-from ..inference import segment_volume
 from ..jobs import RefineResult
 from ..lora import add_lora, has_lora
-from ..metrics import dice_score
 from ..model import ModelConfig
-from ..review import merge_prediction, slice_mask
-from ..runtime import preload_monai, seed_everything
+from ..runtime import seed_everything
 from .datasets import slices_of
 from .settings import RefineSettings
 from .trainer import learned_state, seed_tokenbook, train
@@ -47,10 +44,11 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
                  cancel=None):
     """Fine-tune ``model`` (a GuiDINOModel, or None to start a new one from ``guide``) on slices ``slices``.
 
-    ``labels``: the user's label volume (only the listed slices are read). With ``HOLD_OUT_FROM`` or more
-    corrected slices one is held out for early stopping (``held_out_slice``). A new model learns and
-    segments only the evidence region of the corrections (``guidino.corrections``), starting quiet.
-    The input model is not modified.
+    ``labels``: the user's label volume (only the listed slices are read). Every corrected slice is trained on:
+    none is held out for early stopping (one slice's Dice is noise, and a stop kept on it can restore a model that
+    has found nothing yet); what the corrections say about this volume is weighed when the result is written
+    (``guidino.fusion``). A new model learns and segments only the evidence region of the corrections
+    (``guidino.corrections``), starting quiet. The input model is not modified.
     """
     settings = settings or RefineSettings()
     start = time.perf_counter()
@@ -81,41 +79,19 @@ def refine_model(image, labels, slices, model=None, guide=None, axis="axial", se
     if "lora" in parts and not has_lora(model.guide):
         add_lora(model.guide, rank=8)
         model.config.lora_rank = 8
-    data = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
-    held_out = held_out_slice(labels, slices, axis_index)
-    train_index = [i for i, s in enumerate(slices) if s != held_out]
-    train_set = data.subset(train_index)
-    val_set = data.subset([slices.index(held_out)]) if held_out is not None else None
+    train_set = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
     if fresh:
         model.set_output_prior(float((train_set.labels > 0).float().mean()))  # quiet where it has learned nothing
         seed_tokenbook(model, train_set)
     before = learned_state(model)
-    config = settings.train_config(batch_size=min(settings.batch_size, max(1, len(train_set))),
-                                   validate_every=max(1, settings.steps // 10) if val_set is not None else 0,
-                                   patience=4 if val_set is not None else None)
-    result = train(model, train_set, val_set, config, progress=progress, cancel=cancel)
+    config = settings.train_config(batch_size=min(settings.batch_size, max(1, len(train_set))))
+    result = train(model, train_set, None, config, progress=progress, cancel=cancel)
     kept = model
     if result.stopped == "cancelled" and not settings.keep_on_cancel:
         model.load_state_dict(before, strict=False)
         kept = None
-    return RefineResult(kept, slices, held_out, result.steps, time.perf_counter() - start, result.best_val_dice,
+    return RefineResult(kept, slices, None, result.steps, time.perf_counter() - start, result.best_val_dice,
                         result.stopped, settings=asdict(settings))
-
-
-HOLD_OUT_FROM = 5  # corrected slices needed before one is kept aside for early stopping
-
-
-def held_out_slice(labels, slices, axis_index):
-    """The corrected slice kept aside for early stopping, or None: with fewer than ``HOLD_OUT_FROM`` slices
-    every one is needed for training. Never the first or the last (they bound the structure), nor the one
-    with the most structure, nor one without it; the one nearest the middle of the list among the rest."""
-    if len(slices) < HOLD_OUT_FROM:
-        return None
-    area = {s: int(np.count_nonzero(np.take(labels, s, axis=axis_index))) for s in slices}
-    largest = max(slices, key=lambda s: area[s])
-    candidates = [s for s in slices[1:-1] if s != largest and area[s] > 0]
-    middle = slices[len(slices) // 2]
-    return min(candidates, key=lambda s: (abs(s - middle), s)) if candidates else None
 
 
 def next_version_path(folder, stem):
@@ -146,107 +122,6 @@ def save_version(result, folder, stem, parent=None, volume=None, axis="axial"):
         except BundleExistsError:
             continue  # another save took that number meanwhile
     raise BundleError(f"no free version number for {stem} in {folder}")
-
-
-def simulate(image, truth, rounds, model=None, guide=None, axis="axial", settings=None, device="auto",
-             progress=None, on_round=None):
-    """A robot user: each round it corrects the unreviewed slice with the largest error, refines, re-segments.
-
-    Starting from nothing (``model`` None), round 1 labels the slice with the largest true area.
-    Returns ``{"rounds": [{"round", "corrected_slices", "dice_all", "dice_unreviewed",
-    "refine_seconds", "segment_seconds"}, ...], "guide_pretrained", "warm_up_seconds"}``: Dice over the whole volume
-    (corrected slices hold the truth) and over the slices the robot has not corrected. The rounds run as in a warm
-    worker: MONAI is imported first (``warm_up_seconds``), off every round's clock. ``on_round(entry, predicted,
-    current)``, when given, receives each round's model labels on the unreviewed slices and what the user's
-    segmentation then holds (``with_corrections``), both in the image's array order.
-    """
-    settings = settings or RefineSettings(device=device)
-    warm_up = preload_monai()
-    truth = (np.asarray(truth) > 0).astype(np.uint8)
-    axis_index = image_slice_axis(image, axis)
-    truth_slices = np.moveaxis(truth, axis_index, 0)
-    reviewed, history = [], []
-    current = None if model is None else segment_volume(model, image, axis=axis, device=device).labels
-    for number in range(1, rounds + 1):
-        candidates = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
-        if not candidates:
-            break
-        if current is None:
-            pick = max(candidates, key=lambda k: int(truth_slices[k].sum()))
-        else:
-            error = np.moveaxis(current != truth, axis_index, 0)
-            pick = max(candidates, key=lambda k: int(error[k].sum()))
-        reviewed.append(pick)
-        refined = refine_model(image, truth, reviewed, model=model, guide=guide, axis=axis, settings=settings)
-        model = refined.model
-        todo = [k for k in range(truth_slices.shape[0]) if k not in reviewed]
-        seg = segment_volume(model, image, axis=axis, slices=todo, device=device)
-        current = with_corrections(seg.labels, truth, reviewed, axis_index, image.geometry.spacing[::-1])
-        predicted_unreviewed = np.moveaxis(current, axis_index, 0)[todo]
-        entry = {"round": number, "corrected_slices": sorted(reviewed),
-                 "dice_all": dice_score(current, truth),
-                 "dice_unreviewed": dice_score(predicted_unreviewed, truth_slices[todo]) if todo else None,
-                 "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
-                 "steps": refined.steps}
-        history.append(entry)
-        if on_round is not None:
-            on_round(entry, seg.labels, current)
-        if progress is not None:
-            progress(entry)
-    guide = None if model is None else model.guide
-    return {"rounds": history, "guide_pretrained": None if guide is None else bool(guide.pretrained),
-            "warm_up_seconds": round(warm_up, 3)}
-
-
-def with_corrections(predicted, truth, corrected, axis_index, spacing):
-    """What the user's segmentation holds after a round (0/1 uint8), by Slicer's write rule for a model refined
-    from corrections: the corrected slices as drawn, elsewhere the prediction that connects to them and continues
-    them (``review.merge_prediction`` with ``evidence_axis``); ``spacing`` in array order (mm)."""
-    writable = ~slice_mask(np.shape(truth), axis_index, list(corrected))
-    return merge_prediction(truth, predicted, writable, evidence_axis=axis_index, spacing=spacing)
-
-
-def spread_slices(truth, axis_index, count):
-    """``count`` slices evenly spaced from the first to the last slice holding the structure (fewer when it
-    spans fewer slices)."""
-    holding = np.flatnonzero(np.moveaxis(np.asarray(truth) > 0, axis_index, 0).reshape(truth.shape[axis_index], -1)
-                             .any(axis=1))
-    if holding.size == 0:
-        raise InputError("the label volume is empty: there is no structure to spread slices over")
-    return sorted({int(round(v)) for v in np.linspace(holding[0], holding[-1], count)})
-
-
-def refine_and_segment(image, truth, slices, guide=None, axis="axial", settings=None, device="auto", progress=None):
-    """A new model refined from ``slices`` of ``truth``, then the other slices segmented: (the RefineResult, the
-    SegmentationResult, what the user's segmentation holds: ``with_corrections``, the slices not labelled)."""
-    axis_index = image_slice_axis(image, axis)
-    refined = refine_model(image, truth, slices, guide=guide, axis=axis, settings=settings, progress=progress)
-    rest = [k for k in range(truth.shape[axis_index]) if k not in slices]
-    seg = segment_volume(refined.model, image, axis=axis, slices=rest, device=device)
-    return refined, seg, with_corrections(seg.labels, truth, slices, axis_index, image.geometry.spacing[::-1]), rest
-
-
-def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None, device="auto", on_round=None):
-    """The spread protocol: ``count`` slices evenly spaced over the structure are labelled, a new model is refined
-    from them once, and the other slices are segmented. Dice on the slices not labelled (false positives anywhere
-    count) and over the whole volume (the labelled slices hold the truth). As in a warm worker, MONAI is imported
-    before the clock starts (``warm_up_seconds``). ``on_round``: as ``simulate``'s, called once."""
-    settings = settings or RefineSettings(device=device)
-    warm_up = preload_monai()
-    truth = (np.asarray(truth) > 0).astype(np.uint8)
-    axis_index = image_slice_axis(image, axis)
-    slices = spread_slices(truth, axis_index, count)
-    refined, seg, current, rest = refine_and_segment(image, truth, slices, guide, axis, settings, device)
-    moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
-    summary = {"protocol": "spread", "count": count, "slices": slices, "steps": refined.steps,
-               "stopped": refined.stopped, "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]),
-               "dice_all": dice_score(current, truth), "refine_seconds": round(refined.seconds, 3),
-               "segment_seconds": round(seg.seconds, 3), "region": refined.model.config.region,
-               "warm_up_seconds": round(warm_up, 3),
-               "guide_pretrained": None if refined.model.guide is None else bool(refined.model.guide.pretrained)}
-    if on_round is not None:
-        on_round(summary, seg.labels, current)
-    return summary
 
 
 def load_starting_model(bundle, guide=None, device="cpu"):

@@ -11,6 +11,8 @@ from ..arguments import positive_number, time_limit, whole_number
 from ..errors import InputError
 
 PARTS = ("tokenbook", "network", "lora")
+PLACEMENTS = ("ends", "interior")  # where the spread protocol puts its slices (``protocols.spread_slices``)
+ROBOTS = ("largest-error", "suggested")  # how the robot user picks the slice it corrects next (``protocols.simulate``)
 
 
 @dataclass

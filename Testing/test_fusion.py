@@ -1,0 +1,152 @@
+"""The shape between the user's slices and what a model made from corrections writes (guidino.interpolation,
+guidino.fusion), on synthetic volumes built so that the right answer is known."""
+
+import numpy as np
+import pytest
+
+from guidino.fusion import fuse_prediction, model_weight, suggest_slice
+from guidino.interpolation import interpolate_shape, signed_distance
+from guidino.training.protocols import spread_slices, with_corrections
+
+UNIT = (1.0, 1.0, 1.0)
+
+
+def disc(shape, centre, radius):
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+
+
+def tube(radii, centres=None, plane=(48, 48)):
+    """A label volume whose slice k holds a disc of radius ``radii[k]`` (0: nothing) at ``centres[k]``."""
+    centres = centres or [(24, 24)] * len(radii)
+    volume = np.zeros((len(radii), *plane), np.uint8)
+    for k, (radius, centre) in enumerate(zip(radii, centres)):
+        if radius > 0:
+            volume[k] = disc(plane, centre, radius)
+    return volume
+
+
+def dice(a, b):
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_signed_distance_is_negative_inside_and_zero_at_the_contour():
+    mask = disc((31, 31), (15, 15), 8)
+    distance = signed_distance(mask, (1.0, 1.0))
+    assert (distance[mask] < 0).all() and (distance[~mask] > 0).all()
+    assert distance[15, 15] == pytest.approx(-8.0, abs=0.6)  # the nearest outside pixel is sqrt(65) away
+    assert signed_distance(np.zeros((5, 5), bool), (1.0, 1.0)) is None
+
+
+def test_the_interpolated_area_moves_linearly_between_the_labelled_sections():
+    truth = tube([0, 4, 0, 0, 0, 0, 0, 12, 0], plane=(40, 40))
+    shape = interpolate_shape(truth, [1, 7], 0, UNIT, extrapolate=False).mask()
+    areas = [int(shape[k].sum()) for k in range(2, 7)]
+    expected = [np.pi * (16 + (144 - 16) * w) for w in np.arange(1, 6) / 6]
+    assert areas == sorted(areas) and np.allclose(areas, expected, rtol=0.12)
+    assert not shape[[0, 1, 7, 8]].any()  # the labelled slices are the user's, nothing beyond them
+
+
+def test_beyond_the_labelled_slices_the_shape_tapers_within_the_structure_radius():
+    truth = tube([0] * 10 + [3, 3, 3] + [0] * 10)
+    interpolation = interpolate_shape(truth, [11], 0, UNIT)
+    areas = [int(interpolation.mask()[k].sum()) for k in range(23)]
+    reach = int(np.ceil(np.sqrt(truth[11].sum() / np.pi)))  # the largest radius, in slices
+    assert areas[11] == 0 and areas[10] > 0 and areas[12] > 0  # the user's slice is theirs; next to it, tapering
+    assert areas[12:12 + reach] == sorted(areas[12:12 + reach], reverse=True) and areas[12] > areas[11 + reach]
+    assert not any(areas[:11 - reach]) and not any(areas[12 + reach:])
+    assert interpolation.gap[12] == 1.0 and np.isinf(interpolation.gap[0])
+    bounded = interpolate_shape(truth, [11, 13], 0, UNIT)  # a labelled slice without it bounds it
+    assert not bounded.mask()[13:].any()
+
+
+def test_a_section_that_travels_is_followed_not_cut_to_the_overlap():
+    centres = [(14 + 2 * k, 14 + 2 * k) for k in range(9)]
+    truth = tube([5] * 9, centres, plane=(48, 48))
+    shape = interpolate_shape(truth, [0, 8], 0, UNIT).mask()
+    for k in range(1, 8):
+        assert dice(shape[k], truth[k]) > 0.85, k
+
+
+def test_a_labelled_slice_without_the_structure_ends_it_on_the_way():
+    truth = tube([8, 8, 8, 6, 4, 0, 0], plane=(40, 40))
+    labelled = [0, 6]  # the structure on slice 0, none on slice 6
+    shape = interpolate_shape(truth, labelled, 0, UNIT).mask()
+    areas = [int(shape[k].sum()) for k in range(1, 6)]
+    assert areas == sorted(areas, reverse=True) and len(set(areas)) == 5 and areas[-1] < areas[0] / 4
+
+
+def test_end_slices_holding_specks_do_not_lose_the_structure():
+    """Fill between slices fills nothing when an end slice's speck overlaps no contour: here the result keeps the
+    body of the structure between the specks."""
+    radii = [1, 6, 8, 9, 9, 8, 6, 1]
+    centres = [(24, 35)] + [(24, 24)] * 6 + [(24, 13)]  # specks beside the body, overlapping no contour
+    truth = tube(radii, centres)
+    slices = [0, 3, 7]
+    probability = np.full(truth.shape, 0.5, np.float32)  # a model that has learned nothing
+    written = with_corrections((probability >= 0.5).astype(np.uint8) * 0, truth, slices, 0, UNIT, probability)
+    rest = [k for k in range(len(radii)) if k not in slices]
+    assert all(written[k].any() for k in rest) and dice(written[rest], truth[rest]) > 0.5
+    assert dice(written, truth) >= dice(np.where(np.isin(np.arange(len(radii)), slices)[:, None, None], truth, 0),
+                                        truth)
+
+
+def test_without_image_contrast_the_result_follows_the_interpolation():
+    truth = tube([0, 5, 6, 7, 8, 9, 10, 11, 0])
+    slices = [1, 7]
+    flat = np.full(truth.shape, 0.5, np.float32)  # no contrast: the model cannot tell
+    fused = fuse_prediction(flat, truth, slices, 0, UNIT)
+    interpolated = interpolate_shape(truth, slices, 0, UNIT).mask()
+    for k in range(2, 7):
+        assert np.array_equal(fused.labels[k] > 0, interpolated[k]), k
+        assert fused.source[k] == "model and interpolation"
+
+
+def test_where_the_shape_changes_between_the_labelled_slices_the_result_follows_the_image():
+    """A section that stays small, then jumps: the interpolation grows it steadily, the image (a confident model
+    that reproduces the user's slices) shows where it is."""
+    radii = [0, 5, 5, 5, 5, 5, 12, 12, 0]
+    truth = tube(radii)
+    slices = [1, 7]
+    probability = np.where(truth > 0, 0.97, 0.03).astype(np.float32)  # the image's evidence, right everywhere
+    fused = fuse_prediction(probability, truth, slices, 0, UNIT)
+    interpolated = interpolate_shape(truth, slices, 0, UNIT).mask()
+    rest = [2, 3, 4, 5, 6]
+    assert fused.model_weight == pytest.approx(1.0)
+    assert dice(fused.labels[rest], truth[rest]) > 0.95 > dice(interpolated[rest], truth[rest]) + 0.1
+
+
+def test_a_model_that_cannot_reproduce_the_user_slices_counts_less():
+    truth = tube([0, 6, 7, 8, 9, 10, 0])
+    slices = [1, 5]
+    wrong = np.zeros(truth.shape, np.float32)
+    wrong[:, 2:10, 2:10] = 0.99  # confident, and elsewhere
+    assert model_weight(wrong, truth, slices, 0) == 0.0
+    fused = fuse_prediction(wrong, truth, slices, 0, UNIT)
+    interpolated = interpolate_shape(truth, slices, 0, UNIT).mask()
+    assert np.array_equal(fused.labels[2:5] > 0, interpolated[2:5])
+    processed = np.ones(truth.shape[0], bool)
+    processed[slices] = False  # not run on the user's slices: nothing known of it, it counts fully
+    assert model_weight(wrong, truth, slices, 0, processed) is None
+
+
+def test_the_suggested_slice_is_the_one_with_the_largest_true_error():
+    """The model and the interpolation agree everywhere but on slice 5, where the truth follows neither; slice 5
+    is suggested, and it holds the largest error of what is written."""
+    radii = [0, 8, 8, 8, 8, 8, 8, 8, 8, 8, 0]
+    truth = tube(radii)
+    truth[5] = disc((48, 48), (24, 24), 4)  # a narrowing the user has not labelled
+    slices = [1, 9]
+    probability = np.where(tube(radii) > 0, 0.9, 0.1).astype(np.float32)
+    probability[5] = np.where(disc((48, 48), (24, 24), 8), 0.5, 0.1)  # the model unsure there
+    fused = fuse_prediction(probability, truth, slices, 0, UNIT)
+    error = [int(np.count_nonzero((fused.labels[k] > 0) != (truth[k] > 0))) for k in range(len(radii))]
+    assert suggest_slice(fused) == 5 == int(np.argmax(error))
+    assert suggest_slice(fused, exclude=[5]) not in (1, 5, 9)
+
+
+def test_interior_placement_puts_slices_in_the_middle_of_equal_parts():
+    truth = tube([0, 0, 0, 0] + [5] * 11 + [0])  # the structure on slices 4..14 (n = 11)
+    assert spread_slices(truth, 0, 3, "interior") == [5, 9, 13]  # 4 + floor((i + 0.5) * 11 / 3)
+    assert spread_slices(truth, 0, 3, "ends") == [4, 9, 14]
