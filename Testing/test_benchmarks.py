@@ -81,6 +81,15 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     assert "\n| 2 | 2 | 3 | " in text
     assert "imported MONAI in " in text and "(8 processes), off the rounds' clock" in text  # 2 x (2 + 1) spread, 2 robots
 
+    rules = tmp_path / "rules.md"  # each write rule with and without it, from the runs' saved probabilities
+    benchmark("fusion_rules.py", "--data", tmp_path, "--out", out, "--markdown", rules)
+    table = rules.read_text().splitlines()
+    assert table[0] == ("| case | placement | K | seed | Fill | default | model alone | interpolation alone "
+                        "| unweighted model | no taper beyond |")
+    ends = next(line for line in table if line.startswith("| brain1 | ends | 3 | 0 |"))
+    assert float(ends.split("|")[6]) == pytest.approx(spread[0]["dice_not_labelled"], abs=5e-4)  # default = the run
+    assert sum(line.startswith("| brain1 |") for line in table) == 4  # 2 placements x 2 seeds, not the ablation
+
 
 def test_segment_speed_times_the_parts_and_the_command(tmp_path):
     report = tmp_path / "speed.json"

@@ -238,8 +238,8 @@ class FakeWorkerJob:
 class RecordingLogic:
     """The Logic's split as the panel uses it; records which calls happen on the main thread."""
 
-    def __init__(self, stopped="finished", fail=None, block=None):
-        self.calls, self.stopped, self.fail, self.block = [], stopped, fail, block
+    def __init__(self, stopped="finished", fail=None, block=None, saved=None):
+        self.calls, self.stopped, self.fail, self.block, self.saved = [], stopped, fail, block, saved
         self.segmentLogic = self
 
     def _record(self, name):
@@ -256,7 +256,8 @@ class RecordingLogic:
                 self.block.wait(10)
             if self.fail:
                 raise self.fail
-            return SimpleNamespace(model="m", stopped="cancelled" if cancel.is_set() else self.stopped)
+            return SimpleNamespace(model="m", stopped="cancelled" if cancel.is_set() else self.stopped,
+                                   bundle=self.saved)  # the worker saves the version as it ends
 
         return FakeWorkerJob(compute)
 
@@ -344,6 +345,19 @@ def test_scene_close_writes_nothing(scene_nodes):
     block.set()
     final = _pollUntilDone(run)[-1]
     assert [name for name, _ in logic.calls] == ["startRefine"] and "scene was closed" in final.message
+    assert "nothing was saved" in final.message
+
+
+def test_scene_close_after_the_worker_saved_says_where_the_version_is(scene_nodes):
+    block = threading.Event()
+    logic = RecordingLogic(block=block, saved=Path("/m/volume-v004"))
+    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
+    run.abandon()
+    block.set()
+    final = _pollUntilDone(run)[-1]
+    assert [name for name, _ in logic.calls] == ["startRefine"]  # not made active, nothing written
+    assert "volume-v004 was saved in the models folder" in final.message and "not made active" in final.message
+    assert "nothing was saved" not in final.message
 
 
 def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):

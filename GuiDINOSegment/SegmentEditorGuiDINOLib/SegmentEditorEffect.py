@@ -20,6 +20,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorAutoCompleteEffect
 from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from GuiDINOSegmentLib.JobWait import JobWait, nodesStillThere
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 
@@ -236,6 +237,11 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             showGuide=bool(self.scriptedEffect.integerParameter("ShowGuide")))
         job = self.logic.prepareSegmentation(sourceVolume, segmentationNode, settings)  # main thread
         prediction = self.runInBackground(self.logic.startSegmentation(job), helpers.progressReport)
+        if not nodesStillThere(sourceVolume, segmentationNode) or (
+                job.segmentId and segmentationNode.GetSegmentation().GetSegment(job.segmentId) is None):
+            slicer.util.showStatusMessage("GuiDINO: the volume, segmentation or segment was removed meanwhile; "
+                                          "nothing was previewed.", 5000)
+            return
         labels, self._fusion = self.logic.previewLabels(job, prediction)
         self.suggestedButton.enabled = helpers.suggestedSlice(self._fusion) is not None
         if self._fusion is not None:
@@ -265,21 +271,10 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
 
     def runInBackground(self, job, describe):
         """Wait for a job of the GuiDINO worker process behind a modal progress dialog (the editor must not change
-        under it) that keeps Slicer responsive; its Cancel keeps what is done. ``describe(done, total, elapsed)``
-        gives the dialog's (percent, text)."""
-        dialog = self.progressDialog()
-        try:
-            state = job.poll()
-            while not state.finished:
-                if dialog.wasCanceled:
-                    job.cancel()
-                    dialog.labelText = "Cancelling: finishing the current step..."
-                else:
-                    dialog.value, dialog.labelText = describe(state.done, state.total, state.elapsed)
-                slicer.app.processEvents(qt.QEventLoop.AllEvents, 50)
-                state = job.poll()
-        finally:
-            dialog.close()
+        under it), in an event loop a timer wakes to poll the job (``JobWait``): Slicer stays responsive and its
+        main thread sleeps between polls. Cancel keeps what is done; the dialog stays up until the job has
+        stopped. ``describe(done, total, elapsed)`` gives the dialog's (percent, text)."""
+        state = JobWait(job, describe, self.progressDialog(), qt.QTimer(), qt.QEventLoop()).run()
         if state.error is not None:
             raise state.error
         return state.result

@@ -171,6 +171,15 @@ def resegmentAfterTraining(result, cancelRequested):
     return True, ""
 
 
+def abandonedSummary(savedBundle):
+    """The status line when the scene closed during a run; ``savedBundle``: the version the worker had saved by
+    then (it stays in the models folder and in the versions list), or None."""
+    if savedBundle is None:
+        return "Cancelled: the scene was closed; nothing was saved or written."
+    return (f"Cancelled: the scene was closed. {Path(savedBundle).name} was saved in the models folder (listed under "
+            "Model versions) but not made active; nothing was written.")
+
+
 def segmentedSummary(processResult):
     text = (f"{processResult.slicesProcessed} slices re-segmented in {helpers.formatDuration(processResult.seconds)}; "
             "reviewed slices kept.")
@@ -258,7 +267,8 @@ class RefineRun:
             self.stage = "done"
             return RunState(True, 100, "", " ".join(self.messages), state.error, state.errorDetails)
         if self._abandoned:
-            return self._done("Cancelled: the scene was closed; nothing was saved or written.")
+            return self._done(abandonedSummary(getattr(state.result, "bundle", None) if self.stage == "training"
+                                               else None))
         if self.inputVolume.GetScene() is None or self.segmentation.GetScene() is None:  # removed meanwhile
             return self._done("Nothing written: the input volume or the segmentation was removed meanwhile.")
         if self.stage == "training":

@@ -1,0 +1,91 @@
+"""Each rule of the write for a model made from corrections, with and without it, per case (BENCHMARKS.md §3).
+
+Reads the spread runs ``interactive.py`` saved (``--out``: each run's JSON and, beside it, the model's probability
+``spread-probability.nrrd``) and writes each run's result again from that same probability by the one write rule
+(``review.merge_prediction``) with one rule changed at a time, so that the only difference is the rule:
+
+- ``default``: as shipped (``guidino.fusion``);
+- ``model alone``: no interpolation (the write rule before the fusion: connected to the corrections, continuing
+  them);
+- ``interpolation alone``: the model has no weight between and beyond the labelled slices;
+- ``unweighted model``: the model counts fully whatever its Dice on the labelled slices;
+- ``no taper beyond``: nothing interpolated beyond the first and the last labelled slice.
+
+    python benchmarks/fusion_rules.py --data ../shared/data/volumes --out runs/interactive --markdown rules.md
+"""
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from guidino.fusion import fuse_prediction
+from guidino.metrics import dice_score
+from guidino.review import merge_prediction, slice_mask
+from interactive import CASES, read_truth
+from peers import fill_between_slices
+
+RULES = {
+    "default": {},
+    "model alone": None,
+    "interpolation alone": {"weight": 0.0},
+    "unweighted model": {"weight": 1.0},
+    "no taper beyond": {"extrapolate": False},
+}
+
+
+def written(truth, probability, slices, spacing, rule):
+    """What the segmentation holds after the write with ``rule`` (a ``RULES`` value), array axis 0."""
+    writable = ~slice_mask(truth.shape, 0, slices)
+    if rule is None:
+        return merge_prediction(truth, (probability >= 0.5).astype(np.uint8), writable, evidence_axis=0,
+                                spacing=spacing)
+    fused = fuse_prediction(probability, truth, slices, 0, spacing, **rule)
+    return merge_prediction(truth, fused.labels, writable, evidence_axis=0, spacing=spacing)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder holding the cases' volumes and labels")
+    parser.add_argument("--out", required=True, help="interactive.py's --out folder")
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args()
+    files = {name.replace(" ", "_"): name for name in CASES}
+    rows, margins = [], {rule: [] for rule in RULES}
+    for report in sorted(Path(args.out).glob("*.json")):
+        match = re.fullmatch(r"(.+)-(interior|ends)(\d+)-seed(\d+)", report.stem)
+        if match is None or match.group(1) not in files:
+            continue  # robots, the unguided ablation
+        summary = json.loads(report.read_text())
+        truth, spacing = read_truth(Path(args.data) / CASES[files[match.group(1)]][1])
+        probability = sitk.GetArrayFromImage(sitk.ReadImage(str(report.with_suffix("") / "spread-probability.nrrd")))
+        slices = summary["slices"]
+        rest = [k for k in range(truth.shape[0]) if k not in slices]
+        fill = dice_score(fill_between_slices(truth, slices, 0, spacing)[rest], truth[rest])
+        scores = {rule: dice_score(written(truth, probability, slices, spacing, value)[rest], truth[rest])
+                  for rule, value in RULES.items()}
+        for rule, score in scores.items():
+            margins[rule].append(score - fill)
+        rows.append(f"| {files[match.group(1)]} | {match.group(2)} | {match.group(3)} | {match.group(4)} | {fill:.3f} | "
+                    + " | ".join(f"{scores[rule]:.3f}" for rule in RULES) + " |")
+        print(rows[-1], flush=True)
+    lines = ["| case | placement | K | seed | Fill | " + " | ".join(RULES) + " |",
+             "|---" * (5 + len(RULES)) + "|", *rows, "",
+             "Against Fill (not-labelled Dice, every run above): median margin / worst margin / runs behind by more "
+             "than 0.03", ""]
+    for rule, values in margins.items():
+        if values:
+            lines.append(f"- {rule}: {statistics.median(values):+.3f} / {min(values):+.3f} / "
+                         f"{sum(v < -0.03 for v in values)} of {len(values)}")
+    text = "\n".join(lines)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
