@@ -9,7 +9,7 @@ Every run is one ``SegmentationJob`` in three phases, whoever starts it (the pan
 Editor effect, a refine round, ``process``): ``prepareSegmentation`` on the main thread (reads the
 settings, validates the inputs once, resolves the model, copies the voxels, drops reviewed slices),
 ``computeSegmentation`` anywhere (no MRML), then ``applySegmentation`` (or, for the effect,
-``previewLabels`` + ``recordPrediction``) on the main thread, through one write rule.
+``previewLabels`` + ``applyThroughEditor``) on the main thread, through one write rule.
 
 The raw prediction of every processed voxel is kept in a hidden labelmap volume referenced from the
 segmentation node, so that later edits of the segment are recognised as corrections (reviewed slices).
