@@ -245,8 +245,8 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onJobTimer(self):
         state = self._job.poll()
-        self.ui.progressBar.value = state.percent
-        self.ui.progressBar.format = state.text
+        self.ui.progressBar.value, self.ui.progressBar.format = helpers.progressReport(state.done, state.total,
+                                                                                      state.elapsed)
         if not state.finished:
             return
         self._timer.stop()

@@ -32,6 +32,7 @@ from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from GuiDINOSegmentLib.RefineRegistry import registerRefineLogic
 from GuiDINOSegmentLib.WorkerClient import startSharedWorker
 from GuiDINOTrainLib import TrainPanel as panel
 from guidino.training.settings import REFINE_TIME_BUDGET  # torch-free
@@ -50,7 +51,7 @@ class GuiDINOTrain(ScriptedLoadableModule):
             "model version, then re-segment the slices you have not reviewed. Roll back to any earlier version."
         )
         self.parent.acknowledgementText = _("Method: Liang et al., GuiDINO (arXiv 2603.01115); DINOv3 (Meta AI).")
-        helpers.registerRefineLogic(trainLogicClass)  # the Segment Editor effect's Refine button
+        registerRefineLogic(trainLogicClass)  # the Segment Editor effect's Refine button
 
 
 def trainLogicClass():

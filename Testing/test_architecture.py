@@ -107,3 +107,40 @@ def test_the_slicer_side_methods_it_names_exist():
     defined = {node.name for node in ast.walk(ast.parse(code)) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     named = set(re.findall(r"`([a-z]+[A-Z][A-Za-z]*)(?:\(|`)", TEXT))
     assert named and not named - defined, f"ARCHITECTURE.md names {sorted(named - defined)}, which the code lacks"
+
+
+def lib_imports(package):
+    """{file stem: stems of the same package it imports, lazily or not} for a Slicer-side ``*Lib`` package."""
+    folder = next(ROOT.glob(f"*/{package}"))
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    found.add(node.module.split(".")[0])
+                elif node.module == package or (node.module or "").startswith(package + "."):
+                    found.update([node.module.split(".")[1]] if "." in node.module else
+                                 [alias.name for alias in node.names])
+        graph[path.stem] = found - {path.stem, "__init__"}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["GuiDINOSegmentLib", "GuiDINOTrainLib"])
+def test_the_slicer_side_files_import_each_other_without_a_loop(package):
+    graph = lib_imports(package)
+
+    def visit(stem, path):
+        assert stem not in path, f"import loop: {' -> '.join(path + [stem])}"
+        for other in sorted(graph.get(stem, ())):
+            visit(other, path + [stem])
+
+    for stem in graph:
+        visit(stem, [])
+
+
+@pytest.mark.parametrize("package", ["GuiDINOSegmentLib", "GuiDINOTrainLib", "SegmentEditorGuiDINOLib"])
+def test_the_diagram_draws_every_slicer_side_file(package):
+    for path in next(ROOT.glob(f"*/{package}")).glob("*.py"):
+        if path.name != "__init__.py":
+            assert path.name in DIAGRAM, f"{package}/{path.name} is not in ARCHITECTURE.md's diagram"

@@ -5,7 +5,8 @@ object whose progress follows that clock."""
 import pytest
 
 from GuiDINOSegmentLib.JobWait import INTERVAL_MS, JobWait, nodesStillThere
-from GuiDINOSegmentLib.WidgetHelpers import JobState, progressReport
+from GuiDINOSegmentLib.WidgetHelpers import progressReport
+from GuiDINOSegmentLib.WorkerClient import JobState
 
 
 class Clock:

@@ -122,7 +122,7 @@ def test_the_train_module_registers_refine_for_the_effect_at_startup():
     tree = ast.parse((ROOT / "GuiDINOTrain" / "GuiDINOTrain.py").read_text())
     module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GuiDINOTrain")
     init = next(n for n in module_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    assert "helpers.registerRefineLogic(trainLogicClass)" in ast.unparse(init)
+    assert "registerRefineLogic(trainLogicClass)" in ast.unparse(init)
     factory = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "trainLogicClass")
     assert "from GuiDINOTrainLib import GuiDINOTrainLogic" in ast.unparse(factory)
 

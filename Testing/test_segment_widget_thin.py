@@ -28,8 +28,10 @@ from guidino.geometry import Geometry
 from guidino.inference import SegmentationResult
 from guidino.review import merge_prediction, slice_mask
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
+from GuiDINOSegmentLib import RefineRegistry as registry
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
+from GuiDINOSegmentLib.WorkerClient import JobState
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "GuiDINOSegment"
@@ -300,9 +302,10 @@ def test_oriented_image_follows_volume_and_segmentation_transforms(headless_slic
 
 # -- background job --------------------------------------------------------------------------
 def test_a_job_state_reads_as_the_progress_bar_shows_it():
-    state = helpers.JobState(False, 3, 10, 6.0)
-    assert state.percent == 30 and state.text == "3 / 10 slices, about 14 s left"
-    assert helpers.JobState(True, 10, 10, 20.0, result="labels").percent == 100
+    state = JobState(False, 3, 10, 6.0)
+    assert helpers.progressReport(state.done, state.total, state.elapsed) == (30, "3 / 10 slices, about 14 s left")
+    done = JobState(True, 10, 10, 20.0, result="labels")
+    assert helpers.progressReport(done.done, done.total, done.elapsed)[0] == 100
 
 
 def test_progress_text_and_slice_lists():
@@ -418,16 +421,16 @@ def test_refine_button_needs_the_train_logic():
             return SimpleNamespace(bundle=Path("/models/liver-v2"))
 
     try:
-        helpers.registerRefineLogic(None)
-        assert helpers.refineLogicClass() is None  # no Train module loaded
-        helpers.registerRefineLogic(missing)
-        assert helpers.refineLogicClass() is None  # registered, but its packages are not installed
-        helpers.registerRefineLogic(lambda: Trainer)
-        assert helpers.refineLogicClass() is Trainer
-        helpers.registerRefineLogic(lambda: object)
-        assert helpers.refineLogicClass() is None  # cannot refine
+        registry.registerRefineLogic(None)
+        assert registry.refineLogicClass() is None  # no Train module loaded
+        registry.registerRefineLogic(missing)
+        assert registry.refineLogicClass() is None  # registered, but its packages are not installed
+        registry.registerRefineLogic(lambda: Trainer)
+        assert registry.refineLogicClass() is Trainer
+        registry.registerRefineLogic(lambda: object)
+        assert registry.refineLogicClass() is None  # cannot refine
     finally:
-        helpers.registerRefineLogic(None)
+        registry.registerRefineLogic(None)
     assert helpers.refinedBundlePath(Trainer().refineFromCorrections()) == "/models/liver-v2"
     assert helpers.refinedBundlePath("/models/v3") == "/models/v3"
     assert helpers.refinedBundlePath(SimpleNamespace(bundle=None)) is None

@@ -28,7 +28,7 @@ import slicer
 import slicer.util
 from conftest import synthetic_volume
 
-from GuiDINOSegmentLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib.WorkerClient import JobState
 from GuiDINOTrainLib import TrainPanel as panel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,11 +225,11 @@ class FakeWorkerJob:
         except Exception as failure:
             result, error = None, failure
         details = "".join(traceback.format_exception(error)) if error else ""
-        self.state = helpers.JobState(True, self.done, self.total, 0.0, result, error, details,
+        self.state = JobState(True, self.done, self.total, 0.0, result, error, details,
                                       self.cancelEvent.is_set())
 
     def poll(self):
-        return self.state or helpers.JobState(False, self.done, self.total, 0.0, cancelRequested=self.cancelEvent.is_set())
+        return self.state or JobState(False, self.done, self.total, 0.0, cancelRequested=self.cancelEvent.is_set())
 
     def cancel(self):
         self.cancelEvent.set()

@@ -7,9 +7,6 @@ import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here im
 """
 
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
-
 import numpy as np
 
 from guidino.axes import AXES, AXIS_NORMAL, check_axis, slice_axis
@@ -157,54 +154,12 @@ def progressReport(done, total, elapsed):
     return int(100 * done / total), text
 
 
-@dataclass
-class JobState:
-    finished: bool
-    done: int
-    total: int
-    elapsed: float
-    result: Any = None
-    error: Optional[BaseException] = None
-    errorDetails: str = ""
-    cancelRequested: bool = False
-
-    @property
-    def percent(self):
-        return progressReport(self.done, self.total, self.elapsed)[0]
-
-    @property
-    def text(self):
-        return progressReport(self.done, self.total, self.elapsed)[1]
-
-
 # -- the Logic, and the Train module's refine (registered at startup) ---------------------------
 def segmentLogicClass():
     """The GuiDINOSegmentLogic class (it needs the installed packages: check the dependencies first)."""
     from GuiDINOSegmentLib.SegmentLogic import GuiDINOSegmentLogic
 
     return GuiDINOSegmentLogic
-
-
-_refineLogicFactory = None
-
-
-def registerRefineLogic(factory):
-    """Offer "Refine from corrections" to the Segment module: the GuiDINO Train module calls this when
-    Slicer loads it. ``factory()`` returns the refine Logic class (it needs the installed packages: it is called
-    only when needed); None withdraws the offer. The Segment module never imports the Train module."""
-    global _refineLogicFactory
-    _refineLogicFactory = factory
-
-
-def refineLogicClass():
-    """The registered refine Logic class, or None (no Train module, or it cannot be imported or refine)."""
-    if _refineLogicFactory is None:
-        return None
-    try:
-        cls = _refineLogicFactory()
-    except ImportError:
-        return None
-    return cls if callable(getattr(cls, "refineFromCorrections", None)) else None
 
 
 # -- MRML nodes (import slicer when called) --------------------------------------------------

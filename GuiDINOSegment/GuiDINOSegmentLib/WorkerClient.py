@@ -24,11 +24,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
-from .WidgetHelpers import JobState
+
+
+@dataclass
+class JobState:
+    """What a worker job's ``poll()`` reads: finished or not, slices (or steps) done of total, seconds since it
+    started, and once finished its result or error (``WidgetHelpers.progressReport`` turns it into a progress
+    bar's percent and text)."""
+
+    finished: bool
+    done: int
+    total: int
+    elapsed: float
+    result: Any = None
+    error: Optional[BaseException] = None
+    errorDetails: str = ""
+    cancelRequested: bool = False
 
 ENGINE_FOLDER = Path(__file__).resolve().parents[1]  # holds the guidino package (GuiDINOSegment/)
 STOP_TIMEOUT = 5.0  # seconds a cancelled job may take to stop before the worker is ended

@@ -21,6 +21,7 @@ from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
 from GuiDINOSegmentLib.JobWait import JobWait, nodesStillThere
+from GuiDINOSegmentLib.RefineRegistry import refineLogicClass
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 
@@ -143,7 +144,7 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         self.scriptedEffect.setParameter("ShowGuide", 1 if self.showGuideCheckBox.checked else 0)
 
     def updateRefineButton(self):
-        available = not DependencyLogic().missing() and helpers.refineLogicClass() is not None
+        available = not DependencyLogic().missing() and refineLogicClass() is not None
         self.refineButton.enabled = available
         self.refineButton.toolTip = ("Fine-tune the model on the slices you corrected (GuiDINO Train)" if available
                                      else helpers.REFINE_UNAVAILABLE_TOOLTIP)
@@ -315,8 +316,8 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         The Train Logic is asked not to re-segment by itself: that would write into the segment around the
         editor (no undo, no masking); the preview goes through Apply instead.
         """
-        refineLogicClass = helpers.refineLogicClass()
-        if refineLogicClass is None:
+        logicClass = refineLogicClass()
+        if logicClass is None:
             self.updateRefineButton()
             return
         parameterSetNode = self.scriptedEffect.parameterSetNode()
@@ -324,7 +325,7 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         with slicer.util.tryWithErrorDisplay("Refine from corrections failed.", waitCursor=False):
             if not segmentId or sourceVolume is None:
                 raise ValueError("Select a source volume and the corrected segment first.")
-            trainLogic = refineLogicClass(self.ensureLogic())
+            trainLogic = logicClass(self.ensureLogic())
             prepared = trainLogic.prepareRefine(
                 sourceVolume, parameterSetNode.GetSegmentationNode(), segmentId,
                 model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")), resegment=False)

@@ -255,7 +255,8 @@ class RefineRun:
         if not state.finished:
             if self.stage == "training":
                 return RunState(False, *trainingProgress(self.job.latest, self.timeBudget))
-            return RunState(False, state.percent, "Re-segmenting: " + state.text)
+            percent, text = helpers.progressReport(state.done, state.total, state.elapsed)
+            return RunState(False, percent, "Re-segmenting: " + text)
         try:
             return self._finished(state)
         except Exception as error:  # shown by the GUI
