@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import safetensors.torch
 import torch
@@ -29,12 +30,26 @@ class BundleExistsError(BundleError):
     """The bundle folder exists (maybe made a moment ago by another process): a saved model is never replaced."""
 
 
-def save_bundle(model, out_dir, metrics=None, provenance=None):
-    """Write ``model`` to a new folder ``out_dir`` and return its path.
+def save_bundle(model: GuiDINOModel, out_dir, metrics: Optional[dict] = None,
+                provenance: Optional[dict] = None) -> Path:
+    """Write ``model`` to a new bundle folder ``out_dir``.
 
     The folder is written as a hidden temporary beside it and renamed at the end (a bundle is complete or
-    absent; what a killed save left is removed by the next save in that folder). An existing ``out_dir``
-    is never replaced: BundleExistsError, also when another process takes the name meanwhile.
+    absent; what a killed save left is removed by the next save in that folder).
+
+    Args:
+        model: the GuiDINOModel to save (its config, TokenBook and network, LoRA adapters when it has them).
+        out_dir: the new folder (str or Path); it must not exist.
+        metrics: written as ``metrics.json`` (e.g. validation Dice).
+        provenance: recorded in ``config.json`` (how the model was made: training data, parent, slices).
+
+    Returns:
+        The bundle's path.
+
+    Raises:
+        BundleExistsError: ``out_dir`` exists, or another process took the name meanwhile (a saved model is never
+            replaced).
+        BundleError: the folder cannot be written, or the weights hold NaN or infinite values.
     """
     out = Path(out_dir)
     if out.exists():
@@ -103,11 +118,21 @@ def read_bundle_config(bundle):
     return config
 
 
-def load_bundle(bundle, guide=None, device="cpu"):
+def load_bundle(bundle, guide=None, device: str = "cpu") -> GuiDINOModel:
     """Rebuild the model saved in ``bundle``.
 
-    ``guide``: a GuideGenerator, or a source (hub id, folder, .pth) overriding the recorded one.
-    The guide's base weights must be the ones the bundle was trained with (SHA-256 checked).
+    Args:
+        bundle: the bundle folder (written by ``save_bundle``: ``guidino train``, refine).
+        guide: a GuideGenerator, or a source (hub id, folder, .pth) overriding the one the bundle records; the
+            guide's base weights must be the ones the bundle was trained with (SHA-256 checked).
+        device: where the model goes (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The GuiDINOModel, in evaluation mode.
+
+    Raises:
+        BundleError: not a bundle, an unknown format, corrupt or edited settings, weights that do not match the
+            recorded checksum or hold NaN/inf values, or a guide other than the one it was trained with.
     """
     bundle = Path(bundle)
     config = read_bundle_config(bundle)

@@ -68,18 +68,33 @@ def resolve_batch_size(batch_size, device):
     return AUTO_BATCH_SIZE.get(torch.device(device).type, AUTO_BATCH_SIZE["cpu"]) if count is None else count
 
 
-def segment_volume(model, image, axis="axial", slices=None, batch_size="auto", device="auto",
-                   progress=None, cancel=None, guide_stride="auto"):
-    """Segment ``image`` (ImageData) slice by slice with ``model`` (GuiDINOModel).
+def segment_volume(model, image, axis: str = "axial", slices=None, batch_size="auto", device="auto",
+                   progress=None, cancel=None, guide_stride="auto") -> SegmentationResult:
+    """Segment ``image`` slice by slice with ``model``, in the image's exact geometry.
 
-    ``slices``: indices along the chosen axis to segment (None = all); the others stay 0 and
-    ``processed`` is False there. ``progress(done, total)`` is called after each batch;
-    ``cancel`` (a ``threading.Event``) stops between batches, keeping what was done.
-    ``guide_stride``: run the guide on every n-th slice and interpolate it between (``"auto"``:
-    from the slice spacing, see ``VolumeSlicer.auto_guide_stride``); 1 runs it on every slice.
-    ``batch_size``: slices per batch (``"auto"``: see ``AUTO_BATCH_SIZE``). Memory stays bounded:
-    only one batch of slices is on the device at a time. A model with a ``region`` (refined from a few
-    corrected slices) runs only on its box and slice range; the other slices asked for are processed as empty.
+    Memory stays bounded: only one batch of slices is on the device at a time. A model with a ``region``
+    (refined from a few corrected slices) runs only on its box and slice range; the other slices asked for are
+    processed as empty.
+
+    Args:
+        model: a GuiDINOModel (``bundle.load_bundle``, a refine's result).
+        image: the ImageData to segment (a volume, or one 2D image).
+        axis: the anatomical axis to cut slices along (``"axial"``, ``"coronal"``, ``"sagittal"``).
+        slices: indices along ``axis`` to segment (None: all); the others stay 0, ``processed`` False there.
+        batch_size: slices per batch, or ``"auto"`` (``AUTO_BATCH_SIZE`` for the device).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress: ``progress(done, total)`` after each batch.
+        cancel: a ``threading.Event``; set, the run stops between batches, keeping what was done.
+        guide_stride: run the guide on every n-th slice and interpolate it between (``"auto"``: from the slice
+            spacing, see ``VolumeSlicer.auto_guide_stride``; 1: every slice).
+
+    Returns:
+        A SegmentationResult: labels, foreground probability and guide on the input grid, which slices were
+        processed, and whether the run was cancelled.
+
+    Raises:
+        InputError: slice indices outside the volume, a bad batch size or stride, or a model whose probabilities
+            are not finite (nothing is written then).
     """
     start = time.perf_counter()
     device = resolve_device(device)

@@ -9,6 +9,7 @@ import re
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -40,15 +41,33 @@ def corrections_check(labels, slices, axis_index, starting_fresh):
         raise InputError("the corrected slices are all foreground: label the background too")
 
 
-def refine_model(image, labels, slices, model=None, guide=None, axis="axial", settings=None, progress=None,
-                 cancel=None):
-    """Fine-tune ``model`` (a GuiDINOModel, or None to start a new one from ``guide``) on slices ``slices``.
+def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axial",
+                 settings: Optional[RefineSettings] = None, progress=None, cancel=None) -> RefineResult:
+    """Fine-tune a model on the slices a user corrected; the input model is not modified.
 
-    ``labels``: the user's label volume (only the listed slices are read). Every corrected slice is trained on:
-    none is held out for early stopping (one slice's Dice is noise, and a stop kept on it can restore a model that
-    has found nothing yet); what the corrections say about this volume is weighed when the result is written
-    (``guidino.fusion``). A new model learns and segments only the evidence region of the corrections
-    (``guidino.corrections``), starting quiet. The input model is not modified.
+    Every corrected slice is trained on: none is held out for early stopping (one slice's Dice is noise, and a stop
+    kept on it can restore a model that has found nothing yet); what the corrections say about this volume is
+    weighed when the result is written (``guidino.fusion``). A new model learns and segments only the evidence
+    region of the corrections (``guidino.corrections``), starting quiet.
+
+    Args:
+        image: the ImageData the corrections were made on.
+        labels: the user's label volume on the image's grid (> 0: the structure); only ``slices`` are read.
+        slices: the corrected slice indices along ``axis``.
+        model: the GuiDINOModel to refine, or None to start a new one from ``guide``.
+        guide: a new model's guide (hub id, folder, official .pth; None or ``"none"``: unguided).
+        axis: the anatomical axis of the corrected slices.
+        settings: RefineSettings (default: its defaults: 20 s of training, never fewer than 60 steps).
+        progress: ``progress(entry)`` after each step (step, total, loss, seconds).
+        cancel: a ``threading.Event``; set, training stops after the current step.
+
+    Returns:
+        A RefineResult: the refined model (None when a cancelled round is discarded), the slices, steps, seconds
+        and why training stopped.
+
+    Raises:
+        InputError: no corrected slice, no structure on them for a new model, only foreground, labels on another
+            grid, slice indices outside the volume, or LoRA asked for without a guide.
     """
     settings = settings or RefineSettings()
     start = time.perf_counter()

@@ -80,8 +80,8 @@ class RefineSettings:
     lora: bool = False  # add LoRA adapters to the guide (when the model has none) and train them
     # Two slices a step: the clock, not the steps, ends a round on a 2-core CPU, and more updates learn more
     # there than bigger batches (MNI white matter from 3 spread slices, 60 steps: Dice 0.81 on the other slices
-    # at 2 a step, 0.35 at 3; BENCHMARKS section 3). 250 steps of 2 see as many slices as the former 150 of 3-4
-    # where the steps end first (a GPU).
+    # at 2 a step, 0.35 at 3; BENCHMARKS section 3). Where the steps end first (a GPU), 250 steps see each of a
+    # handful of corrected slices about a hundred times.
     steps: int = 250
     time_budget: Optional[float] = REFINE_TIME_BUDGET  # seconds of training; None: until ``steps``
     # A model from nothing finds nothing before about 50 steps (brain1, 3 spread slices, steps fixed: 40 steps
