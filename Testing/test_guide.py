@@ -20,7 +20,7 @@ from guidino.guides import (
     GuideNotFoundError,
     resolve_guide_source,
 )
-from guidino.guides.dinov3_official import convert_official_state_dict
+from guidino.guides.dinov3_conversion import convert_official_state_dict
 from guidino.guides.hf_vit import HuggingFaceViTGuide, make_tiny_guide
 from guidino.networks import segdino_layers
 
