@@ -150,3 +150,14 @@ def test_interior_placement_puts_slices_in_the_middle_of_equal_parts():
     truth = tube([0, 0, 0, 0] + [5] * 11 + [0])  # the structure on slices 4..14 (n = 11)
     assert spread_slices(truth, 0, 3, "interior") == [5, 9, 13]  # 4 + floor((i + 0.5) * 11 / 3)
     assert spread_slices(truth, 0, 3, "ends") == [4, 9, 14]
+
+
+def test_with_one_corrected_slice_the_suggestion_is_the_far_end_of_what_was_found():
+    """A confident model gives no unsure voxels: the slice resting on the least evidence is the farthest one that
+    holds a large section (where an oracle finds the largest error when the model drifts)."""
+    radii = [0, 0, 4, 6, 8, 9, 9, 9, 9, 9, 8, 6, 3, 0, 0]
+    truth = tube(radii)
+    probability = np.where(truth > 0, 0.99, 0.01).astype(np.float32)
+    fused = fuse_prediction(probability, truth, [7], 0, UNIT)
+    first = suggest_slice(fused)  # 3 slices from slice 7, radius 8: more at stake than radius 6 at 4 slices
+    assert first in (4, 10) and suggest_slice(fused, exclude=[first]) == 14 - first

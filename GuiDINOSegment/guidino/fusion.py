@@ -38,9 +38,10 @@ class FusedPrediction:
 
     ``labels``: 0/1 uint8 on the volume's grid. ``source``: per slice along ``axis``, one of ``SOURCES``.
     ``model_weight``: how much the model counted between the user's slices (0..1, from its Dice on them; None
-    when it was not run on them: then 1). ``uncertainty``: per slice, the voxels expected wrong (the sum of min(q, 1 - q) over
-    its voxels, q the combined foreground probability; 0 on the user's slices and where the model did not run):
-    high where the model is unsure, or where it and the interpolation disagree.
+    when it was not run on them: then 1). ``uncertainty``: per slice, the voxels whose decision is unsure
+    (combined foreground probability between 0.2 and 0.8; 0 on the user's slices and where the model did not
+    run): many where the model is unsure, or where it and the interpolation disagree. ``distance``: per slice,
+    how many slices away the nearest user's slice is.
     """
 
     labels: np.ndarray
@@ -48,6 +49,7 @@ class FusedPrediction:
     axis: int
     model_weight: object
     uncertainty: np.ndarray
+    distance: np.ndarray
 
     def report(self):
         """The JSON-ready account of it: slices per source, each slice's source, the model's weight."""
@@ -123,13 +125,23 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
         else:
             uncertainty[k] = _unsure(_logit(moved_p[k])) if ran else 0.0
             source.append("model" if ran else "none")
-    return FusedPrediction(np.moveaxis(labels, 0, array_axis), source, array_axis, weight, uncertainty)
+    index = np.arange(moved_p.shape[0])
+    distance = (np.min(np.abs(index[:, None] - np.asarray(sorted(user_set))[None, :]), axis=1) if user_set
+                else np.full(index.size, index.size))
+    return FusedPrediction(np.moveaxis(labels, 0, array_axis), source, array_axis, weight, uncertainty, distance)
 
 
 def suggest_slice(fused, exclude=()):
-    """The slice to correct next: the one with the most unsure voxels (``FusedPrediction.uncertainty``),
-    never a user's slice nor one in ``exclude``; None when no slice is uncertain at all."""
-    scores = np.asarray(fused.uncertainty, float).copy()
+    """The slice to correct next: where the result rests on the least evidence. Each slice scores its unsure
+    voxels (``FusedPrediction.uncertainty``) plus the voxels it labels, times its distance in slices to the
+    nearest user's slice: a large section far from every corrected slice, or a doubtful one, comes first.
+    Never a user's slice nor one in ``exclude``; None when no slice holds anything or anything unsure.
+
+    A confidently empty slice scores nothing: where the model misses a structure without doubt, nothing says so.
+    """
+    moved = np.moveaxis(np.asarray(fused.labels) > 0, fused.axis, 0)
+    area = moved.reshape(moved.shape[0], -1).sum(axis=1)
+    scores = (np.asarray(fused.uncertainty, float) + area) * np.asarray(fused.distance, float)
     for k, name in enumerate(fused.source):
         if name == "user" or k in set(exclude):
             scores[k] = -1.0
