@@ -574,3 +574,33 @@ def test_a_stroke_is_recorded_without_a_node_added_to_or_removed_from_the_scene(
         np.testing.assert_array_equal(segmentMask(scene.segmentation, segmentId, scene.volume),
                                       slicer.util.arrayFromSegmentBinaryLabelmap(scene.segmentation, segmentId,
                                                                                  scene.volume) > 0)
+
+
+def test_go_to_suggested_slice_centres_the_views_on_that_slice_of_an_oblique_volume(scene, logic):
+    """``jumpToSlice`` puts every slice view through the centre of slice k of the volume's array (oblique
+    geometry, a parent transform too): the point a user sees when pressing Go to suggested slice."""
+    views = [scene.mrml.AddNewNodeByClass("vtkMRMLSliceNode") for _ in range(2)]
+    for view, orientation in zip(views, ("Axial", "Sagittal")):
+        view.SetOrientation(orientation)
+    volume = scene.volume
+    shape = slicer.util.arrayFromVolume(volume).shape
+    for axis, index in ((0, 2), (0, shape[0] - 1), (2, 3)):
+        point = logic.jumpToSlice(volume, axis, index)
+        ijk = [(n - 1) / 2 for n in shape[::-1]]
+        ijk[2 - axis] = index
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        expected = matrix.MultiplyPoint([*ijk, 1.0])[:3]
+        np.testing.assert_allclose(point, expected, atol=1e-6)
+        for view in views:  # the slice plane passes through the point
+            sliceToRAS = slicer.util.arrayFromVTKMatrix(view.GetSliceToRAS())
+            normal, origin = sliceToRAS[:3, 2], sliceToRAS[:3, 3]
+            assert abs(float(np.dot(np.asarray(point) - origin, normal))) < 1e-6
+    transform = scene.mrml.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 25.0)
+    transform.SetMatrixTransformToParent(shift)
+    local = logic.jumpToSlice(volume, 0, 2)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    moved = logic.jumpToSlice(volume, 0, 2)  # in world coordinates: 25 mm further along R
+    np.testing.assert_allclose(np.asarray(moved) - np.asarray(local), [25.0, 0.0, 0.0], atol=1e-6)

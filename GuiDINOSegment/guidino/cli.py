@@ -173,9 +173,8 @@ def _refine(args):
         bar.close()
     parent = None if model is None else args.model
     bundle = save_refined(result, args.out, parent=parent, volume=str(Path(args.volume).resolve()), axis=args.axis)
-    dice = "n/a" if result.val_dice is None else f"{result.val_dice:.4f}"
-    print(f"saved {bundle} (slices {result.slices}, {result.steps} steps, {result.seconds:.1f} s, "
-          f"held-out Dice {dice})")
+    print(f"saved {bundle} (slices {result.slices}, {result.steps} steps, {result.seconds:.1f} s, stopped: "
+          f"{result.stopped})")
     return 0
 
 
