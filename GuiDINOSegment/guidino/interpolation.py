@@ -34,13 +34,14 @@ def signed_distance(mask, spacing):
 
 
 def _level(blend, area):
-    """The level of ``blend`` below which ``area`` pixels lie (between the area-th and the next value)."""
+    """The level of ``blend`` below which ``area`` pixels lie (halfway between the area-th and the next value)."""
+    values = blend.ravel()
     if area <= 0:
-        return float(blend.min()) - 1.0
-    values = np.partition(blend.ravel(), min(area, blend.size - 1))
-    if area >= blend.size:
+        return float(values.min()) - 1.0
+    if area >= values.size:
         return float(values.max()) + 1.0
-    return 0.5 * float(values[area - 1] + values[area]) if area > 0 else float(values[0]) - 1.0
+    ordered = np.partition(values, (area - 1, area))  # both order statistics in place, not just the upper one
+    return 0.5 * float(ordered[area - 1] + ordered[area])
 
 
 @dataclass
