@@ -29,6 +29,7 @@ from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
 from GuiDINOSegmentLib import WidgetHelpers as helpers
+from GuiDINOSegmentLib.JobPoller import JobPoller, workerJobProgress
 from GuiDINOSegmentLib.WorkerClient import closeSharedWorker, startSharedWorker
 
 
@@ -112,7 +113,7 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None  # the running job of the GuiDINO worker process
         self._request = None  # its SegmentationJob (where the result goes); None once the scene was closed
-        self._timer = None
+        self._poller = None  # the JobPoller following the job
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -121,9 +122,6 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self.onJobTimer)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
@@ -138,8 +136,8 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             self._job.cancel()
             self._request = None
-        if self._timer is not None:
-            self._timer.stop()
+        if self._poller is not None:
+            self._poller.stop()
         self.removeObservers()
 
     def enter(self):
@@ -236,21 +234,20 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             job = self.logic.prepareSegmentation(p.inputVolume, p.outputSegmentation,
                                                  helpers.panelSettings(p, current))  # validates once
             self._request = job
-            self._job = self.logic.startSegmentation(job)  # in the GuiDINO worker process; polled by the timer
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.format = _("Loading the model...")
+            self._job = self.logic.startSegmentation(job)  # in the GuiDINO worker process
+            self.showProgress(0, _("Loading the model..."))
             self.setStatus("")
-            self._timer.start()
+            self._poller = JobPoller(self._job, workerJobProgress, self.showProgress, self.onJobFinished, qt.QTimer())
             self.updateGui()
+            self._poller.start()
 
-    def onJobTimer(self):
-        state = self._job.poll()
-        self.ui.progressBar.value, self.ui.progressBar.format = helpers.progressReport(state.done, state.total,
-                                                                                      state.elapsed)
-        if not state.finished:
-            return
-        self._timer.stop()
-        job, self._job, self._request = self._request, None, None
+    def showProgress(self, percent, text):
+        self.ui.progressBar.value = percent
+        self.ui.progressBar.format = text
+
+    def onJobFinished(self, state):
+        self.showProgress(*workerJobProgress(state))
+        job, self._job, self._request, self._poller = self._request, None, None, None
         self.updateGui()
         if state.error is not None:
             self.showError(str(state.error), state.errorDetails)

@@ -7,8 +7,8 @@ trains in the GuiDINO worker process (no MRML), ``finishRefine`` makes the new v
 thread); the unreviewed slices are then re-segmented by one Segment Logic job
 (``prepareSegmentation`` / ``startSegmentation`` in the worker / ``applySegmentation``), as GuiDINO
 Segment does.
-The panel's decisions and the background run are in ``GuiDINOTrainLib/TrainPanel.py`` (tested without
-Slicer).
+The panel's decisions are in ``GuiDINOTrainLib/TrainPanel.py``, the run it follows in
+``GuiDINOTrainLib/RefineRun.py`` (tested without Slicer).
 """
 
 import logging
@@ -32,6 +32,7 @@ from slicer.util import VTKObservationMixin
 
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from GuiDINOSegmentLib.JobPoller import JobPoller, statedProgress
 from GuiDINOSegmentLib.RefineRegistry import registerRefineLogic
 from GuiDINOSegmentLib.WorkerClient import startSharedWorker
 from GuiDINOTrainLib import TrainPanel as panel
@@ -97,6 +98,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None  # the RefineRun in progress
+        self._poller = None  # the JobPoller following it
         self._fusion = None  # the last re-segmentation's fusionReport (the slice suggested next)
         self._observed = None  # the segmentation whose edits refresh the corrections list
         self._versionRows = []
@@ -110,9 +112,6 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self.onRunTimer)
         self._refreshTimer = qt.QTimer()  # edits come in bursts (painting): refresh once they pause
         self._refreshTimer.setSingleShot(True)
         self._refreshTimer.setInterval(700)
@@ -130,9 +129,10 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self._run is not None:
             self._run.abandon()
-        for timer in (getattr(self, "_timer", None), getattr(self, "_refreshTimer", None)):
-            if timer is not None:
-                timer.stop()
+        if self._poller is not None:
+            self._poller.stop()
+        if getattr(self, "_refreshTimer", None) is not None:
+            self._refreshTimer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -320,7 +320,7 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             prepared = self.logic.prepareRefine(p.inputVolume, p.segmentation, p.segmentId,
                                                 train=panel.trainParts(p.trainTokenBook, p.trainNetwork, p.trainLoRA),
                                                 timeBudgetSeconds=budget, resegment=False)
-            self.startRun(panel.RefineRun(self.logic, p.inputVolume, p.segmentation, p.segmentId, budget).train(prepared))
+            self.startRun(self.logic.newRefineRun(p.inputVolume, p.segmentation, p.segmentId, budget).train(prepared))
 
     def onSuggestedButton(self):
         index = helpers.suggestedSlice(self._fusion)
@@ -341,26 +341,25 @@ class GuiDINOTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.logic.rollback(p.inputVolume, p.segmentation, p.segmentId, bundle, resegment=False)
             message = _("Rolled back: {name} is the active model.").format(name=Path(bundle).name)
-            self.startRun(panel.RefineRun(self.logic, p.inputVolume, p.segmentation, p.segmentId).resegment(bundle, message))
+            self.startRun(self.logic.newRefineRun(p.inputVolume, p.segmentation, p.segmentId).resegment(bundle, message))
             self.refreshLists()
 
     def startRun(self, run):
         self._run = run
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.format = _("Starting...")
+        self.showProgress(0, _("Starting..."))
         self.setStatus("")
-        self._timer.start()
+        self._poller = JobPoller(run, statedProgress, self.showProgress, self.onRunFinished, qt.QTimer())
         self.updateGui()
+        self._poller.start()
 
-    def onRunTimer(self):
-        state = self._run.poll()
-        self.ui.progressBar.value = state.percent
-        self.ui.progressBar.format = state.text
-        if not state.finished:
-            return
-        self._timer.stop()
+    def showProgress(self, percent, text):
+        self.ui.progressBar.value = percent
+        self.ui.progressBar.format = text
+
+    def onRunFinished(self, state):
+        self.showProgress(state.percent, state.text)
         self._fusion = self._run.fusion
-        self._run = None
+        self._run = self._poller = None
         self.updateGui()
         if state.error is not None:
             self.showError(str(state.error), state.errorDetails)

@@ -1,11 +1,11 @@
-"""The Segment Editor effect's wait for a worker job (GuiDINOSegmentLib.JobWait), with a fake clock: Qt's timer
-and event loop cannot run here, so they are replaced by ones that advance simulated time; the job is a real
-object whose progress follows that clock."""
+"""The one poller of the GUI (GuiDINOSegmentLib.JobPoller: the panels' Run and Refine) and the Segment Editor
+effect's wait built on it (JobWait), with a fake clock: Qt's timer and event loop cannot run here, so they are
+replaced by ones that advance simulated time; the job is a real object whose progress follows that clock."""
 
 import pytest
 
+from GuiDINOSegmentLib import JobPoller as poller
 from GuiDINOSegmentLib.JobWait import INTERVAL_MS, JobWait, nodesStillThere
-from GuiDINOSegmentLib.WidgetHelpers import progressReport
 from GuiDINOSegmentLib.WorkerClient import JobState
 
 
@@ -92,7 +92,7 @@ class Job:
 def wait(job, dialog, clock):
     timer = FakeTimer(clock)
     loop = FakeLoop(clock, timer)
-    waiter = JobWait(job, progressReport, dialog, timer, loop)
+    waiter = JobWait(job, poller.workerJobProgress, dialog, timer, loop)
     return waiter, waiter.run(), loop, timer
 
 
@@ -135,3 +135,56 @@ def test_a_result_is_not_written_into_nodes_that_left_the_scene(headless_slicer)
     assert nodesStillThere(volume, segmentation)
     scene.RemoveNode(segmentation)
     assert not nodesStillThere(volume, segmentation) and not nodesStillThere(volume, None)
+
+
+# -- the panels: the poller on a timer, no nested loop ---------------------------------------------
+def run_panel(clock, job, cancel_at=None, stop_at=None):
+    """What a panel does: start a poller, let Slicer's event loop (here: the clock) fire its timer."""
+    timer, shown, finished = FakeTimer(clock), [], []
+    follower = poller.JobPoller(job, poller.workerJobProgress, lambda *shown_: shown.append(shown_),
+                                finished.append, timer)
+    follower.start()
+    while timer.active:
+        clock.now += timer.interval / 1000.0
+        if cancel_at is not None and clock.now >= cancel_at:
+            follower.cancel()
+        if stop_at is not None and clock.now >= stop_at:
+            follower.stop()
+            break
+        timer.slot()
+        assert clock.now < 3600
+    return follower, timer, shown, finished
+
+
+def test_the_panel_poller_shows_progress_and_hands_over_the_result_once():
+    clock = Clock()
+    job = Job(clock)
+    follower, timer, shown, finished = run_panel(clock, job)
+    assert timer.interval == poller.INTERVAL_MS and not timer.active
+    assert len(finished) == 1 and finished[0].result == ("all", 10)
+    assert shown[0] == (0, "0 / 10 slices") and shown[-1][0] == 90  # the last progress before it ended
+    assert follower.polls == job.polls == len(shown) + 1
+    follower.tick()  # a timeout already queued when it stopped
+    assert len(finished) == 1 and job.polls == follower.polls
+
+
+def test_the_panel_poller_passes_a_cancel_on_and_waits_for_what_was_kept():
+    clock = Clock()
+    job = Job(clock, stop_after=1.0)
+    follower, timer, shown, finished = run_panel(clock, job, cancel_at=2.0)
+    assert job.cancelled_at == pytest.approx(2.0, abs=poller.INTERVAL_MS / 1000)
+    assert finished[0].result[0] == "partial" and clock.now >= job.cancelled_at + 1.0
+
+
+def test_a_stopped_poller_hands_nothing_over():
+    clock = Clock()
+    job = Job(clock)
+    follower, timer, shown, finished = run_panel(clock, job, stop_at=1.0)
+    assert finished == [] and not timer.active and follower.stopped
+
+
+def test_a_state_that_carries_its_progress_is_shown_as_it_says():
+    from types import SimpleNamespace
+
+    assert poller.statedProgress(SimpleNamespace(percent=40, text="Training: step 8 / 20")) == (
+        40, "Training: step 8 / 20")

@@ -317,9 +317,6 @@ def test_progress_text_and_slice_lists():
     assert helpers.formatSlices([9, 0, 1, 2, 3, 7, 10]) == "0-3, 7, 9-10"
     assert helpers.formatSlices([]) == "none"
     assert (helpers.slicesText(1), helpers.slicesText(0), helpers.slicesText(12)) == ("1 slice", "0 slices", "12 slices")
-    assert helpers.refineProgress({"step": 30, "total": 150, "val_dice": 0.8123}) == (
-        20, "Refining: step 30 / 150, Dice on a held-out corrected slice 0.81")
-    assert helpers.refineProgress({}) == (0, "Refining...")
 
 
 # -- dependencies ----------------------------------------------------------------------------
@@ -416,7 +413,9 @@ def test_refine_button_needs_the_train_logic():
     def missing():
         raise ModuleNotFoundError("GuiDINOTrainLib")
 
-    class Trainer:
+    from GuiDINOTrainLib.TrainLogic import GuiDINOTrainLogic as Trainer
+
+    class OnlyScripts:  # a Logic without the three phases a GUI follows
         def refineFromCorrections(self, *args, **kwargs):
             return SimpleNamespace(bundle=Path("/models/liver-v2"))
 
@@ -429,11 +428,10 @@ def test_refine_button_needs_the_train_logic():
         assert registry.refineLogicClass() is Trainer
         registry.registerRefineLogic(lambda: object)
         assert registry.refineLogicClass() is None  # cannot refine
+        registry.registerRefineLogic(lambda: OnlyScripts)
+        assert registry.refineLogicClass() is None  # the effect needs prepareRefine and newRefineRun
     finally:
         registry.registerRefineLogic(None)
-    assert helpers.refinedBundlePath(Trainer().refineFromCorrections()) == "/models/liver-v2"
-    assert helpers.refinedBundlePath("/models/v3") == "/models/v3"
-    assert helpers.refinedBundlePath(SimpleNamespace(bundle=None)) is None
     assert helpers.REFINE_UNAVAILABLE_TOOLTIP == "Available with the GuiDINO Train module"
 
 

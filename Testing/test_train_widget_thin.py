@@ -1,7 +1,7 @@
 """The GuiDINO Train panel stays thin: its decisions and its background run, tested without the Slicer application.
 
-The decisions and ``RefineRun`` live in ``GuiDINOTrainLib/TrainPanel.py`` (no qt, no slicer import)
-and are tested directly: the pure helpers (check boxes -> parts, time budget, lists, progress,
+The decisions live in ``GuiDINOTrainLib/TrainPanel.py``, the run in ``GuiDINOTrainLib/RefineRun.py`` (no qt, no
+slicer import), and are tested directly: the pure helpers (check boxes -> parts, time budget, lists, progress,
 status) and ``RefineRun`` (train on a worker thread, save / activate / write on the main thread,
 cancel, scene close, removed nodes, errors) on a real headless MRML scene and a real tiny model.
 ``GuiDINOTrain.py`` imports ``qt`` and Slicer's scripted-module bases, which only the application
@@ -29,11 +29,15 @@ import slicer.util
 from conftest import synthetic_volume
 
 from GuiDINOSegmentLib.WorkerClient import JobState
+from GuiDINOSegmentLib.JobPoller import statedProgress
+from GuiDINOSegmentLib.JobWait import JobWait
 from GuiDINOTrainLib import TrainPanel as panel
+from GuiDINOTrainLib.RefineRun import RefineRun
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrain.py"
 PANEL_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrainLib" / "TrainPanel.py"
+RUN_FILE = ROOT / "GuiDINOTrain" / "GuiDINOTrainLib" / "RefineRun.py"
 UI_FILE = ROOT / "GuiDINOTrain" / "Resources" / "UI" / "GuiDINOTrain.ui"
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
 
@@ -163,8 +167,6 @@ def test_progress_bar_shows_step_and_loss():
     assert panel.trainingProgress(None) == (0, "Preparing the training...")
     info = {"step": 30, "total": 150, "epoch": 10.0, "loss": 0.2134, "val_dice": None, "seconds": 12.2}
     assert panel.trainingProgress(info) == (20, "Training: step 30 / 150, loss 0.213, 12 s")
-    info.update(val_dice=0.8765)
-    assert panel.trainingProgress(info)[1] == "Training: step 30 / 150, loss 0.213, held-out Dice 0.88, 12 s"
     assert panel.trainingProgress(info, timeBudget=20)[0] == 61  # the time budget runs out first
     assert panel.trainingProgress({"step": 5, "total": 0, "seconds": 99}, timeBudget=10)[0] == 100
 
@@ -177,9 +179,7 @@ def _result(**kw):
 
 def test_status_after_refine():
     assert panel.refineSummary(_result()) == (
-        "Saved liver-v003 and made it the active model: 150 steps in 42 s on 3 corrected slices (held-out Dice 0.87).")
-    early = panel.refineSummary(_result(stopped="early stopping", valDice=None))
-    assert early.endswith("3 corrected slices; stopped: the held-out slice stopped improving.")
+        "Saved liver-v003 and made it the active model: 150 steps in 42 s on 3 corrected slices.")
     assert "time budget ran out" in panel.refineSummary(_result(stopped="time budget"))
     assert "discarded" in panel.refineSummary(_result(bundle=None))
     assert panel.resegmentAfterTraining(_result(), cancelRequested=False) == (True, "")
@@ -299,7 +299,7 @@ def scene_nodes(headless_slicer):
 
 def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
     logic = RecordingLogic()
-    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train("prepared")
     states = _pollUntilDone(run)
     assert [(name, main) for name, main in logic.calls] == [
         ("startRefine", True), ("finishRefine", True), ("corrections", True), ("prepareSegmentation", True),
@@ -313,7 +313,7 @@ def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
 
 def test_progress_text_while_training(scene_nodes):
     block = threading.Event()
-    run = panel.RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
+    run = RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
     deadline = time.monotonic() + 10
     while run.job.latest is None or run.job.latest["step"] < 20:
         assert time.monotonic() < deadline
@@ -327,20 +327,20 @@ def test_progress_text_while_training(scene_nodes):
 def test_cancel_keeps_the_version_and_skips_resegmentation(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train("prepared")
     assert not run.cancelRequested
     run.cancel()
     assert run.cancelRequested  # the button reads 'Cancelling...' until the worker stops
     block.set()
     final = _pollUntilDone(run)[-1]
     assert [name for name, _ in logic.calls] == ["startRefine", "finishRefine"]
-    assert "cancelled, the best weights so far were kept" in final.message and "not re-segmented" in final.message
+    assert "cancelled, the weights so far were kept" in final.message and "not re-segmented" in final.message
 
 
 def test_scene_close_writes_nothing(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train("prepared")
     run.abandon()
     block.set()
     final = _pollUntilDone(run)[-1]
@@ -351,7 +351,7 @@ def test_scene_close_writes_nothing(scene_nodes):
 def test_scene_close_after_the_worker_saved_says_where_the_version_is(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block, saved=Path("/m/volume-v004"))
-    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train("prepared")
     run.abandon()
     block.set()
     final = _pollUntilDone(run)[-1]
@@ -363,7 +363,7 @@ def test_scene_close_after_the_worker_saved_says_where_the_version_is(scene_node
 def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = panel.RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train("prepared")
     headless_slicer.scene.RemoveNode(scene_nodes[1])
     block.set()
     final = _pollUntilDone(run)[-1]
@@ -371,7 +371,7 @@ def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
 
 
 def test_worker_error_reaches_the_gui(scene_nodes):
-    run = panel.RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train("prepared")
+    run = RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train("prepared")
     final = _pollUntilDone(run)[-1]
     assert isinstance(final.error, RuntimeError) and "Traceback" in final.errorDetails
 
@@ -379,8 +379,87 @@ def test_worker_error_reaches_the_gui(scene_nodes):
 def test_main_thread_error_reaches_the_gui(scene_nodes):
     logic = RecordingLogic()
     logic.finishRefine = lambda prepared, outcome: (_ for _ in ()).throw(OSError("disk full"))
-    final = _pollUntilDone(panel.RefineRun(logic, *scene_nodes).train("prepared"))[-1]
+    final = _pollUntilDone(RefineRun(logic, *scene_nodes).train("prepared"))[-1]
     assert isinstance(final.error, OSError) and "disk full" in final.errorDetails
+
+
+def test_without_resegmenting_the_run_ends_once_the_version_is_active(scene_nodes):
+    """The Segment Editor effect's Refine: the same run, stopped before the write (its preview and Apply write)."""
+    logic = RecordingLogic()
+    run = RefineRun(logic, *scene_nodes, resegment=False).train("prepared")
+    final = _pollUntilDone(run)[-1]
+    assert [name for name, _ in logic.calls] == ["startRefine", "finishRefine"]  # nothing re-segmented or written
+    assert final.error is None and run.bundle == str(Path("/m/volume-v001"))
+    assert final.message.startswith("Saved volume-v001 and made it the active model")
+
+
+class RealTimeLoop:
+    """A QEventLoop that sleeps ``ms`` of real time per timer interval (the worker job runs on a real thread)."""
+
+    def __init__(self, timer, limit=60.0):
+        self.timer, self.limit, self.running = timer, limit, False
+
+    def exec(self):
+        self.running, deadline = True, time.monotonic() + self.limit
+        while self.running:
+            assert self.timer.active and time.monotonic() < deadline
+            time.sleep(self.timer.interval / 1000)
+            self.timer.slot()
+
+    def quit(self):
+        self.running = False
+
+
+class Timer:
+    def __init__(self):
+        self.slot, self.interval, self.active = None, None, False
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self, ms):
+        self.interval, self.active = ms, True
+
+    def stop(self):
+        self.active = False
+
+
+class CancellingDialog:
+    def __init__(self, cancel):
+        self.cancel, self.value, self.labelText = cancel, 0, ""
+
+    @property
+    def wasCanceled(self):
+        return self.cancel
+
+    def show(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_the_effects_wait_follows_the_shared_run(scene_nodes, cancel):
+    """The effect waits for a RefineRun as the panel polls it (JobWait on the run): same stages, same Cancel."""
+    logic = RecordingLogic(block=threading.Event())
+    threading.Timer(0.3, logic.block.set).start()
+    run = RefineRun(logic, *scene_nodes, resegment=False).train("prepared")
+    timer = Timer()
+    state = JobWait(run, statedProgress, CancellingDialog(cancel), timer, RealTimeLoop(timer)).run()
+    assert state.finished and state.error is None and run.cancelRequested == cancel
+    assert [name for name, _ in logic.calls] == ["startRefine", "finishRefine"]
+    assert ("cancelled, the weights so far were kept" in state.message) == cancel
+
+
+def test_the_train_logic_makes_runs_on_itself(scene_nodes):
+    from GuiDINOSegmentLib import GuiDINOSegmentLogic
+    from GuiDINOTrainLib import GuiDINOTrainLogic
+
+    logic = GuiDINOTrainLogic(GuiDINOSegmentLogic())
+    run = logic.newRefineRun(*scene_nodes, timeBudget=20, resegment=False)
+    assert isinstance(run, RefineRun) and run.logic is logic and (run.timeBudget, run.resegmentAfter) == (20, False)
+    assert run.inputVolume is scene_nodes[0] and run.stage == "idle" and run.bundle is None
 
 
 # -- RefineRun on the real engine ----------------------------------------------------------------
@@ -410,7 +489,7 @@ def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tin
 
     settings = RefineSettings(train=panel.trainParts(True, True, False), steps=4, time_budget=None, device="cpu")
     prepared = logic.prepareRefine(volume, segmentation, segmentId, resegment=False, settings=settings)
-    run = panel.RefineRun(logic, volume, segmentation, segmentId).train(prepared)
+    run = RefineRun(logic, volume, segmentation, segmentId).train(prepared)
     states = _pollUntilDone(run, timeout=600)
     final = states[-1]
     assert final.error is None, final.errorDetails
@@ -426,7 +505,7 @@ def test_refine_then_roll_back_on_the_real_engine(headless_slicer, tmp_path, tin
 
     # Roll back to the starting model: the unreviewed slices get its prediction again, exactly.
     logic.rollback(volume, segmentation, segmentId, first, resegment=False)
-    rollback = panel.RefineRun(logic, volume, segmentation, segmentId).resegment(first, "Rolled back.")
+    rollback = RefineRun(logic, volume, segmentation, segmentId).resegment(first, "Rolled back.")
     final = _pollUntilDone(rollback, timeout=600)[-1]
     assert final.error is None, final.errorDetails
     assert final.message.startswith("Rolled back.") and "re-segmented" in final.message
@@ -473,12 +552,13 @@ def _logicClass(owner):
     return GuiDINOSegmentLogic
 
 
-CALLS, OTHER = _logicCalls(MODULE_FILE, PANEL_FILE)  # the widget and the run it starts
+CALLS, OTHER = _logicCalls(MODULE_FILE, PANEL_FILE, RUN_FILE)  # the widget and the run it starts
 
 
 def test_the_module_delegates_to_the_logic():
     names = {name for _, name in CALLS}
-    assert {"prepareRefine", "startRefine", "finishRefine", "rollback", "versions", "corrections"} <= names
+    assert {"prepareRefine", "newRefineRun", "startRefine", "finishRefine", "rollback", "versions",
+            "corrections"} <= names
     assert {"prepareSegmentation", "startSegmentation", "applySegmentation", "activeModel"} <= names
 
 
@@ -507,7 +587,7 @@ def test_dependency_check_never_runs_in_a_constructor():
 
 
 def test_the_module_never_writes_segments_directly():
-    text = MODULE_FILE.read_text() + PANEL_FILE.read_text()
+    text = MODULE_FILE.read_text() + PANEL_FILE.read_text() + RUN_FILE.read_text()
     for forbidden in ("updateSegmentBinaryLabelmapFromArray", "SetBinaryLabelmapToSegment",
                       "ImportLabelmapToSegmentationNode"):
         assert forbidden not in text, forbidden

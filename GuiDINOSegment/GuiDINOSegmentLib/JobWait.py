@@ -1,7 +1,7 @@
 """Waiting for a worker job behind a modal progress dialog, without spinning Slicer's main thread.
 
 The Segment Editor effect's Preview and Refine are synchronous (the editor must not change under them): the
-effect waits in a nested event loop that a timer wakes every ``INTERVAL_MS`` to poll the job, so the main thread
+effect waits in a nested event loop while a ``JobPoller`` polls the job every ``INTERVAL_MS``, so the main thread
 sleeps between polls and Slicer keeps painting. Cancel asks the job to stop and keeps the dialog up, modal, until
 it has: the user cannot edit or delete the nodes the result will be written to while the job winds down.
 
@@ -9,54 +9,50 @@ The Qt objects are injected (``qt.QTimer``, ``qt.QEventLoop``, the dialog), so t
 tested with a fake clock.
 """
 
-INTERVAL_MS = 50
+from GuiDINOSegmentLib.JobPoller import JobPoller
+
+INTERVAL_MS = 50  # a modal wait: the dialog follows the job closely
 
 
 class JobWait:
-    """Wait for ``job`` (a WorkerClient job: ``poll()``, ``cancel()``) behind ``dialog``.
+    """Wait for ``job`` behind ``dialog``.
 
     Args:
-        job: the job to wait for.
-        describe: ``describe(done, total, elapsed)`` -> (percent, text) for the dialog.
+        job: the job to wait for (``poll()``, ``cancel()``: a WorkerClient job or a Train ``RefineRun``).
+        describe: ``describe(state)`` -> (percent, text) for the dialog.
         dialog: a progress dialog (``value``, ``labelText``, ``wasCanceled``, ``show()``, ``close()``).
         timer: a timer (``connect("timeout()", slot)``, ``start(ms)``, ``stop()``).
         loop: an event loop (``exec()`` runs until ``quit()``).
     """
 
     def __init__(self, job, describe, dialog, timer, loop):
-        self.job, self.describe, self.dialog, self.timer, self.loop = job, describe, dialog, timer, loop
-        self.state = None
+        self.dialog, self.loop = dialog, loop
         self.cancelled = False
-        self.polls = 0
-        timer.connect("timeout()", self.tick)
+        self.poller = JobPoller(job, describe, self.show, lambda state: loop.quit(), timer, INTERVAL_MS)
+
+    @property
+    def polls(self):
+        return self.poller.polls
 
     def run(self):
-        """Wait until the job ends (the event loop keeps Slicer responsive); returns its last JobState."""
-        self.tick()
-        if not self.state.finished:
-            self.timer.start(INTERVAL_MS)
+        """Wait until the job ends (the event loop keeps Slicer responsive); returns its last state."""
+        self.poller.start()
+        if not self.poller.stopped:
             self.loop.exec()
-        self.timer.stop()
+        self.poller.stop()
         self.dialog.close()
-        return self.state
+        return self.poller.state
 
-    def tick(self):
-        """One poll: update the dialog, pass on a Cancel once, end the loop when the job has ended."""
-        self.polls += 1
-        self.state = self.job.poll()
-        if self.state.finished:
-            self.timer.stop()
-            self.loop.quit()
-            return
+    def show(self, percent, text):
+        """The dialog after a poll of a running job; a Cancel is passed on once."""
         if self.dialog.wasCanceled and not self.cancelled:
             self.cancelled = True
-            self.job.cancel()
+            self.poller.cancel()
         if self.cancelled:
             self.dialog.labelText = "Cancelling: finishing the current step..."
             self.dialog.show()  # Qt hides a cancelled progress dialog: keep it up, modal, until the job has stopped
         else:
-            self.dialog.value, self.dialog.labelText = self.describe(self.state.done, self.state.total,
-                                                                     self.state.elapsed)
+            self.dialog.value, self.dialog.labelText = percent, text
 
 
 def nodesStillThere(*nodes):

@@ -23,4 +23,4 @@ def refineLogicClass():
         cls = _refineLogicFactory()
     except ImportError:
         return None
-    return cls if callable(getattr(cls, "refineFromCorrections", None)) else None
+    return cls if all(callable(getattr(cls, name, None)) for name in ("prepareRefine", "newRefineRun")) else None

@@ -132,17 +132,6 @@ def slicesText(count):
     return f"{count} slice" if count == 1 else f"{count} slices"
 
 
-def refineProgress(entry):
-    """(percent, text) from a training progress entry (a dict with ``step`` and ``total``, maybe ``val_dice``)."""
-    step, total = int(entry.get("step", 0)), int(entry.get("total", 0) or 0)
-    if not total:
-        return 0, "Refining..."
-    text = f"Refining: step {step} / {total}"
-    if entry.get("val_dice") is not None:
-        text += f", Dice on a held-out corrected slice {float(entry['val_dice']):.2f}"
-    return int(100 * min(step, total) / total), text
-
-
 def progressReport(done, total, elapsed):
     """(percent, text) for a progress bar: slices done and an estimate of the time left."""
     if not total:
@@ -321,11 +310,3 @@ def shownSliceNodes():
             if widget is not None and widget.isVisible():
                 nodes.append(widget.mrmlSliceNode())
     return nodes or list(slicer.util.getNodesByClass("vtkMRMLSliceNode"))
-
-
-def refinedBundlePath(result):
-    """The model bundle a refinement wrote (``result.bundle``, or a returned path); None if it wrote none."""
-    import os
-
-    path = getattr(result, "bundle", None) if not isinstance(result, (str, os.PathLike)) else result
-    return None if path is None else str(path)

@@ -20,6 +20,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorAutoCompleteEffect
 from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
 
 from GuiDINOSegmentLib.DependencyLogic import DependencyLogic
+from GuiDINOSegmentLib.JobPoller import statedProgress, workerJobProgress
 from GuiDINOSegmentLib.JobWait import JobWait, nodesStillThere
 from GuiDINOSegmentLib.RefineRegistry import refineLogicClass
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
@@ -237,7 +238,7 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             sliceRange=self.sliceRange(sourceVolume, axis, self.scriptedEffect.parameter("Scope") or "all"),
             showGuide=bool(self.scriptedEffect.integerParameter("ShowGuide")))
         job = self.logic.prepareSegmentation(sourceVolume, segmentationNode, settings)  # main thread
-        prediction = self.runInBackground(self.logic.startSegmentation(job), helpers.progressReport)
+        prediction = self.runInBackground(self.logic.startSegmentation(job), workerJobProgress).result
         if not nodesStillThere(sourceVolume, segmentationNode) or (
                 job.segmentId and segmentationNode.GetSegmentation().GetSegment(job.segmentId) is None):
             slicer.util.showStatusMessage("GuiDINO: the volume, segmentation or segment was removed meanwhile; "
@@ -271,14 +272,15 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
                                                 windowModality=qt.Qt.ApplicationModal)
 
     def runInBackground(self, job, describe):
-        """Wait for a job of the GuiDINO worker process behind a modal progress dialog (the editor must not change
-        under it), in an event loop a timer wakes to poll the job (``JobWait``): Slicer stays responsive and its
-        main thread sleeps between polls. Cancel keeps what is done; the dialog stays up until the job has
-        stopped. ``describe(done, total, elapsed)`` gives the dialog's (percent, text)."""
+        """Wait for a job (of the GuiDINO worker process, or a refine run) behind a modal progress dialog (the
+        editor must not change under it), in an event loop a timer wakes to poll the job (``JobWait``): Slicer stays
+        responsive and its main thread sleeps between polls. Cancel keeps what is done; the dialog stays up until
+        the job has stopped. ``describe(state)`` gives the dialog's (percent, text). Returns the job's last state;
+        raises its error."""
         state = JobWait(job, describe, self.progressDialog(), qt.QTimer(), qt.QEventLoop()).run()
         if state.error is not None:
             raise state.error
-        return state.result
+        return state
 
     def onApply(self):
         previewed = self._previewed if self.getPreviewNode() is not None else None
@@ -326,16 +328,15 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
             if not segmentId or sourceVolume is None:
                 raise ValueError("Select a source volume and the corrected segment first.")
             trainLogic = logicClass(self.ensureLogic())
+            segmentationNode = parameterSetNode.GetSegmentationNode()
             prepared = trainLogic.prepareRefine(
-                sourceVolume, parameterSetNode.GetSegmentationNode(), segmentId,
+                sourceVolume, segmentationNode, segmentId,
                 model=helpers.optionalText(self.scriptedEffect.parameter("ModelPath")), resegment=False)
-            job = trainLogic.startRefine(prepared)
-            outcome = self.runInBackground(job, lambda done, total, elapsed: helpers.refineProgress(job.latest or {}))
-            result = trainLogic.finishRefine(prepared, outcome)
-            bundle = helpers.refinedBundlePath(result)
-            if not bundle:
-                slicer.util.showStatusMessage("GuiDINO: refinement cancelled; the model is unchanged.", 5000)
+            run = trainLogic.newRefineRun(sourceVolume, segmentationNode, segmentId, resegment=False)
+            state = self.runInBackground(run.train(prepared), statedProgress)
+            if run.bundle is None:
+                slicer.util.showStatusMessage("GuiDINO: " + state.message, 5000)
                 return
-            self.scriptedEffect.setParameter("ModelPath", bundle)
+            self.scriptedEffect.setParameter("ModelPath", run.bundle)
             self.updateGUIFromMRML()
             self.onPreview()

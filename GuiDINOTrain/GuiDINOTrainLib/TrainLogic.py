@@ -127,6 +127,13 @@ class GuiDINOTrainLogic:
         return sharedWorker().submit(request, {"image": prepared.image.voxels, "labels": prepared.labels},
                                      convert=lambda handle, answer: refine_from_answer(answer))
 
+    def newRefineRun(self, inputVolume, segmentation, segmentId, timeBudget=None, resegment=True):
+        """A ``RefineRun`` on this Logic: how a GUI (the Train panel, the Segment Editor effect) follows a refinement
+        or a roll back from the main thread. ``resegment=False``: it stops once the new version is active."""
+        from GuiDINOTrainLib.RefineRun import RefineRun
+
+        return RefineRun(self, inputVolume, segmentation, segmentId, timeBudget=timeBudget, resegment=resegment)
+
     def finishRefine(self, prepared, result):
         """Main thread: save the new version (unless the worker did), make it active, re-segment the slices the
         user has not reviewed."""

@@ -8,18 +8,14 @@ neither ``slicer`` nor qt (its texts are English, like ``WidgetHelpers``').
 """
 
 import datetime
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from GuiDINOSegmentLib import WidgetHelpers as helpers
-from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 
 PREFERRED_SEGMENT_NAME = "GuiDINO"  # the segment GuiDINO Segment writes by default
 NOTHING_TO_TRAIN = "Choose what to train: TokenBook, Network or LoRA."
-STOP_REASONS = {"time budget": "the time budget ran out", "early stopping": "the held-out slice stopped improving",
-                "cancelled": "cancelled, the best weights so far were kept"}
+STOP_REASONS = {"time budget": "the time budget ran out", "cancelled": "cancelled, the weights so far were kept"}
 
 
 # -- the panel's decisions (plain functions) -------------------------------------------------
@@ -144,8 +140,6 @@ def trainingProgress(info, timeBudget=None):
     text = f"Training: step {step} / {total}"
     if info.get("loss") is not None:
         text += f", loss {info['loss']:.3f}"
-    if info.get("val_dice") is not None:
-        text += f", held-out Dice {info['val_dice']:.2f}"
     return int(100 * min(fraction, 1.0)), f"{text}, {helpers.formatDuration(seconds)}"
 
 
@@ -155,8 +149,6 @@ def refineSummary(result):
         return "Cancelled: this round was discarded; the active model is unchanged."
     text = (f"Saved {Path(result.bundle).name} and made it the active model: {result.steps} steps in "
             f"{helpers.formatDuration(result.seconds)} on {len(result.slices)} corrected slices")
-    if result.valDice is not None:
-        text += f" (held-out Dice {result.valDice:.2f})"
     if result.stopped in STOP_REASONS:
         text += f"; stopped: {STOP_REASONS[result.stopped]}"
     return text + "."
@@ -186,108 +178,3 @@ def segmentedSummary(processResult):
     if processResult.fusion is not None:
         text += " " + helpers.fusionSummary(processResult.fusion)
     return text + (" Cancelled: the slices done were kept." if processResult.cancelled else "")
-
-
-# -- one refinement or roll back, in the worker process -----------------------------------------
-@dataclass
-class RunState:
-    finished: bool
-    percent: int
-    text: str
-    message: str = ""  # the status line once finished
-    error: Optional[BaseException] = None
-    errorDetails: str = ""
-
-
-class RefineRun:
-    """Train (the GuiDINO worker process), then save and activate (main), then re-segment (worker) and write (main).
-
-    The GUI calls ``poll()`` from a timer on the main thread; all MRML reads and writes happen in
-    ``train``/``resegment``/``poll``, on the main thread. The work itself runs in the worker process
-    (the Logic's ``startRefine`` and the Segment Logic's ``startSegmentation``): Slicer's own threads
-    barely run.
-    """
-
-    def __init__(self, logic, inputVolume, segmentation, segmentId, timeBudget=None):
-        self.logic = logic
-        self.inputVolume, self.segmentation, self.segmentId = inputVolume, segmentation, segmentId
-        self.timeBudget = timeBudget
-        self.stage = "idle"  # training | segmenting | done
-        self.job = None
-        self.refined = None  # the RefineFromCorrectionsResult once saved
-        self.fusion = None  # the re-segmentation's fusionReport: where its slices came from, the slice suggested next
-        self.messages = []
-        self._prepared = None
-        self._segmentation = None  # the re-segmentation's SegmentationJob
-        self._abandoned = False
-        self.cancelRequested = False
-
-    def train(self, prepared):
-        """Start training ``prepared`` (from the Logic's ``prepareRefine``) in the worker process."""
-        self._prepared, self.stage = prepared, "training"
-        self.job = self.logic.startRefine(prepared)
-        return self
-
-    def resegment(self, bundle, message=""):
-        """Prepare (main thread) and start re-segmenting the unreviewed slices with ``bundle`` (worker process)."""
-        job = self.logic.segmentLogic.prepareSegmentation(
-            self.inputVolume, self.segmentation, SegmentSettings(
-                segmentId=self.segmentId, model=str(bundle),
-                axis=self.logic.corrections(self.segmentation, self.segmentId, volume=self.inputVolume)["axis"]))
-        if message:
-            self.messages.append(message)
-        self._segmentation = job
-        self.stage, self.job = "segmenting", self.logic.segmentLogic.startSegmentation(job)
-        return self
-
-    def cancel(self):
-        self.cancelRequested = True
-        if self.job is not None:
-            self.job.cancel()
-
-    def abandon(self):
-        """The scene is closing: stop, and write nothing when the job ends."""
-        self._abandoned = True
-        self.cancel()
-
-    def poll(self):
-        state = self.job.poll()
-        if not state.finished:
-            if self.stage == "training":
-                return RunState(False, *trainingProgress(self.job.latest, self.timeBudget))
-            percent, text = helpers.progressReport(state.done, state.total, state.elapsed)
-            return RunState(False, percent, "Re-segmenting: " + text)
-        try:
-            return self._finished(state)
-        except Exception as error:  # shown by the GUI
-            self.stage = "done"
-            return RunState(True, 100, "", " ".join(self.messages), error, traceback.format_exc())
-
-    def _finished(self, state):
-        if state.error is not None:
-            self.stage = "done"
-            return RunState(True, 100, "", " ".join(self.messages), state.error, state.errorDetails)
-        if self._abandoned:
-            return self._done(abandonedSummary(getattr(state.result, "bundle", None) if self.stage == "training"
-                                               else None))
-        if self.inputVolume.GetScene() is None or self.segmentation.GetScene() is None:  # removed meanwhile
-            return self._done("Nothing written: the input volume or the segmentation was removed meanwhile.")
-        if self.stage == "training":
-            self.refined = self.logic.finishRefine(self._prepared, state.result)
-            self.messages.append(refineSummary(self.refined))
-            again, note = resegmentAfterTraining(self.refined, state.cancelRequested)
-            if not again:
-                return self._done(note)
-            self.resegment(self.refined.bundle)
-            return RunState(False, 0, "Re-segmenting the unreviewed slices...")
-        if self.segmentation.GetSegmentation().GetSegment(self.segmentId) is None:
-            return self._done("Nothing written: the segment was removed meanwhile.")
-        written = self.logic.segmentLogic.applySegmentation(self._segmentation, state.result)
-        self.fusion = written.fusion
-        return self._done(segmentedSummary(written))
-
-    def _done(self, message):
-        self.stage = "done"
-        if message:
-            self.messages.append(message)
-        return RunState(True, 100, "", " ".join(self.messages))
