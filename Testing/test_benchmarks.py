@@ -85,10 +85,16 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     benchmark("fusion_rules.py", "--data", tmp_path, "--out", out, "--markdown", rules)
     table = rules.read_text().splitlines()
     assert table[0] == ("| case | placement | K | seed | Fill | default | model alone | interpolation alone "
-                        "| unweighted model | no taper beyond |")
+                        "| unweighted model | no taper beyond | path only when apart |")
     ends = next(line for line in table if line.startswith("| brain1 | ends | 3 | 0 |"))
     assert float(ends.split("|")[6]) == pytest.approx(spread[0]["dice_not_labelled"], abs=5e-4)  # default = the run
     assert sum(line.startswith("| brain1 |") for line in table) == 4  # 2 placements x 2 seeds, not the ablation
+
+    saved = json.loads((out / "brain1-interior3-seed0.json").read_text())  # written again by the same rule: the same
+    benchmark("interactive.py", "--data", tmp_path, "--guide", tiny_guide_dir, "--out", out, "--cases", "brain1",
+              "--rounds", 0, "--spread", "3", "--runs", 1, "--device", "cpu", "--rewrite")
+    again = json.loads((out / "brain1-interior3-seed0.json").read_text())
+    assert again.pop("rewritten") and again == saved
 
 
 def test_segment_speed_times_the_parts_and_the_command(tmp_path):

@@ -9,7 +9,9 @@ Reads the spread runs ``interactive.py`` saved (``--out``: each run's JSON and, 
   them);
 - ``interpolation alone``: the model has no weight between and beyond the labelled slices;
 - ``unweighted model``: the model counts fully whatever its Dice on the labelled slices;
-- ``no taper beyond``: nothing interpolated beyond the first and the last labelled slice.
+- ``no taper beyond``: nothing interpolated beyond the first and the last labelled slice;
+- ``path only when apart``: between sections that do not overlap, only the path between them (not also each
+  section tapering toward the other).
 
     python benchmarks/fusion_rules.py --data ../shared/data/volumes --out runs/interactive --markdown rules.md
 """
@@ -35,6 +37,7 @@ RULES = {
     "interpolation alone": {"weight": 0.0},
     "unweighted model": {"weight": 1.0},
     "no taper beyond": {"extrapolate": False},
+    "path only when apart": {"apart": "path"},
 }
 
 

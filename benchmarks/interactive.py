@@ -8,7 +8,9 @@ Two protocols, run as a user would (``guidino simulate`` in its own process), a 
   - spread: K slices spread over the structure (``--placements``: ``interior``, as a user places them, and
     ``ends``, from its first to its last slice) are labelled, one refine, the rest segmented; run with seeds
     0 .. ``--runs`` - 1 (the time budget makes runs differ too): worst, median.
-Runs are resumable: a run whose JSON is in ``--out`` is read, not run again.
+Runs are resumable: a run whose JSON is in ``--out`` is read, not run again. ``--rewrite``: a spread run read so is
+written again by today's write rule from the prediction and probability it saved (the model does not depend on
+the write rule, so this gives the run's result as if it ran today; robot runs do: rerun them).
 Beside GuiDINO, on the very same slices: **do nothing** (the labelled slices alone) and **Fill between
 slices** (Slicer's effect, through slicer-core: ``peers.py``), and with ``--unguided-runs`` the same refine
 without a guide (``--guide none``: the ablation). Dice on the slices not labelled (false
@@ -20,6 +22,7 @@ make-tiny-guide --architecture vits16``) every GuiDINO row is labelled UNTRAINED
 """
 
 import argparse
+import datetime
 import json
 import shutil
 import statistics
@@ -30,6 +33,7 @@ import SimpleITK as sitk
 
 from command import guidino
 from guidino.metrics import dice_score
+from guidino.training.protocols import with_corrections_explained
 from machine import cpu_times, steal_since
 from peers import do_nothing, fill_between_slices
 
@@ -61,10 +65,27 @@ def peers(truth, spacing, slices, axis=0):
     return out
 
 
+def rewritten(summary, rounds, truth, spacing):
+    """A spread run's ``summary`` with its result written again by today's write rule (``with_corrections``) from
+    the prediction and probability it saved in ``rounds``: Dice and where each slice came from."""
+    predicted, probability = (sitk.GetArrayFromImage(sitk.ReadImage(str(rounds / f"spread-{name}.nrrd")))
+                              for name in ("prediction", "probability"))
+    slices = summary["slices"]
+    current, fused = with_corrections_explained(predicted, truth, slices, 0, spacing, probability)
+    rest = [k for k in range(truth.shape[0]) if k not in slices]
+    return {**summary, "dice_not_labelled": dice_score(current[rest], truth[rest]), "dice_all": dice_score(current, truth),
+            **fused.report(), "rewritten": datetime.date.today().isoformat()}
+
+
 def _run(case, args, out, name, protocol, guide=None):
-    """One ``guidino simulate`` run (reused when its JSON exists); ``guide`` overrides ``--guide``."""
+    """One ``guidino simulate`` run (reused when its JSON exists, and written again with ``--rewrite``);
+    ``guide`` overrides ``--guide``."""
     image, label, _ = CASES[case]
     report = out / f"{case.replace(' ', '_')}-{name}.json"
+    if report.exists() and args.rewrite and "--spread" in protocol:
+        truth, spacing = read_truth(Path(args.data) / label)
+        report.write_text(json.dumps(rewritten(json.loads(report.read_text()), report.with_suffix(""), truth,
+                                               spacing), indent=2))
     if not report.exists():
         rounds = report.with_suffix("")  # each round's prediction and segment, to look at a miss afterwards
         shutil.rmtree(rounds, ignore_errors=True)  # left by a run stopped before its report
@@ -150,6 +171,8 @@ def main():
                         help="another case, name=image,label,K[,K...] (repeatable); it joins --cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--simulate-options", default="", help="more guidino simulate options, e.g. '--steps 100'")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="write saved spread runs again by today's write rule from their saved probabilities")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     CASES.update(dict(args.case))

@@ -65,35 +65,18 @@ def connected_to(predicted, evidence):
     return np.where(np.isin(pieces, reached[reached > 0]), predicted, 0).astype(predicted.dtype)
 
 
-CONTINUES = 0.5  # a piece of prediction beyond the corrected slices must lie this much on the slice before it ...
-THINS = 1.8  # ... and, where the slice outgrows what is kept there, not be this many times as elongated
-
-
-def elongation(mask):
-    """A 2D boolean mask's area over that of the largest disc inside it: about 1 for a disc, high for a thin band
-    (and for many pieces); 0 for an empty mask."""
-    from scipy import ndimage
-
-    mask = np.asarray(mask, bool)
-    area = int(mask.sum())
-    if area == 0:
-        return 0.0
-    radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max())
-    return area / (math.pi * radius ** 2)
+CONTINUES = 0.5  # a piece of prediction beyond the corrected slices must lie this much on the slice before it
 
 
 def continuing(predicted, writable, user, array_axis, spacing):
     """``predicted`` where, beyond the first and the last of the user's slices holding the structure, each slice keeps
     only the 2D pieces (8-connectivity) that lie at least ``CONTINUES`` of their area on the slice before it (toward
-    the user's slices) as kept, grown by one slice spacing in the plane (a surface sloping up to 45°). Where those
-    pieces together outgrow what is kept there, the ones ``THINS`` times as elongated as it are dropped, the thinnest
-    first, until the slice no longer outgrows it or none is left.
+    the user's slices) as kept, grown by one slice spacing in the plane (a surface sloping up to 45°).
 
     A model refined from a few corrections has no negative evidence beyond them: there a look-alike touching the
-    structure's last slice (the skull beside a tumour) would be carried on from slice to slice. Such a look-alike is
-    a band along a surface, far thinner than the compact cross-section before it, and with the pieces beside it more
-    than that section, where a structure past its last labelled slice tapers; one thin and branched already (white
-    matter) is compared with itself.
+    structure's last slice (a rim beside a tumour) would be carried on from slice to slice. A piece is not judged
+    by its shape: a section that grows or changes shape (a gland widening toward its end, a ring) goes on being
+    kept (BENCHMARKS.md section 3 gives the effect of a shape rule per case).
     ``writable``: where the prediction may be written (the user's slices are those along ``array_axis`` with
     nothing writable); ``user``: the segment as the user left it; ``spacing``: voxel spacing in array order (mm).
     """
@@ -118,17 +101,7 @@ def continuing(predicted, writable, user, array_axis, spacing):
             pieces, count = ndimage.label(moved[k], structure=square)
             area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
             inside = np.bincount(pieces.ravel(), weights=reach.ravel(), minlength=count + 1)[1:]
-            near = inside >= CONTINUES * area
-            keep = [int(p) for p in np.flatnonzero(near) + 1]
-            kept_area, total = int(before.sum()), int(area[near].sum())
-            if total > kept_area:  # outgrowing what it continues: the thinnest pieces go first
-                boxes, most = ndimage.find_objects(pieces), THINS * elongation(before)
-                thin = {p: elongation(pieces[boxes[p - 1]] == p) for p in keep}
-                for p in sorted((p for p in keep if thin[p] > most), key=lambda p: -thin[p]):
-                    if total <= kept_area:
-                        break
-                    keep.remove(p)
-                    total -= int(area[p - 1])
+            keep = [int(p) for p in np.flatnonzero(inside >= CONTINUES * area) + 1]
             moved[k] = np.isin(pieces, keep)
             before = moved[k]
     out = np.where(np.moveaxis(moved, 0, array_axis), np.asarray(predicted), 0)

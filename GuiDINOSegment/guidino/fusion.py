@@ -29,7 +29,7 @@ TOLERANCE_PER_MM = 0.5
 # pixels a slice: weight 0.33) has little to add to the interpolated shape.
 WEIGHT_POWER = 4
 CLIP = 6.0
-UNSURE = float(np.log(0.8 / 0.2))  # log-odds: a decision closer than this (probability 0.2 to 0.8) is unsure  # log-odds: no voxel of the model alone outweighs the interpolation farther than this many tolerances
+UNSURE = float(np.log(0.8 / 0.2))  # log-odds: a decision closer than this (probability 0.2 to 0.8) is unsure
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _unsure(log_odds):
 
 
 def fuse_prediction(probability, user, user_slices, array_axis, spacing, processed=None, weight=None,
-                    tolerance=TOLERANCE, tolerance_per_mm=TOLERANCE_PER_MM, clip=CLIP, extrapolate=True):
+                    tolerance=TOLERANCE, tolerance_per_mm=TOLERANCE_PER_MM, clip=CLIP, extrapolate=True, apart="both"):
     """Combine a region model's ``probability`` with the shape interpolated between the user's slices.
 
     Args:
@@ -93,12 +93,15 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
         processed: per slice along ``array_axis``, whether the model ran there (None: everywhere).
         weight: the model's weight between the user's slices; None: ``model_weight`` to the power
             ``WEIGHT_POWER`` (1 when the model was not run on the user's slices).
+        tolerance, tolerance_per_mm, clip, extrapolate, apart: the rules' settings (the defaults are the shipped
+            rule; ``benchmarks/fusion_rules.py`` changes one at a time); ``extrapolate`` and ``apart`` as in
+            ``interpolation.interpolate_shape``.
 
     Returns:
         A ``FusedPrediction``; the user's slices hold the model's labels (the write rule never writes them).
     """
     probability = np.asarray(probability, np.float32)
-    shape = interpolate_shape(user, user_slices, array_axis, spacing, extrapolate)
+    shape = interpolate_shape(user, user_slices, array_axis, spacing, extrapolate, apart)
     if weight is None:
         fit = model_weight(probability, user, user_slices, array_axis, processed)
         weight = None if fit is None else fit ** WEIGHT_POWER

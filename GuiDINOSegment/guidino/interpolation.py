@@ -2,11 +2,14 @@
 
 Between two slices the user labelled, a structure's cross-section moves from one contour to the other. Each
 labelled slice gives a signed distance map (mm, in its plane: negative inside the structure); a slice between two
-labelled ones takes the linear blend of theirs, weighted by how near each is, each map first moved along the
-path of the section's centre (a structure that travels across the slices, as the pancreas does, is not cut to
-the overlap of its ends), and its zero level is the interpolated contour (Fill between slices does the same job with morphological contours). A labelled slice without
-the structure says it has ended: its map is the other slice's deepest inside distance everywhere, so the shape
-shrinks to nothing on the way. Beyond the first and the last labelled slice nothing is interpolated.
+labelled ones takes the linear blend of theirs, weighted by how near each is, and its zero level, placed so that
+the section's area is the blend of theirs, is the interpolated contour (Fill between slices does the same job with
+morphological contours). When the two sections do not overlap, the slices cannot tell a structure that travels
+across them (the pancreas) from one that ends while another begins (a lobe, a branch): the interpolated shape holds
+both, the blend of the maps moved along the path of the section's centre and each section tapering to nothing
+toward the other slice; the image (the model, in ``fusion``) decides between them. A labelled slice without the
+structure says it has ended: its map is the other slice's deepest inside distance everywhere, so the shape shrinks
+to nothing on the way. Beyond the first and the last labelled slice the shape may taper the same way.
 
 No torch, no VTK: the Slicer process may call it.
 """
@@ -44,6 +47,19 @@ def _level(blend, area):
     return 0.5 * float(ordered[area - 1] + ordered[area])
 
 
+def _blend(below, above, area_below, area_above, weight, move):
+    """The signed distance (mm) of the section ``weight`` of the way from the map ``below`` to ``above``: their
+    blend, each moved ``weight`` of ``move`` (pixels) along the path between them, at the level that holds the
+    blend of their areas (pixels)."""
+    from scipy import ndimage
+
+    if move.any():
+        below = ndimage.shift(below, weight * move, order=1, mode="nearest")
+        above = ndimage.shift(above, (weight - 1) * move, order=1, mode="nearest")
+    blend = (1 - weight) * below + weight * above
+    return blend - _level(blend, int(round((1 - weight) * area_below + weight * area_above)))
+
+
 @dataclass
 class ShapeInterpolation:
     """The interpolated shape through the volume, in the array order of the labels.
@@ -67,7 +83,10 @@ class ShapeInterpolation:
         return np.nan_to_num(self.distance, nan=1.0) < 0
 
 
-def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True):
+APART = ("both", "path")  # what the shape holds between sections that do not overlap (``interpolate_shape``)
+
+
+def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apart="both"):
     """The signed-distance interpolation of the structure between labelled ``slices``.
 
     Args:
@@ -78,10 +97,17 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True):
         extrapolate: beyond the first and the last labelled slice holding the structure (when no labelled slice
             without it bounds them), let the shape taper to nothing over the structure's largest radius, as
             between a labelled section and a labelled empty slice.
+        apart: between two sections that do not overlap, ``"both"`` candidates (the path between them, and each
+            tapering toward the other slice) or only the ``"path"`` (BENCHMARKS.md section 3 compares them).
 
     Returns:
         A ``ShapeInterpolation``.
+
+    Raises:
+        ValueError: ``apart`` is not one of ``APART``.
     """
+    if apart not in APART:
+        raise ValueError(f"apart={apart!r}: choose one of {', '.join(APART)}")
     from scipy import ndimage
 
     moved = np.moveaxis(np.asarray(labels) > 0, array_axis, 0)
@@ -106,17 +132,19 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True):
         below, above = maps.get(low), maps.get(high)
         if high - low < 2 or (below is None and above is None):
             continue  # nothing between, or nothing on either side: no shape to interpolate
-        move = np.zeros(2)
-        if below is not None and above is not None and not (moved[low] & moved[high]).any():
-            # sections apart: blend the maps aligned on the section's path
-            move = np.array(ndimage.center_of_mass(moved[high])) - np.array(ndimage.center_of_mass(moved[low]))
-        below = below if below is not None else np.full(moved.shape[1:], -above.min())
-        above = above if above is not None else np.full(moved.shape[1:], -below.min())
+        separate = below is not None and above is not None and not (moved[low] & moved[high]).any()
+        move = (np.array(ndimage.center_of_mass(moved[high])) - np.array(ndimage.center_of_mass(moved[low]))
+                if separate else np.zeros(2))
+        ending_below = np.full(moved.shape[1:], -above.min()) if above is not None else None
+        ending_above = np.full(moved.shape[1:], -below.min()) if below is not None else None
         for k in range(max(low + 1, 0), min(high, moved.shape[0])):
             weight = (k - low) / (high - low)
-            blend = ((1 - weight) * ndimage.shift(below, weight * move, order=1, mode="nearest")
-                     + weight * ndimage.shift(above, (weight - 1) * move, order=1, mode="nearest"))
-            area = int(round((1 - weight) * areas.get(low, 0) + weight * areas.get(high, 0)))
-            distance[k] = blend - _level(blend, area)
+            area_low, area_high = areas.get(low, 0), areas.get(high, 0)
+            distance[k] = _blend(below if below is not None else ending_below,
+                                 above if above is not None else ending_above, area_low, area_high, weight, move)
+            if separate and apart == "both":  # or one section ends and the other begins: both are candidates
+                distance[k] = np.minimum(distance[k], np.minimum(
+                    _blend(below, ending_above, area_low, 0, weight, np.zeros(2)),
+                    _blend(ending_below, above, 0, area_high, weight, np.zeros(2))))
             gap[k] = step * min(k - low if low in areas else np.inf, high - k if high in areas else np.inf)
     return ShapeInterpolation(np.moveaxis(distance, 0, array_axis), gap, array_axis)
