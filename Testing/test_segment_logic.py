@@ -509,7 +509,7 @@ def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scen
     prediction.labels, prediction.probability = labels, labels.astype(np.float32)
     prediction.region = {"axis": "axial", "array_axis": prediction.axis}  # as segment_volume reports a region model
     assert logic.previewLabels(job, prediction)[0][9].sum() == 0
-    logic.applySegmentation(job, prediction)
+    assert logic.applySegmentation(job, prediction).slicesProcessed == np.count_nonzero(prediction.processed)
     written = segment_array(scene, segment_id)
     assert written[4].sum() == 64 and written[6].sum() == 36 and written[9].sum() == 0
     np.testing.assert_array_equal(written[5], user[5])
@@ -518,6 +518,10 @@ def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scen
     logic.applySegmentation(logic.prepareSegmentation(scene.volume, scene.segmentation, model=model,
                                                       segmentId=segment_id), prediction)
     assert segment_array(scene, segment_id)[9].sum() == 16
+    prediction.processed[:] = True  # a region model runs on the user's slices too (its weight): not re-segmented
+    result = logic.applySegmentation(logic.prepareSegmentation(scene.volume, scene.segmentation, model=model,
+                                                               segmentId=segment_id), prediction)
+    assert result.slicesProcessed == len(prediction.processed) - 1
 
 
 def test_strokes_on_a_reloaded_seg_nrrd_are_each_given_to_the_slice_they_were_drawn_on(scene, logic, model, tmp_path):

@@ -63,7 +63,7 @@ class SegmentationJob:
 class ProcessResult:
     segmentId: str
     guideVolumeNode: Optional[object]  # None when showGuide is off or the model has no guide
-    slicesProcessed: int
+    slicesProcessed: int  # slices segmented and written to (the user's, which a region model also runs on, are not)
     seconds: float
     cancelled: bool
     prediction: SegmentationResult
@@ -238,7 +238,8 @@ class GuiDINOSegmentLogic(GuideOverlay):
         state.axis = job.axis
         commitBaseline(job.segmentation, job.segmentId, job.inputVolume, state, current)
         guide = self.showPredictionGuide(job, prediction) if job.settings.showGuide else None
-        return ProcessResult(job.segmentId, guide, int(prediction.processed.sum()), time.perf_counter() - job.started,
+        written = np.moveaxis(write, prediction.axis, 0).reshape(write.shape[prediction.axis], -1).any(axis=1)
+        return ProcessResult(job.segmentId, guide, int(written.sum()), time.perf_counter() - job.started,
                              prediction.cancelled, prediction, fusionReport(fused, prediction.region))
 
     def previewLabels(self, job, prediction):
