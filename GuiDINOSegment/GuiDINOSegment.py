@@ -194,7 +194,9 @@ class GuiDINOSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rangeMode = bool(p and p.sliceMode == "range")
         self.ui.sliceFirstSpinBox.enabled = self.ui.sliceLastSpinBox.enabled = rangeMode
         if ready and p.inputVolume.GetImageData() is not None:
-            last = helpers.sliceCountNode(p.inputVolume, p.axis) - 1
+            from GuiDINOSegmentLib.VolumeNodes import sliceCountNode
+
+            last = sliceCountNode(p.inputVolume, p.axis) - 1
             self.ui.sliceFirstSpinBox.maximum = self.ui.sliceLastSpinBox.maximum = max(last, 0)
 
     def onModelPathChanged(self, path):

@@ -29,6 +29,7 @@ from guidino.inference import SegmentationResult
 from guidino.review import merge_prediction, slice_mask
 from GuiDINOSegmentLib import GuiDINOSegmentLogic
 from GuiDINOSegmentLib import RefineRegistry as registry
+from GuiDINOSegmentLib import VolumeNodes as nodes
 from GuiDINOSegmentLib import WidgetHelpers as helpers
 from GuiDINOSegmentLib.SegmentSettings import SegmentSettings
 from GuiDINOSegmentLib.WorkerClient import JobState
@@ -48,7 +49,7 @@ def oblique(headless_slicer, oblique_volume_file):
 
 
 def _voxelRas(volume, kji):
-    return (helpers.ijkToRasNode(volume) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
+    return (nodes.ijkToRasNode(volume) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
 
 
 def _sliceNode(scene, ras, normal=(0, 0, 1), dimensions=(200, 160), fieldOfView=(300.0, 240.0)):
@@ -82,14 +83,14 @@ def test_one_axis_rule_for_directions_and_ijk_to_ras_matrices(seed):
 @pytest.mark.parametrize("axis", helpers.AXES)
 def test_slice_view_centre_gives_the_voxel_index_on_an_oblique_volume(headless_slicer, oblique, axis):
     kji = (4, 7, 3)
-    numpyAxis = helpers.numpyAxisNode(oblique, axis)
-    step = helpers.ijkToRasNode(oblique)[:3, 2 - numpyAxis]  # one voxel along the slicing axis, in RAS
+    numpyAxis = nodes.numpyAxisNode(oblique, axis)
+    step = nodes.ijkToRasNode(oblique)[:3, 2 - numpyAxis]  # one voxel along the slicing axis, in RAS
     centre = _voxelRas(oblique, kji)
     for offset, expected in ((0.0, kji[numpyAxis]), (0.45, kji[numpyAxis]), (-0.45, kji[numpyAxis]),
                              (0.55, kji[numpyAxis] + 1), (-1.0, kji[numpyAxis] - 1)):
         view = _sliceNode(headless_slicer.scene, centre + offset * step)
         assert helpers.sliceIndexAtViewNode(oblique, view, axis) == expected, offset
-    count = helpers.sliceCountNode(oblique, axis)
+    count = nodes.sliceCountNode(oblique, axis)
     assert count == oblique.GetImageData().GetDimensions()[::-1][numpyAxis]
     outside = _sliceNode(headless_slicer.scene, _voxelRas(oblique, kji) + (count + 2) * step)
     assert helpers.sliceIndexAtViewNode(oblique, outside, axis) is None
@@ -106,13 +107,13 @@ def test_slice_index_follows_a_linear_parent_transform(headless_slicer, oblique)
     oblique.SetAndObserveTransformNodeID(transform.GetID())
     view = _sliceNode(headless_slicer.scene, (toWorld @ np.append(local, 1.0))[:3])
     for axis in helpers.AXES:
-        expected = kji[helpers.numpyAxisNode(oblique, axis)]
+        expected = kji[nodes.numpyAxisNode(oblique, axis)]
         assert helpers.sliceIndexAtViewNode(oblique, view, axis) == expected, axis
 
 
 def test_visible_range_of_views(headless_slicer, oblique):
     axis = "axial"
-    count = helpers.sliceCountNode(oblique, axis)
+    count = nodes.sliceCountNode(oblique, axis)
     centre = _voxelRas(oblique, (3, 6, 5))
     parallel = _sliceNode(headless_slicer.scene, centre, normal=(0, 0, 1), fieldOfView=(3.0, 3.0))
     index = helpers.sliceIndexAtViewNode(oblique, parallel, axis)
@@ -253,7 +254,7 @@ def test_preview_apply_respects_masking_and_undo_restores(headless_slicer, obliq
     assert job.slices.tolist() == [0, 1, 3, 4, 5]  # the reviewed slice is not computed (slice 6: out of scope)
     prediction = logic.computeSegmentation(job)
     merged = logic.previewLabels(job, prediction)[0]
-    preview = helpers.resampleToReference(helpers.orientedImageFromArrayNode(merged, oblique, segmentation),
+    preview = nodes.resampleToReference(nodes.orientedImageFromArrayNode(merged, oblique, segmentation),
                                           editor.GetAlignedSourceVolume())
 
     # Intensity masking: only voxels in range may change (it needs the preview on the source grid).
@@ -282,22 +283,22 @@ def test_oriented_image_follows_volume_and_segmentation_transforms(headless_slic
     scene = headless_slicer.scene
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     voxels = (np.arange(7 * 12 * 10).reshape(7, 12, 10) % 2).astype(np.uint8)
-    image = helpers.orientedImageFromArrayNode(voxels, oblique, segmentation)
-    np.testing.assert_array_equal(helpers.arrayFromOrientedImage(image), voxels)
+    image = nodes.orientedImageFromArrayNode(voxels, oblique, segmentation)
+    np.testing.assert_array_equal(nodes.arrayFromOrientedImage(image), voxels)
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
-    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), helpers.ijkToRasNode(oblique), atol=1e-9)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), nodes.ijkToRasNode(oblique), atol=1e-9)
 
     shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift.SetMatrixTransformToParent(_matrix([[1, 0, 0, 5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
     oblique.SetAndObserveTransformNodeID(shift.GetID())
     image.GetImageToWorldMatrix(matrix)
-    moved = helpers.orientedImageFromArrayNode(voxels, oblique, segmentation)
+    moved = nodes.orientedImageFromArrayNode(voxels, oblique, segmentation)
     moved.GetImageToWorldMatrix(matrix)
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix)[:3, 3],
-                               helpers.ijkToRasNode(oblique)[:3, 3] + [5, 0, 0], atol=1e-9)
+                               nodes.ijkToRasNode(oblique)[:3, 3] + [5, 0, 0], atol=1e-9)
     with pytest.raises(ValueError, match="does not fit"):
-        helpers.orientedImageFromArrayNode(voxels[:3], oblique)
+        nodes.orientedImageFromArrayNode(voxels[:3], oblique)
 
 
 # -- background job --------------------------------------------------------------------------

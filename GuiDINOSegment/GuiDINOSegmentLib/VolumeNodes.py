@@ -7,15 +7,14 @@ import numpy as np
 import slicer
 import vtk
 
+from guidino.axes import slice_axis
 from guidino.errors import InputError
 from guidino.geometry import Geometry
 from guidino.imageio import ImageData, check_shape, check_voxels
 
 
 def volumeGeometry(volumeNode):
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return Geometry.from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix))
+    return Geometry.from_ijk_to_ras(ijkToRasNode(volumeNode))
 
 
 def imageDataFromVolume(volumeNode, copy=False):
@@ -186,3 +185,83 @@ def sliceCentre(volumeNode, arrayAxis, index):
         parent.GetTransformToWorld(toWorld)
         point = toWorld.TransformPoint(point)
     return tuple(float(v) for v in point)
+
+
+# -- a volume's grid in world coordinates, and labelmaps on it (the widgets' views and previews) -----
+def _worldFromLocalNode(node):
+    """4x4 numpy matrix from the node's local coordinates to world RAS (its parent transforms)."""
+    matrix = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(node.GetParentTransformNode(), None, matrix):
+        raise ValueError(f"{node.GetName()} is under a non-linear transform: harden the transform first "
+                         "(Data module: right-click the transform > Harden transform).")
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def ijkToRasNode(volumeNode):
+    """4x4 numpy matrix from the volume's voxel IJK to its own RAS (before its parent transforms)."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def worldRasToIjkNode(volumeNode):
+    """4x4 numpy matrix from world RAS (what slice views show) to the volume's voxel IJK."""
+    return np.linalg.inv(_worldFromLocalNode(volumeNode) @ ijkToRasNode(volumeNode))
+
+
+def numpyAxisNode(volumeNode, axis):
+    """The numpy axis of the volume's (k, j, i) array that slicing along ``axis`` steps through."""
+    return slice_axis(ijkToRasNode(volumeNode)[:3, :3], axis)
+
+
+def sliceCountNode(volumeNode, axis):
+    """Number of slices of the volume along ``axis``."""
+    dims = volumeNode.GetImageData().GetDimensions()  # i, j, k
+    return int(dims[::-1][numpyAxisNode(volumeNode, axis)])
+
+
+def orientedImageFromArrayNode(array, volumeNode, segmentationNode=None):
+    """A uint8 ``vtkOrientedImageData`` of a (k, j, i) array on the volume's grid.
+
+    Its image-to-world matrix is in the segmentation's coordinates (the volume's and the
+    segmentation's parent transforms are taken into account), as segment labelmaps are.
+    """
+    from vtk.util import numpy_support
+
+    voxels = np.ascontiguousarray(array, dtype=np.uint8)
+    extent = volumeNode.GetImageData().GetExtent()
+    if voxels.shape != (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1):
+        raise ValueError(f"An array of shape {voxels.shape} does not fit {volumeNode.GetName()}.")
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(extent)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True,
+                                                                array_type=vtk.VTK_UNSIGNED_CHAR))
+    toSegmentation = np.eye(4)
+    if segmentationNode is not None:
+        toSegmentation = np.linalg.inv(_worldFromLocalNode(segmentationNode)) @ _worldFromLocalNode(volumeNode)
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate(toSegmentation @ ijkToRasNode(volumeNode)):
+        for c, value in enumerate(row):
+            matrix.SetElement(r, c, value)
+    image.SetImageToWorldMatrix(matrix)
+    return image
+
+
+def arrayFromOrientedImage(image):
+    """The (k, j, i) numpy copy of a ``vtkOrientedImageData``'s scalars."""
+    from vtk.util import numpy_support
+
+    extent = image.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape).copy()
+
+
+def resampleToReference(image, reference):
+    """``image`` (a labelmap) on ``reference``'s grid, nearest neighbour; ``image`` itself when they match."""
+    if reference is None or slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference):
+        return image
+    output = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            image, reference, output, False):
+        raise RuntimeError("Could not resample the GuiDINO preview onto the segmentation's grid.")
+    return output

@@ -9,7 +9,7 @@ import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here im
 import math
 import numpy as np
 
-from guidino.axes import AXES, AXIS_NORMAL, check_axis, slice_axis
+from guidino.axes import AXES, AXIS_NORMAL, check_axis
 
 from .SegmentSettings import DEFAULT_SEGMENT_NAME, SegmentSettings
 
@@ -151,117 +151,37 @@ def segmentLogicClass():
     return GuiDINOSegmentLogic
 
 
-# -- MRML nodes (import slicer when called) --------------------------------------------------
-def _arrayFromMatrix(matrix):
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _worldFromLocalNode(node):
-    """4x4 numpy matrix from the node's local coordinates to world RAS (its parent transforms)."""
+# -- slice views (MRML slice nodes; import slicer when called) ------------------------------------
+def _matrixArray(matrix):
+    """A vtkMatrix4x4 as a 4x4 numpy array."""
     import slicer
-    import vtk
 
-    matrix = vtk.vtkMatrix4x4()
-    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(node.GetParentTransformNode(), None, matrix):
-        raise ValueError(f"{node.GetName()} is under a non-linear transform: harden the transform first "
-                         "(Data module: right-click the transform > Harden transform).")
-    return _arrayFromMatrix(matrix)
-
-
-def ijkToRasNode(volumeNode):
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return _arrayFromMatrix(matrix)
-
-
-def worldRasToIjkNode(volumeNode):
-    """4x4 numpy matrix from world RAS (what slice views show) to the volume's voxel IJK."""
-    return np.linalg.inv(_worldFromLocalNode(volumeNode) @ ijkToRasNode(volumeNode))
-
-
-def numpyAxisNode(volumeNode, axis):
-    """The numpy axis of the volume's (k, j, i) array that slicing along ``axis`` steps through."""
-    return slice_axis(ijkToRasNode(volumeNode)[:3, :3], axis)
-
-
-def sliceCountNode(volumeNode, axis):
-    """Number of slices of the volume along ``axis``."""
-    dims = volumeNode.GetImageData().GetDimensions()  # i, j, k
-    return int(dims[::-1][numpyAxisNode(volumeNode, axis)])
+    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def sliceIndexAtViewNode(volumeNode, sliceNode, axis):
     """Index along ``axis`` of the volume slice at the centre of a slice view (None outside the volume)."""
-    centre = sliceViewCenter(_arrayFromMatrix(sliceNode.GetSliceToRAS()))
+    from GuiDINOSegmentLib.VolumeNodes import numpyAxisNode, sliceCountNode, worldRasToIjkNode
+
+    centre = sliceViewCenter(_matrixArray(sliceNode.GetSliceToRAS()))
     return sliceIndexFromRas(worldRasToIjkNode(volumeNode), centre, numpyAxisNode(volumeNode, axis),
                              sliceCountNode(volumeNode, axis))
 
 
 def visibleSliceRangeNode(volumeNode, sliceNodes, axis):
     """(first, last) along ``axis`` of the volume slices the given slice views show, or None."""
+    from GuiDINOSegmentLib.VolumeNodes import numpyAxisNode, sliceCountNode, worldRasToIjkNode
+
     corners = [c for node in sliceNodes
-               for c in sliceViewCorners(_arrayFromMatrix(node.GetXYToRAS()), node.GetDimensions())]
+               for c in sliceViewCorners(_matrixArray(node.GetXYToRAS()), node.GetDimensions())]
     return sliceSpanFromRas(worldRasToIjkNode(volumeNode), corners, numpyAxisNode(volumeNode, axis),
                             sliceCountNode(volumeNode, axis))
 
 
 def viewLookingAlongNode(sliceNodes, axis):
     """The slice node among ``sliceNodes`` that looks along ``axis`` best (None when there is none)."""
-    index = viewLookingAlong(axis, [sliceViewNormal(_arrayFromMatrix(n.GetSliceToRAS())) for n in sliceNodes])
+    index = viewLookingAlong(axis, [sliceViewNormal(_matrixArray(n.GetSliceToRAS())) for n in sliceNodes])
     return None if index is None else sliceNodes[index]
-
-
-def orientedImageFromArrayNode(array, volumeNode, segmentationNode=None):
-    """A uint8 ``vtkOrientedImageData`` of a (k, j, i) array on the volume's grid.
-
-    Its image-to-world matrix is in the segmentation's coordinates (the volume's and the
-    segmentation's parent transforms are taken into account), as segment labelmaps are.
-    """
-    import slicer
-    import vtk
-    from vtk.util import numpy_support
-
-    voxels = np.ascontiguousarray(array, dtype=np.uint8)
-    extent = volumeNode.GetImageData().GetExtent()
-    if voxels.shape != (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1):
-        raise ValueError(f"An array of shape {voxels.shape} does not fit {volumeNode.GetName()}.")
-    image = slicer.vtkOrientedImageData()
-    image.SetExtent(extent)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True,
-                                                                array_type=vtk.VTK_UNSIGNED_CHAR))
-    toSegmentation = np.eye(4)
-    if segmentationNode is not None:
-        toSegmentation = np.linalg.inv(_worldFromLocalNode(segmentationNode)) @ _worldFromLocalNode(volumeNode)
-    matrix = vtk.vtkMatrix4x4()
-    for r, row in enumerate(toSegmentation @ ijkToRasNode(volumeNode)):
-        for c, value in enumerate(row):
-            matrix.SetElement(r, c, value)
-    image.SetImageToWorldMatrix(matrix)
-    return image
-
-
-def arrayFromOrientedImage(image):
-    """The (k, j, i) numpy copy of a ``vtkOrientedImageData``'s scalars."""
-    from vtk.util import numpy_support
-
-    extent = image.GetExtent()
-    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
-    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape).copy()
-
-
-def resampleToReference(image, reference):
-    """``image`` (a labelmap) on ``reference``'s grid, nearest neighbour; ``image`` itself when they match."""
-    import slicer
-
-    if reference is None or slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference):
-        return image
-    output = slicer.vtkOrientedImageData()
-    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            image, reference, output, False):
-        raise RuntimeError("Could not resample the GuiDINO preview onto the segmentation's grid.")
-    return output
 
 
 SOURCE_NAMES = {"user": "yours", "model and interpolation": "from the model and the shape between your slices",

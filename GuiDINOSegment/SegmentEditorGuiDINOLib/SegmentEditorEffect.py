@@ -248,8 +248,10 @@ hold; Ctrl+Z undoes it); <dfn>Cancel</dfn> discards it.
         self.suggestedButton.enabled = helpers.suggestedSlice(self._fusion) is not None
         if self._fusion is not None:
             slicer.util.showStatusMessage("GuiDINO: " + helpers.fusionSummary(self._fusion), 10000)
-        image = helpers.orientedImageFromArrayNode(labels, sourceVolume, segmentationNode)
-        outputLabelmap.DeepCopy(helpers.resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
+        from GuiDINOSegmentLib.VolumeNodes import orientedImageFromArrayNode, resampleToReference
+
+        image = orientedImageFromArrayNode(labels, sourceVolume, segmentationNode)
+        outputLabelmap.DeepCopy(resampleToReference(image, self.scriptedEffect.sourceVolumeImageData()))
         self._previewed = (job, prediction)
         if settings.showGuide:
             self.logic.showPredictionGuide(job, prediction)

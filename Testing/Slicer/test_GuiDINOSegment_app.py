@@ -46,6 +46,7 @@ def makeVolume(shape=(12, 48, 40), name="GuiDINO test volume"):
 
 def centreViewOn(volume, kji, axis="axial"):
     """Put the slice view that looks along ``axis`` on voxel ``kji`` of ``volume``."""
+    from GuiDINOSegmentLib import VolumeNodes as nodes
     from GuiDINOSegmentLib import WidgetHelpers as helpers
 
     sliceNodes = helpers.shownSliceNodes()
@@ -54,7 +55,7 @@ def centreViewOn(volume, kji, axis="axial"):
         sliceNodes[0].SetLayoutName("Red")
         sliceNodes[0].SetOrientationToAxial()
     sliceNode = helpers.viewLookingAlongNode(sliceNodes, axis)
-    ras = helpers.ijkToRasNode(volume) @ np.array([kji[2], kji[1], kji[0], 1.0])
+    ras = nodes.ijkToRasNode(volume) @ np.array([kji[2], kji[1], kji[0], 1.0])
     sliceNode.JumpSliceByCentering(*ras[:3])
     return sliceNode
 
