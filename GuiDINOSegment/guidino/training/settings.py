@@ -98,7 +98,7 @@ class RefineSettings:
     photometric: bool = False
     device: str = "auto"
     seed: int = 0
-    keep_on_cancel: bool = True  # cancelled: keep the best model so far (True) or discard the round (False)
+    keep_on_cancel: bool = True  # cancelled: keep the model as trained so far (True) or discard the round (False)
     new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
 
     def __post_init__(self):
