@@ -322,3 +322,12 @@ def test_slicer_quitting_ends_the_worker_and_its_running_job(scene, bundle, work
     workerClientModule.closeSharedWorker()  # what Slicer's aboutToQuit calls
     assert time.monotonic() - started < 4 and _gone(launcher)
     assert handle.poll().finished and workerClientModule._shared is None
+
+
+def test_a_cancel_or_a_quit_never_starts_a_worker(tmp_path):
+    """Delivering a cancel or a quit to a worker that is not running is a no-op: no process is started for it."""
+    worker = WorkerProcess(python=sys.executable)
+    job = workerClientModule.WorkerJob(worker, "a-job", tmp_path)  # the job of a worker that has died or never ran
+    job.cancel()
+    worker.close()
+    assert job.cancelRequested and worker.starts == 0 and worker.process is None
