@@ -8,6 +8,11 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+try:  # the web app's browser tests run in the web venv (`make test-web`), where trame-slicer is installed
+    import trame_slicer  # noqa: F401
+except ImportError:
+    collect_ignore = ["Web"]
+
 
 @pytest.fixture
 def headless_slicer():

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "GuiDINOSegment" / "guidino"
-TEXT = (ROOT / "ARCHITECTURE.md").read_text()
+TEXT = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
 DIAGRAM = TEXT.split("```")[1]
 COMPUTE = ("torch", "transformers", "peft", "monai")
 
@@ -32,7 +32,7 @@ def imports(module):
     path = ENGINE.joinpath(*module.split(".")).with_suffix(".py")
     package = ["guidino", *module.split(".")[:-1]]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -102,7 +102,7 @@ def test_what_the_diagram_calls_torch_free_reaches_no_torch(module):
 
 
 def test_the_slicer_side_methods_it_names_exist():
-    code = "\n".join(p.read_text() for folder in ("GuiDINOSegment", "GuiDINOTrain") for p in (ROOT / folder).rglob("*.py")
+    code = "\n".join(p.read_text(encoding="utf-8") for folder in ("GuiDINOSegment", "GuiDINOTrain") for p in (ROOT / folder).rglob("*.py")
                      if "guidino" not in p.parts)
     defined = {node.name for node in ast.walk(ast.parse(code)) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     named = set(re.findall(r"`([a-z]+[A-Z][A-Za-z]*)(?:\(|`)", TEXT))
@@ -115,7 +115,7 @@ def lib_imports(package):
     graph = {}
     for path in folder.glob("*.py"):
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 if node.level == 1 and node.module:
                     found.add(node.module.split(".")[0])
@@ -139,7 +139,7 @@ def test_the_slicer_side_files_import_each_other_without_a_loop(package):
         visit(stem, [])
 
 
-@pytest.mark.parametrize("package", ["GuiDINOSegmentLib", "GuiDINOTrainLib", "SegmentEditorGuiDINOLib"])
+@pytest.mark.parametrize("package", ["GuiDINOSegmentLib", "GuiDINOTrainLib", "SegmentEditorGuiDINOLib", "GuiDINOWeb"])
 def test_the_diagram_draws_every_slicer_side_file(package):
     for path in next(ROOT.glob(f"*/{package}")).glob("*.py"):
         if path.name != "__init__.py":

@@ -14,19 +14,30 @@ MODULES = ["GuiDINOSegment", "GuiDINOTrain"]
 
 
 def _cmake_list(module, variable):
-    text = (ROOT / module / "CMakeLists.txt").read_text()
+    text = (ROOT / module / "CMakeLists.txt").read_text(encoding="utf-8")
     match = re.search(r"set\(\s*" + variable + r"\s+(.*?)\)", text, re.S)
     assert match, f"{module}/CMakeLists.txt has no {variable}"
     items = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
     return {item.replace("${MODULE_NAME}", module) for item in items if item}
 
 
+WEB = ROOT / "GuiDINOTrain" / "GuiDINOWeb"  # the web app: its own venv, never installed into Slicer
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_every_python_file_is_listed(module):
-    on_disk = {p.relative_to(ROOT / module).as_posix() for p in (ROOT / module).rglob("*.py") if "__pycache__" not in p.parts}
+    on_disk = {p.relative_to(ROOT / module).as_posix() for p in (ROOT / module).rglob("*.py")
+               if "__pycache__" not in p.parts and WEB not in p.parents}
     listed = _cmake_list(module, "MODULE_PYTHON_SCRIPTS")
     assert on_disk - listed == set(), "add these to MODULE_PYTHON_SCRIPTS"
     assert listed - on_disk == set(), "listed in MODULE_PYTHON_SCRIPTS but missing on disk"
+
+
+def test_slicer_installs_no_file_of_the_web_app():
+    assert {p.name for p in WEB.glob("*.py")} >= {"WebApp.py", "WebSession.py"}
+    for module in MODULES:
+        text = (ROOT / module / "CMakeLists.txt").read_text(encoding="utf-8")
+        assert "GuiDINOWeb" not in text, f"{module}/CMakeLists.txt installs the web app into Slicer"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -39,7 +50,7 @@ def test_every_resource_is_listed(module):
 
 
 def test_top_level_cmake_declares_the_extension():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for needed in ["EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY \"Segmentation\"", "EXTENSION_CONTRIBUTORS",
                    "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
                    "EXTENSION_DEPENDS \"PyTorch\"", "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
@@ -50,7 +61,7 @@ def test_top_level_cmake_declares_the_extension():
 
 @pytest.mark.parametrize("path", sorted(p for m in MODULES + ["Testing"] for p in (ROOT / m).rglob("*.py")), ids=str)
 def test_python_files_parse(path):
-    ast.parse(path.read_text(), filename=str(path))
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 ENGINE = ROOT / "GuiDINOSegment" / "guidino"
@@ -60,7 +71,7 @@ FORBIDDEN_IN_ENGINE = ("slicer", "qt", "ctk", "vtk", "PythonQt", "SegmentEditorE
 def _imports(path):
     """Every module name ``path`` imports (at any depth, lazy imports included); relative ones as '.name'."""
     names = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -104,7 +115,7 @@ def test_lib_packages_hold_only_slicer_code():
             if path.name == "__init__.py":
                 continue
             names = _imports(path)
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             assert any(_top(n) in slicer_side for n in names) or "MRML" in text or "Slicer" in text, path
             compute = [n for n in names if _top(n) in ("torch", "transformers", "peft", "SimpleITK", "monai")]
             assert not compute, f"{path.name} imports {compute}: computation belongs in the engine (guidino)"
@@ -115,11 +126,11 @@ def test_modules_import_one_way_train_to_segment():
     for path in segment_files:
         names = _imports(path)
         assert not any(_top(n) in ("GuiDINOTrainLib", "GuiDINOTrain") for n in names), path
-        assert "GuiDINOTrainLib" not in path.read_text().replace("# ", ""), f"{path} names GuiDINOTrainLib"
+        assert "GuiDINOTrainLib" not in path.read_text(encoding="utf-8").replace("# ", ""), f"{path} names GuiDINOTrainLib"
 
 
 def test_the_train_module_registers_refine_for_the_effect_at_startup():
-    tree = ast.parse((ROOT / "GuiDINOTrain" / "GuiDINOTrain.py").read_text())
+    tree = ast.parse((ROOT / "GuiDINOTrain" / "GuiDINOTrain.py").read_text(encoding="utf-8"))
     module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GuiDINOTrain")
     init = next(n for n in module_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     assert "registerRefineLogic(trainLogicClass)" in ast.unparse(init)
@@ -136,7 +147,7 @@ SEARCH = [ROOT / "GuiDINOSegment", ROOT / "GuiDINOTrain"]
 def _module_level_imports(path):
     """Project files imported when ``path`` is imported (module level, not inside functions)."""
     found = []
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -187,7 +198,7 @@ def test_what_slicer_loads_at_startup_runs_on_python_3_9(path):
     """Slicer 5.8 (Python 3.9) must load the modules to tell its user that GuiDINO needs Slicer 5.10: no Python
     3.10 syntax (``ast`` checks the grammar), no ``zip(strict=)``, no ``dataclass(slots=/kw_only=)``, no
     ``X | Y`` annotations without ``from __future__ import annotations``."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     tree = ast.parse(text, feature_version=(3, 9))
     postponed = "from __future__ import annotations" in text
     for node in ast.walk(tree):
@@ -208,7 +219,7 @@ def test_what_slicer_loads_at_startup_runs_on_python_3_9(path):
 
 
 def test_extension_icon_and_screenshot_urls_point_to_files_of_this_repository():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         urls = re.search(variable + r'\s+"([^"]+)"', text).group(1).split()
         assert urls, variable

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import BundleError
 
 BUNDLE_FORMAT = 1
+RANDOM_WEIGHTS_FLAG = "guidino_random_weights"  # in the config.json of a guide `guidino make-tiny-guide` wrote
 
 
 def read_bundle_json(bundle):
@@ -58,3 +59,28 @@ def list_versions(folder):
         versions.append({"path": path, "created": config.get("created"), "parent": provenance.get("parent"),
                          "slices": provenance.get("slices", [])})
     return sorted(versions, key=lambda v: (str(v["created"] or ""), str(v["path"])))
+
+
+def untrained_guide(bundle=None, guide=None):
+    """Whether the guide a run would use has random weights (``guidino make-tiny-guide``), read without torch.
+
+    Args:
+        bundle: a model bundle folder (its config.json records whether its guide was pretrained), or None.
+        guide: a guide source overriding the bundle's (a folder is read; a hub id or checkpoint is taken as
+            pretrained), or None.
+
+    Returns:
+        True when the guide is known to be random, else False.
+    """
+    if guide:
+        config = Path(guide) / "config.json"
+        try:
+            return bool(json.loads(config.read_text()).get(RANDOM_WEIGHTS_FLAG, False)) if config.is_file() else False
+        except (OSError, ValueError, AttributeError):
+            return False
+    if bundle:
+        try:
+            return read_bundle_json(bundle).get("guide", {}).get("pretrained") is False
+        except BundleError:
+            return False
+    return False

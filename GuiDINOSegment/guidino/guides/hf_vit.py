@@ -13,10 +13,10 @@ import torch
 from transformers import AutoModel, DINOv3ViTConfig, DINOv3ViTModel
 
 from ..errors import GuideNotFoundError
+from ..bundlefiles import RANDOM_WEIGHTS_FLAG
 from .base import GuideGenerator, _how_to_provide
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # single files: not Hugging Face folders or ids
-RANDOM_WEIGHTS_FLAG = "guidino_random_weights"  # set in the config of make_tiny_guide's models
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
