@@ -90,7 +90,7 @@ class GuiDINOWebApp(TrameApp):
     # -- state the page shows -----------------------------------------------------------------
     def _initialState(self):
         state = self.state
-        state.guidino_volumes = self._safe(self.session.volumeNames, [])
+        state.guidino_volumes = self._safe(self.session.volumeNames, [])  # again each time the list opens
         state.guidino_volume = None
         state.guidino_discard = False
         state.guidino_model = self.session.segmentLogic.defaultModelPath or ""
@@ -162,6 +162,9 @@ class GuiDINOWebApp(TrameApp):
         self.refresh()
 
     # -- actions ----------------------------------------------------------------------------------
+    def listVolumes(self, *_):
+        self._act(lambda: setattr(self.state, "guidino_volumes", self.session.volumeNames()))
+
     def openVolume(self):
         self._act(self._openVolume)
 
@@ -265,7 +268,8 @@ class GuiDINOWebApp(TrameApp):
                     VAlert(text=("guidino_untrained",), v_if=("guidino_untrained",), type="warning", density="compact",
                            classes="mb-2 guidino-untrained")
                     VSelect(label="Volume", items=("guidino_volumes",), v_model=("guidino_volume",),
-                            density="compact", hide_details=True, classes="guidino-volume")
+                            density="compact", hide_details=True, classes="guidino-volume",
+                            update_menu=self.listVolumes)  # the folder as it is when the list opens
                     VCheckbox(label="Discard changes not saved", v_model=("guidino_discard",), density="compact",
                               hide_details=True)
                     VBtn("Open", click=self.openVolume, disabled=("guidino_busy",), block=True,
@@ -301,6 +305,7 @@ class GuiDINOWebApp(TrameApp):
                     VBtn("Save", click=self.save, disabled=("!is_volume_loaded",), block=True,
                          classes="mb-1 guidino-save")
                     VSelect(label="Saved segmentations", items=("guidino_saved",),
-                            v_model=("guidino_selected_saved",), density="compact", hide_details=True)
+                            v_model=("guidino_selected_saved",), density="compact", hide_details=True,
+                            classes="guidino-saved")
                     VBtn("Reload", click=self.reload, disabled=("guidino_busy || !guidino_selected_saved",),
                          block=True, classes="my-1 guidino-reload")

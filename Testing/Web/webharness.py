@@ -91,4 +91,8 @@ class ServedApp:
                 self.loop.run_until_complete(self.app.server.stop())
         finally:
             closeSharedWorker()
+            pending = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
