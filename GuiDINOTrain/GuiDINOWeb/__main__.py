@@ -4,6 +4,7 @@ It binds to 127.0.0.1 unless told otherwise: the page serves patient data and ha
 """
 
 import argparse
+import atexit
 import ipaddress
 import logging
 import os
@@ -45,6 +46,10 @@ def main(argv=None):
                                   min_steps=min(arguments.refine_steps, settings.min_steps))
     app = GuiDINOWebApp(arguments.data, model=arguments.model, guide=arguments.guide,
                         modelsFolder=arguments.models_folder, refineSettings=settings)
+    from GuiDINOSegmentLib.WorkerClient import closeSharedWorker, startSharedWorker
+
+    atexit.register(closeSharedWorker)  # the worker ends with the server, however it stops
+    startSharedWorker()  # it imports torch while the page loads, not during the first Run
     app.server.start(host=arguments.host, port=arguments.port, open_browser=False)
 
 

@@ -272,3 +272,27 @@ def test_two_tabs_share_one_scene(served):
         return served.call(lambda: served.session.volume.GetName())
 
     assert browse(served, script) == "brain1_image"
+
+
+def test_a_browser_that_leaves_mid_refine_loses_nothing(served, data):
+    """The round runs on the server: closing the tab does not stop it, and a new tab shows its result."""
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
+
+    def script(page):
+        open_volume(page, "brain1_image.nrrd")
+        page.locator("button:has(i.mdi-brush)").first.click()
+        stroke(page, *screen_point(page, served, tumour_centre(label, 12)))
+        wait_for(page, served, lambda: served.session.corrections()["slices"] == [12], "the stroke")
+        page.locator(".guidino-refine").click()
+        wait_for(page, served, lambda: served.session.task == "refine", "the refine started")
+        browser = page.context.browser
+        page.close()  # the user leaves mid-round
+        status = served.waitIdle(600)
+        assert status.startswith("Saved brain1_image-v001"), status
+        again = browser.new_page(viewport=VIEWPORT)
+        again.goto(served.url)
+        expect(again.locator(".guidino-status")).to_contain_text("Saved brain1_image-v001")
+        labels = segment_labels(served)
+        assert any(labels[k].any() for k in range(labels.shape[0]) if k != 12)
+
+    browse(served, script)
