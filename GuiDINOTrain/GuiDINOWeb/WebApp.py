@@ -16,14 +16,16 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offs
 
 from trame.app import TrameApp
 from trame.widgets import html
-from trame.widgets.vuetify3 import (VAlert, VBtn, VCard, VCardText, VCardTitle, VCheckbox, VDivider,
+from trame.widgets.vuetify3 import (VAlert, VBtn, VCard, VCardText, VCardTitle, VCheckbox, VDivider, VExpansionPanel,
+                                    VExpansionPanels, VExpansionPanelText,
                                     VNavigationDrawer, VProgressLinear, VSelect, VSlider, VTextField)
 from trame_slicer import module as trameSlicerModule
 from trame_slicer.app.logic.layout_button_logic import LayoutButtonLogic
 from trame_slicer.app.logic.segmentation import SegmentEditorLogic
 from trame_slicer.app.logic.volume_property_logic import VolumePropertyLogic
 from trame_server.utils.typed_state import TypedState
-from trame_slicer.app.ui import (PaintEffectState, SegmentEditorToolbarUI, SegmentEditorUI, SegmentEditorUndoRedoUI, ViewerLayout)
+from trame_slicer.app.ui import (PaintEffectState, SegmentEditorToolbarUI, SegmentEditorUI, SegmentEditorUndoRedoUI,
+                                 ViewerLayout, VolumePropertyUI)
 from trame_slicer.core import SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
@@ -259,6 +261,7 @@ class GuiDINOWebApp(TrameApp):
             with self.layout:
                 self._buildPanel()
         self.editorLogic.set_ui(self.editorUi)
+        self.volumePropertyLogic.set_ui(self.volumeUi)
 
     def _buildPanel(self):
         with VNavigationDrawer(location="right", permanent=True, width=360, classes="pa-2"):
@@ -302,6 +305,10 @@ class GuiDINOWebApp(TrameApp):
                     VBtn("Roll back", click=self.rollback, disabled=("guidino_busy || !guidino_selected_version",),
                          block=True, classes="my-1 guidino-rollback")
                     VDivider(classes="my-2")
+                    with VExpansionPanels(classes="my-2"), VExpansionPanel(title="Window / level",
+                                                                         classes="guidino-window-level"):
+                        with VExpansionPanelText():
+                            self.volumeUi = VolumePropertyUI()  # presets and the window/level range
                     VBtn("Save", click=self.save, disabled=("!is_volume_loaded",), block=True,
                          classes="mb-1 guidino-save")
                     VSelect(label="Saved segmentations", items=("guidino_saved",),

@@ -296,3 +296,22 @@ def test_a_browser_that_leaves_mid_refine_loses_nothing(served, data):
         assert any(labels[k].any() for k in range(labels.shape[0]) if k != 12)
 
     browse(served, script)
+
+
+def test_window_level_from_the_page(served):
+    def script(page):
+        open_volume(page, "brain1_image.nrrd")
+        expect(page.locator(".guidino-status")).to_contain_text("Opened brain1_image.nrrd")
+        display = lambda: served.session.volume.GetScalarVolumeDisplayNode()  # noqa: E731
+        before = served.call(lambda: (display().GetWindow(), display().GetLevel()))
+        page.locator(".guidino-window-level button").first.click()
+        low = page.locator(".guidino-window-level [role=slider]").first
+        low.scroll_into_view_if_needed()
+        low.focus()
+        for _ in range(10):
+            low.press("ArrowRight")  # the window's lower end up: a narrower window, a higher level
+        wait_for(page, served, lambda: display().GetWindow() < before[0] and display().GetLevel() > before[1],
+                 "the window/level changed")
+        shoot(page, "06-window-level")
+
+    browse(served, script)
