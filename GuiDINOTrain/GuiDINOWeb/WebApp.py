@@ -301,7 +301,8 @@ class GuiDINOWebApp(TrameApp):
                             density="compact", hide_details=True)
                     VDivider(classes="my-2")
                     VSelect(label="Model versions", items=("guidino_versions",),
-                            v_model=("guidino_selected_version",), density="compact", hide_details=True)
+                            v_model=("guidino_selected_version",), density="compact", hide_details=True,
+                            classes="guidino-versions")
                     VBtn("Roll back", click=self.rollback, disabled=("guidino_busy || !guidino_selected_version",),
                          block=True, classes="my-1 guidino-rollback")
                     VDivider(classes="my-2")

@@ -73,12 +73,15 @@ def open_volume(page, name):
     page.locator(".guidino-open").click()
 
 
+def shown_axial_slice(served):
+    """On the server's thread: the index of the axial slice the axial view shows."""
+    node = served.app.slicerApp.scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    return helpers.sliceIndexAtViewNode(served.session.volume, node, "axial")
+
+
 def axial_slice(served):
-    """The index of the axial slice the axial view shows (read on the server)."""
-    def read():
-        node = served.app.slicerApp.scene.GetNodeByID("vtkMRMLSliceNodeRed")
-        return helpers.sliceIndexAtViewNode(served.session.volume, node, "axial")
-    return served.call(read)
+    """From the browser's thread: the index of the axial slice the axial view shows."""
+    return served.call(lambda: shown_axial_slice(served))
 
 
 def show_axial_slice(page, served, index):
@@ -177,6 +180,11 @@ def test_paint_refine_undo_guide_save_reload_in_a_real_browser(served, data):
         assert others, "Refine wrote no prediction outside the painted slices"
         assert served.call(lambda: [v["path"].name for v in session.versions()]) == ["brain1_image-v001"]
 
+        suggested = served.call(session.suggestedSlice)
+        assert suggested is not None and suggested not in (12, 15)
+        page.locator(".guidino-suggested").click()  # "Go to suggested slice"
+        wait_for(page, served, lambda: shown_axial_slice(served) == suggested, f"the view on suggested slice {suggested}")
+
         guide = served.call(lambda: session.segmentLogic.guideVolume(session.volume).GetID())
         red = lambda: served.app.slicerApp.scene.GetNodeByID("vtkMRMLSliceCompositeNodeRed")  # noqa: E731
         assert served.call(lambda: red().GetForegroundVolumeID()) == guide
@@ -205,6 +213,13 @@ def test_paint_refine_undo_guide_save_reload_in_a_real_browser(served, data):
         np.testing.assert_array_equal(segment_labels(served), refined)
         assert served.call(session.corrections)["slices"] == [12, 15]  # the review state came back with the file
         shoot(page, "05-reloaded")
+
+        page.locator(".guidino-versions").click()
+        page.get_by_role("option", name="brain1_image-v001").click()
+        page.locator(".guidino-rollback").click()
+        status = served.waitIdle(300)
+        assert status.startswith("Rolled back: brain1_image-v001 is the active model."), status
+        np.testing.assert_array_equal(segment_labels(served)[[12, 15]], painted[[12, 15]])
         assert "Traceback" not in page.content()
 
     browse(served, script)
