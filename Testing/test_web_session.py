@@ -4,6 +4,7 @@ reload, bad input refused with a message, Cancel keeping the slices done. No bro
 tested in a real browser by ``Testing/Web`` (``make test-web``)."""
 
 import hashlib
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,18 @@ class ManualTimer:
 
 
 def write_dicom_series(image, folder):
-    """``image`` (3D, int16) as one DICOM file per slice with the tags a series reader sorts and places them by."""
+    """``image`` (3D, int16) as one DICOM file per slice with the tags a series reader sorts and places them by.
+
+    SimpleITK's DICOM writer sets the process's locale to "C" (Python's text files then default to ASCII): the
+    locale is put back, or every later test that reads text would run in another process than CI's."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(image, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(image, folder):
     folder.mkdir(parents=True)
     d = image.GetDirection()
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
@@ -253,3 +265,9 @@ session.reload(session.save().name)
 assert session.corrections()["slices"] == [3] and session.versions() == [] and not session.untrainedGuide()
 assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft", "monai")]
 ''', data, tmp_path / "models")
+
+
+def test_writing_a_dicom_series_leaves_the_locale_as_it_was(tmp_path):
+    before = locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)
+    write_dicom_series(oblique_image(shape=(3, 6, 5)), tmp_path / "series")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
