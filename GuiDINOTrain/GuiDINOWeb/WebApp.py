@@ -274,7 +274,7 @@ class GuiDINOWebApp(TrameApp):
                             density="compact", hide_details=True, classes="guidino-volume",
                             update_menu=self.listVolumes)  # the folder as it is when the list opens
                     VCheckbox(label="Discard changes not saved", v_model=("guidino_discard",), density="compact",
-                              hide_details=True)
+                              hide_details=True, classes="guidino-discard")
                     VBtn("Open", click=self.openVolume, disabled=("guidino_busy",), block=True,
                          classes="mb-2 guidino-open")
                     VTextField(label="Model bundle (Run)", v_model=("guidino_model",), density="compact",
@@ -298,7 +298,7 @@ class GuiDINOWebApp(TrameApp):
                     VCheckbox(label="Show the guide", v_model=("guidino_show_guide",), density="compact",
                               hide_details=True, classes="guidino-show-guide")
                     VSlider(label="Guide opacity", v_model=("guidino_guide_opacity",), min=0, max=1, step=0.05,
-                            density="compact", hide_details=True)
+                            density="compact", hide_details=True, classes="guidino-guide-opacity")
                     VDivider(classes="my-2")
                     VSelect(label="Model versions", items=("guidino_versions",),
                             v_model=("guidino_selected_version",), density="compact", hide_details=True,

@@ -85,20 +85,19 @@ def axial_slice(served):
 
 
 def show_axial_slice(page, served, index):
-    """Move the axial view to slice ``index`` with its slider, from the keyboard."""
+    """Move the axial view to slice ``index`` with its slider, from the keyboard (which arrow goes which way
+    depends on the volume's orientation: a key that brings the view no closer is swapped for the other)."""
     thumb = page.locator(".slice-slider [role=slider]").first
     thumb.focus()
-    for _ in range(60):
+    key = "ArrowRight"
+    for _ in range(80):
         current = axial_slice(served)
         if current == index:
             return
-        before = current
-        thumb.press("ArrowRight")
+        thumb.press(key)
         page.wait_for_timeout(150)
-        if (axial_slice(served) - before) * (index - before) < 0:  # that key went the other way
-            thumb.press("ArrowLeft")
-            thumb.press("ArrowLeft")
-            page.wait_for_timeout(150)
+        if abs(axial_slice(served) - index) >= abs(current - index):
+            key = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
     raise AssertionError(f"the axial view did not reach slice {index} (at {axial_slice(served)})")
 
 
@@ -328,5 +327,37 @@ def test_window_level_from_the_page(served):
         wait_for(page, served, lambda: display().GetWindow() < before[0] and display().GetLevel() > before[1],
                  "the window/level changed")
         shoot(page, "06-window-level")
+
+    browse(served, script)
+
+
+def test_a_new_segment_gets_its_own_corrections_and_the_guide_its_opacity(served):
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
+    session = served.session
+
+    def script(page):
+        open_volume(page, "brain1_image.nrrd")
+        expect(page.locator(".guidino-status")).to_contain_text("Opened brain1_image.nrrd")
+        first = served.call(lambda: session.segmentId)
+        page.locator("button:has(i.mdi-brush)").first.click()
+        stroke(page, *screen_point(page, served, tumour_centre(label, 12)))
+        wait_for(page, served, lambda: session.corrections()["slices"] == [12], "the stroke on the first segment")
+        page.locator("button:has(i.mdi-plus)").first.click()  # trame-slicer's Add segment
+        wait_for(page, served, lambda: session.segmentId not in ("", first), "the new segment selected")
+        page.locator("button:has(i.mdi-brush)").first.click()
+        show_axial_slice(page, served, 14)
+        stroke(page, *screen_point(page, served, tumour_centre(label, 14)))
+        wait_for(page, served, lambda: session.corrections()["slices"] == [14], "the stroke on the new segment")
+        expect(page.locator(".guidino-corrections")).to_contain_text("Corrected axial slices: 14")
+        assert served.call(lambda: session.trainLogic.corrections(session.segmentation, first, session.volume)
+                           )["slices"] == [12]
+
+        composites = lambda: slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")  # noqa: E731
+        slider = page.locator(".guidino-guide-opacity [role=slider]")
+        slider.focus()
+        for _ in range(4):
+            slider.press("ArrowRight")
+        wait_for(page, served, lambda: all(abs(c.GetForegroundOpacity() - 0.6) < 1e-6 for c in composites()),
+                 "the guide opacity at 0.6 in every slice view")
 
     browse(served, script)
