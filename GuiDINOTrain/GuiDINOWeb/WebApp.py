@@ -118,16 +118,19 @@ class GuiDINOWebApp(TrameApp):
         except RuntimeError:  # no event loop yet (the server has not started)
             self._refreshPending = False
 
-    def refresh(self):
-        """Push the session's status, progress and lists to every connected page."""
+    def refresh(self, progressOnly=False):
+        """Push the session's status, progress and lists to every connected page (``progressOnly``: a job's
+        progress alone: the lists, which read the scene and the folders, wait until it ends)."""
         with self.state:
-            self._push()
+            self._push(progressOnly)
 
-    def _push(self):
+    def _push(self, progressOnly=False):
         session, state = self.session, self.state
         state.guidino_busy = session.task is not None
         state.guidino_task = session.task or ""
         state.guidino_progress, state.guidino_progress_text = session.progress
+        if progressOnly:
+            return
         state.guidino_status = session.status
         state.guidino_error = session.error
         corrections = self._safe(session.corrections, {"axis": "axial", "slices": []})
@@ -187,11 +190,10 @@ class GuiDINOWebApp(TrameApp):
         self.state.is_volume_loaded = True
 
     def _onActiveSegment(self, *_):
-        segmentId = self.slicerApp.segmentation_editor.get_active_segment_id()
-        if segmentId and segmentId != self.session.segmentId:
-            self._act(self.session.selectSegment, segmentId)
+        self._act(self._syncSegment)
 
     def _syncSegment(self):
+        """The segment selected in the editor is the one Run, Refine and the corrections act on."""
         segmentId = self.slicerApp.segmentation_editor.get_active_segment_id()
         if segmentId and segmentId != self.session.segmentId:
             self.session.selectSegment(segmentId)

@@ -40,7 +40,8 @@ class WebSession:
         segmentSettings: Run's settings (device, batch size; default ``SegmentSettings()``); its segment and model
             are the page's.
         newTimer: makes the timer each job's poller runs on (default: ``AsyncTimer`` on the running event loop).
-        changed: called after anything the page shows has changed (status, progress, lists).
+        changed: ``changed(progressOnly=False)``, called after anything the page shows has changed (status, lists;
+            ``progressOnly``: a running job's progress alone, every poll).
     """
 
     def __init__(self, dataFolder, segmentLogic, trainLogic, refineSettings=None, segmentSettings=None,
@@ -50,7 +51,7 @@ class WebSession:
         self.refineSettings = refineSettings or RefineSettings()
         self.segmentSettings = segmentSettings or SegmentSettings()
         self.newTimer = newTimer
-        self.changed = changed or (lambda: None)
+        self.changed = changed or (lambda progressOnly=False: None)
         self.entry = self.volume = self.segmentation = None
         self.segmentId = ""
         self.task = None  # what runs: "run", "refine" or "rollback"; None when idle
@@ -171,7 +172,7 @@ class WebSession:
 
         def show(percent, text):
             self.progress = (percent, text)
-            self.changed()
+            self.changed(progressOnly=True)
 
         def ended(state):
             self.task, self._poller = None, None
