@@ -71,6 +71,7 @@ def main():
     parser.add_argument("--strokes", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="Refine rounds (each after one more painted slice)")
     parser.add_argument("--refine-steps", type=int, help="fixed steps per round instead of the 20 s budget")
+    parser.add_argument("--architecture", default="vits16", help="random guide size (tiny: a smoke run)")
     parser.add_argument("--out", help="write the measurements as JSON here")
     arguments = parser.parse_args()
 
@@ -79,7 +80,7 @@ def main():
     shutil.copy(SAMPLE / "brain1_image.nrrd", work / "data")
     from guidino.guides.hf_vit import RANDOM_ARCHITECTURES, make_tiny_guide
 
-    guide = make_tiny_guide(work / "guide", seed=0, **RANDOM_ARCHITECTURES["vits16"])
+    guide = make_tiny_guide(work / "guide", seed=0, **RANDOM_ARCHITECTURES[arguments.architecture])
     settings = (RefineSettings() if arguments.refine_steps is None else
                 RefineSettings(steps=arguments.refine_steps, time_budget=None))
     served = ServedApp(work / "data", guide=str(guide), modelsFolder=work / "models", refineSettings=settings)
@@ -111,7 +112,10 @@ def main():
                 page.wait_for_timeout(500)
                 started = time.perf_counter()
                 page.locator(".guidino-refine").click()
-                expect(page.locator(".guidino-status")).to_contain_text("slices re-segmented", timeout=300000)
+                cancel = page.locator(".guidino-cancel")
+                expect(cancel).to_be_enabled(timeout=30000)  # the round runs (the previous status is gone)
+                expect(cancel).to_be_disabled(timeout=300000)
+                expect(page.locator(".guidino-status")).to_contain_text("slices re-segmented", timeout=30000)
                 rounds.append(time.perf_counter() - started)
                 status = served.call(lambda: served.session.status)
                 print(f"round: {rounds[-1]:.1f} s; {status}", flush=True)
@@ -127,7 +131,7 @@ def main():
         "machine": f"{_cpuName()}, {os.cpu_count()} CPUs",
         "cpu_steal_during_rounds": steal,
         "date": time.strftime("%Y-%m-%d"),
-        "guide": "random ViT-S/16 (UNTRAINED GUIDE)",
+        "guide": f"random {arguments.architecture} (UNTRAINED GUIDE)",
         "stroke_to_pixels_s": {"median": statistics.median(strokes), "each": [round(s, 3) for s in strokes]},
         "refine_round_trip_s": {"median": statistics.median(rounds), "each": [round(s, 2) for s in rounds],
                                 "settings": "fixed %d steps" % arguments.refine_steps if arguments.refine_steps
