@@ -101,19 +101,24 @@ def show_axial_slice(page, served, index):
     raise AssertionError(f"the axial view did not reach slice {index} (at {axial_slice(served)})")
 
 
-def screen_point(page, served, ijk):
-    """Where voxel ``ijk`` (i, j, k) of the open volume is on the page, in the axial view."""
+VIEWS = {"axial": ("vtkMRMLSliceNodeRed", 0), "coronal": ("vtkMRMLSliceNodeGreen", 1)}  # slice node, image on the page
+
+
+def screen_point(page, served, ijk, view="axial"):
+    """Where voxel ``ijk`` (i, j, k) of the open volume is on the page, in ``view`` (axial or coronal)."""
+    nodeId, image = VIEWS[view]
+
     def read():
         matrix = vtk.vtkMatrix4x4()
         served.session.volume.GetIJKToRASMatrix(matrix)
         ras = matrix.MultiplyPoint([*ijk, 1.0])
-        node = served.app.slicerApp.scene.GetNodeByID("vtkMRMLSliceNodeRed")
+        node = served.app.slicerApp.scene.GetNodeByID(nodeId)
         toXY = vtk.vtkMatrix4x4()
         toXY.DeepCopy(node.GetXYToRAS())
         toXY.Invert()
         return toXY.MultiplyPoint(ras)[:2], node.GetDimensions()[:2]
     (x, y), (width, height) = served.call(read)
-    box = page.locator("img.image-display-area").first.bounding_box()
+    box = page.locator("img.image-display-area").nth(image).bounding_box()
     return box["x"] + x / width * box["width"], box["y"] + (1 - y / height) * box["height"]
 
 
@@ -359,5 +364,35 @@ def test_a_new_segment_gets_its_own_corrections_and_the_guide_its_opacity(served
             slider.press("ArrowRight")
         wait_for(page, served, lambda: all(abs(c.GetForegroundOpacity() - 0.6) < 1e-6 for c in composites()),
                  "the guide opacity at 0.6 in every slice view")
+
+    browse(served, script)
+
+
+def test_erase_and_a_stroke_on_the_coronal_view_are_the_users(served):
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
+    session = served.session
+    state = lambda: session.segmentLogic.reviewState(session.segmentation, session.segmentId, session.volume)  # noqa
+
+    def script(page):
+        open_volume(page, "brain1_image.nrrd")
+        expect(page.locator(".guidino-status")).to_contain_text("Opened brain1_image.nrrd")
+        page.locator("button:has(i.mdi-brush)").first.click()
+        centre = tumour_centre(label, 12)
+        stroke(page, *screen_point(page, served, centre))
+        wait_for(page, served, lambda: state().edited == {"axial": [12]}, "the axial stroke")
+        painted = int(segment_labels(served).sum())
+        page.locator("button:has(i.mdi-eraser)").first.click()  # trame-slicer's Erase
+        stroke(page, *screen_point(page, served, centre))
+        wait_for(page, served, lambda: int(slicer.util.arrayFromSegmentBinaryLabelmap(
+            session.segmentation, session.segmentId, session.volume).sum()) < painted, "the erase")
+        assert served.call(lambda: state().edited) == {"axial": [12]}  # erasing is an edit of the same slice
+
+        page.locator("button:has(i.mdi-brush)").first.click()
+        shown = served.call(lambda: helpers.sliceIndexAtViewNode(
+            session.volume, served.app.slicerApp.scene.GetNodeByID("vtkMRMLSliceNodeGreen"), "coronal"))
+        stroke(page, *screen_point(page, served, (centre[0], shown, 14), view="coronal"))
+        wait_for(page, served, lambda: state().edited.get("coronal") == [shown], "the coronal stroke")
+        assert served.call(lambda: state().edited["axial"]) == [12]
+        shoot(page, "07-erase-and-coronal")
 
     browse(served, script)
