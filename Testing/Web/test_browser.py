@@ -150,6 +150,16 @@ def wait_for(page, served, predicate, what, seconds=30):
     raise AssertionError(f"{what}: not within {seconds} s")
 
 
+def paint_the_tumour_and_refine(page, served, index=12):
+    """Open the sample volume, paint its tumour on slice ``index`` (the only correction), press Refine."""
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
+    open_volume(page, "brain1_image.nrrd")
+    page.locator("button:has(i.mdi-brush)").first.click()
+    stroke(page, *screen_point(page, served, tumour_centre(label, index)))
+    wait_for(page, served, lambda: served.session.corrections()["slices"] == [index], "the stroke")
+    page.locator(".guidino-refine").click()
+
+
 def test_paint_refine_undo_guide_save_reload_in_a_real_browser(served, data):
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
     session = served.session
@@ -261,14 +271,9 @@ def test_bad_input_is_shown_in_the_page_and_the_app_keeps_serving(served, data, 
 def test_an_unreachable_guide_is_a_message_not_a_traceback(data, tmp_path):
     app = ServedApp(data, guide=str(tmp_path / "no-guide-here"), modelsFolder=tmp_path / "models",
                     refineSettings=RefineSettings(steps=60, time_budget=None))
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
 
     def script(page):
-        open_volume(page, "brain1_image.nrrd")
-        page.locator("button:has(i.mdi-brush)").first.click()
-        stroke(page, *screen_point(page, app, tumour_centre(label, 12)))
-        wait_for(page, app, lambda: app.session.corrections()["slices"] == [12], "the stroke")
-        page.locator(".guidino-refine").click()
+        paint_the_tumour_and_refine(page, app)
         app.waitIdle(300)
         expect(page.locator(".guidino-error")).to_contain_text("no-guide-here")
         shoot(page, "11-unreachable-guide")
@@ -295,14 +300,9 @@ def test_two_tabs_share_one_scene(served):
 
 def test_a_browser_that_leaves_mid_refine_loses_nothing(served, data):
     """The round runs on the server: closing the tab does not stop it, and a new tab shows its result."""
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "brain1_label.nrrd")))
 
     def script(page):
-        open_volume(page, "brain1_image.nrrd")
-        page.locator("button:has(i.mdi-brush)").first.click()
-        stroke(page, *screen_point(page, served, tumour_centre(label, 12)))
-        wait_for(page, served, lambda: served.session.corrections()["slices"] == [12], "the stroke")
-        page.locator(".guidino-refine").click()
+        paint_the_tumour_and_refine(page, served)
         wait_for(page, served, lambda: served.session.task == "refine", "the refine started")
         browser = page.context.browser
         page.close()  # the user leaves mid-round
