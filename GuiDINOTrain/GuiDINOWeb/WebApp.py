@@ -82,11 +82,11 @@ class GuiDINOWebApp(TrameApp):
         self.layoutLogic.layout_manager.register_layout(LAYOUT_ID, threeSliceLayout())
         self.layoutLogic.data.current_layout_id = LAYOUT_ID
         self.state.trame__title = "GuiDINO"
+        self._refreshPending = False
         self._initialState()
         self._buildUi()
         self.slicerApp.segmentation_editor.active_segment_id_changed.connect(self._onActiveSegment)
         self.slicerApp.segmentation_editor.segmentation_modified.connect(self._scheduleRefresh)
-        self._refreshPending = False
         self.ctrl.on_server_exited.add(self._onExit)
 
     # -- state the page shows -----------------------------------------------------------------
@@ -95,12 +95,11 @@ class GuiDINOWebApp(TrameApp):
         state.guidino_volumes = self._safe(self.session.volumeNames, [])  # again each time the list opens
         state.guidino_volume = None
         state.guidino_discard = False
-        state.guidino_model = self.session.segmentLogic.defaultModelPath or ""
+        state.guidino_model = ""  # empty: the segmentation's active model, then the server's --model (the placeholder)
         state.guidino_show_guide = True
         state.guidino_guide_opacity = 0.4
         state.guidino_selected_version = None
         state.guidino_selected_saved = None
-        state.is_volume_loaded = False
         self._push()
 
     def _scheduleRefresh(self, *_):
@@ -145,6 +144,7 @@ class GuiDINOWebApp(TrameApp):
                                   for v in self._safe(session.versions, [])]
         state.guidino_saved = self._safe(session.savedFiles, [])
         state.guidino_open = session.entry.name if session.entry is not None else ""
+        state.is_volume_loaded = session.volume is not None and session.volume.GetScene() is not None
 
     @staticmethod
     def _safe(read, default):
@@ -187,7 +187,6 @@ class GuiDINOWebApp(TrameApp):
         editor.set_active_segment_id(self.session.segmentId)
         self.editorLogic.on_volume_changed(volume)
         self.volumePropertyLogic.on_volume_changed(volume)
-        self.state.is_volume_loaded = True
 
     def _onActiveSegment(self, *_):
         self._act(self._syncSegment)

@@ -248,6 +248,7 @@ def test_bad_input_is_shown_in_the_page_and_the_app_keeps_serving(served, data, 
     def script(page):
         open_volume(page, "damaged.nrrd")
         expect(page.locator(".guidino-error")).to_contain_text("damaged.nrrd could not be read as a volume")
+        expect(page.locator(".guidino-refine")).to_be_disabled()  # no volume open: nothing to refine
         shoot(page, "10-damaged-volume")
         open_volume(page, "oblique.nrrd")
         expect(page.locator(".guidino-status")).to_contain_text("Opened oblique.nrrd")
