@@ -289,6 +289,9 @@ class RecordingLogic:
         return SimpleNamespace(slicesProcessed=3, seconds=0.5, cancelled=False, fusion=None)
 
 
+PREPARED = SimpleNamespace(corrections={"axis": "coronal", "slices": [2]})  # what prepareRefine gave to train
+
+
 @pytest.fixture
 def scene_nodes(headless_slicer):
     volume = slicer.util.addVolumeFromArray(np.zeros((4, 8, 8), np.int16), name="volume")
@@ -299,12 +302,12 @@ def scene_nodes(headless_slicer):
 
 def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
     logic = RecordingLogic()
-    run = RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train(PREPARED)
     states = _pollUntilDone(run)
     assert [(name, main) for name, main in logic.calls] == [
-        ("startRefine", True), ("finishRefine", True), ("corrections", True), ("prepareSegmentation", True),
+        ("startRefine", True), ("finishRefine", True), ("prepareSegmentation", True),
         ("startSegmentation", True), ("applySegmentation", True)]  # the work itself runs in the worker
-    assert logic.applied == ("/m/volume-v001", "target", "axial")
+    assert logic.applied == ("/m/volume-v001", "target", "coronal")  # along the axis trained on, not read again
     final = states[-1]
     assert final.error is None and run.stage == "done"
     assert final.message.startswith("Saved volume-v001 and made it the active model")
@@ -313,7 +316,7 @@ def test_training_runs_in_a_worker_and_writes_on_the_main_thread(scene_nodes):
 
 def test_progress_text_while_training(scene_nodes):
     block = threading.Event()
-    run = RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train("prepared")
+    run = RefineRun(RecordingLogic(block=block), *scene_nodes, timeBudget=None).train(PREPARED)
     deadline = time.monotonic() + 10
     while run.job.latest is None or run.job.latest["step"] < 20:
         assert time.monotonic() < deadline
@@ -327,7 +330,7 @@ def test_progress_text_while_training(scene_nodes):
 def test_cancel_keeps_the_version_and_skips_resegmentation(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train(PREPARED)
     assert not run.cancelRequested
     run.cancel()
     assert run.cancelRequested  # the button reads 'Cancelling...' until the worker stops
@@ -340,7 +343,7 @@ def test_cancel_keeps_the_version_and_skips_resegmentation(scene_nodes):
 def test_scene_close_writes_nothing(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train(PREPARED)
     run.abandon()
     block.set()
     final = _pollUntilDone(run)[-1]
@@ -351,7 +354,7 @@ def test_scene_close_writes_nothing(scene_nodes):
 def test_scene_close_after_the_worker_saved_says_where_the_version_is(scene_nodes):
     block = threading.Event()
     logic = RecordingLogic(block=block, saved=Path("/m/volume-v004"))
-    run = RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train(PREPARED)
     run.abandon()
     block.set()
     final = _pollUntilDone(run)[-1]
@@ -363,7 +366,7 @@ def test_scene_close_after_the_worker_saved_says_where_the_version_is(scene_node
 def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
     block = threading.Event()
     logic = RecordingLogic(block=block)
-    run = RefineRun(logic, *scene_nodes).train("prepared")
+    run = RefineRun(logic, *scene_nodes).train(PREPARED)
     headless_slicer.scene.RemoveNode(scene_nodes[1])
     block.set()
     final = _pollUntilDone(run)[-1]
@@ -371,7 +374,7 @@ def test_removed_segmentation_writes_nothing(scene_nodes, headless_slicer):
 
 
 def test_worker_error_reaches_the_gui(scene_nodes):
-    run = RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train("prepared")
+    run = RefineRun(RecordingLogic(fail=RuntimeError("CUDA out of memory")), *scene_nodes).train(PREPARED)
     final = _pollUntilDone(run)[-1]
     assert isinstance(final.error, RuntimeError) and "Traceback" in final.errorDetails
 
@@ -379,14 +382,14 @@ def test_worker_error_reaches_the_gui(scene_nodes):
 def test_main_thread_error_reaches_the_gui(scene_nodes):
     logic = RecordingLogic()
     logic.finishRefine = lambda prepared, outcome: (_ for _ in ()).throw(OSError("disk full"))
-    final = _pollUntilDone(RefineRun(logic, *scene_nodes).train("prepared"))[-1]
+    final = _pollUntilDone(RefineRun(logic, *scene_nodes).train(PREPARED))[-1]
     assert isinstance(final.error, OSError) and "disk full" in final.errorDetails
 
 
 def test_without_resegmenting_the_run_ends_once_the_version_is_active(scene_nodes):
     """The Segment Editor effect's Refine: the same run, stopped before the write (its preview and Apply write)."""
     logic = RecordingLogic()
-    run = RefineRun(logic, *scene_nodes, resegment=False).train("prepared")
+    run = RefineRun(logic, *scene_nodes, resegment=False).train(PREPARED)
     final = _pollUntilDone(run)[-1]
     assert [name for name, _ in logic.calls] == ["startRefine", "finishRefine"]  # nothing re-segmented or written
     assert final.error is None and run.bundle == str(Path("/m/volume-v001"))
@@ -444,7 +447,7 @@ def test_the_effects_wait_follows_the_shared_run(scene_nodes, cancel):
     """The effect waits for a RefineRun as the panel polls it (JobWait on the run): same stages, same Cancel."""
     logic = RecordingLogic(block=threading.Event())
     threading.Timer(0.3, logic.block.set).start()
-    run = RefineRun(logic, *scene_nodes, resegment=False).train("prepared")
+    run = RefineRun(logic, *scene_nodes, resegment=False).train(PREPARED)
     timer = Timer()
     state = JobWait(run, statedProgress, CancellingDialog(cancel), timer, RealTimeLoop(timer)).run()
     assert state.finished and state.error is None and run.cancelRequested == cancel

@@ -67,11 +67,13 @@ class RefineRun:
         return self
 
     def resegment(self, bundle, message=""):
-        """Prepare (main thread) and start re-segmenting the unreviewed slices with ``bundle`` (worker process)."""
+        """Prepare (main thread) and start re-segmenting the unreviewed slices with ``bundle`` (worker process),
+        along the axis of the corrections trained on (a roll back, which trained nothing: the segment's latest)."""
+        axis = (self._prepared.corrections["axis"] if self._prepared is not None else
+                self.logic.corrections(self.segmentation, self.segmentId, volume=self.inputVolume)["axis"])
         job = self.logic.segmentLogic.prepareSegmentation(
-            self.inputVolume, self.segmentation, SegmentSettings(
-                segmentId=self.segmentId, model=str(bundle),
-                axis=self.logic.corrections(self.segmentation, self.segmentId, volume=self.inputVolume)["axis"]))
+            self.inputVolume, self.segmentation, SegmentSettings(segmentId=self.segmentId, model=str(bundle),
+                                                                 axis=axis))
         if message:
             self.messages.append(message)
         self._segmentation = job
