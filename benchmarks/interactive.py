@@ -77,13 +77,12 @@ def rewritten(summary, rounds, truth, spacing):
             **fused.report(), "rewritten": datetime.date.today().isoformat()}
 
 
-def _run(case, args, out, name, protocol, guide=None):
-    """One ``guidino simulate`` run (reused when its JSON exists, and written again with ``--rewrite``);
-    ``guide`` overrides ``--guide``."""
+def _run(case, args, out, name, protocol, truth, spacing, guide=None):
+    """One ``guidino simulate`` run (reused when its JSON exists, and written again with ``--rewrite`` on the
+    case's ``truth`` and ``spacing``); ``guide`` overrides ``--guide``."""
     image, label, _ = CASES[case]
     report = out / f"{case.replace(' ', '_')}-{name}.json"
     if report.exists() and args.rewrite and "--spread" in protocol:
-        truth, spacing = read_truth(Path(args.data) / label)
         report.write_text(json.dumps(rewritten(json.loads(report.read_text()), report.with_suffix(""), truth,
                                                spacing), indent=2))
     if not report.exists():
@@ -191,10 +190,10 @@ def main():
         for placement in placements:
             for count in counts:
                 protocol = ["--spread", count, "--placement", placement]
-                runs = [_run(case, args, out, f"{placement}{count}-seed{n}", [*protocol, "--seed", n])
-                        for n in range(args.runs)]
+                runs = [_run(case, args, out, f"{placement}{count}-seed{n}", [*protocol, "--seed", n], truth,
+                             spacing) for n in range(args.runs)]
                 unguided = [_run(case, args, out, f"{placement}{count}-noguide-seed{n}", [*protocol, "--seed", n],
-                                 guide="none") for n in range(args.unguided_runs)]
+                                 truth, spacing, guide="none") for n in range(args.unguided_runs)]
                 warm_ups += [r.get("warm_up_seconds") for r in runs + unguided]
                 row, scores, other = spread_row(case, count, runs, truth, spacing, unguided)
                 spread.append((placement, row))
@@ -203,7 +202,8 @@ def main():
                      "fill": other["fill"]["dice_not_labelled"], "tolerance": tolerance(truth)})
                 print(row, flush=True)
         for name in robots if args.rounds else ():
-            run = _run(case, args, out, f"robot-{name}{args.rounds}", ["--rounds", args.rounds, "--robot", name])
+            run = _run(case, args, out, f"robot-{name}{args.rounds}", ["--rounds", args.rounds, "--robot", name],
+                       truth, spacing)
             warm_ups.append(run.get("warm_up_seconds"))
             robot.append(robot_table(case, run, truth, spacing, fill_robot_reach(truth, spacing, args.rounds)))
             print(robot[-1], flush=True)
