@@ -184,6 +184,16 @@ def test_open_save_reload_keep_the_geometry_the_review_state_and_the_originals(s
     assert imageDataFromVolume(volume).geometry.is_close(expected, tol=1e-5)
 
 
+def test_a_nifti_file_opens_with_its_geometry(session, data):
+    image = oblique_image(shape=(5, 8, 7))
+    sitk.WriteImage(image, str(data / "t2.nii.gz"))
+    volume, _ = session.openVolume("t2.nii.gz")
+    got = imageDataFromVolume(volume)
+    assert got.geometry.is_close(Geometry.from_sitk(sitk.ReadImage(str(data / "t2.nii.gz"))), tol=1e-4)
+    np.testing.assert_array_equal(got.voxels, sitk.GetArrayFromImage(image))
+    assert volume.GetName() == "t2"
+
+
 def test_a_dicom_series_opens_with_its_geometry(session, data):
     image = oblique_image(shape=(6, 10, 9))
     write_dicom_series(image, data / "patient" / "series1")

@@ -234,6 +234,11 @@ def test_paint_refine_undo_guide_save_reload_in_a_real_browser(served, data):
         status = served.waitIdle(300)
         assert status.startswith("Rolled back: brain1_image-v001 is the active model."), status
         np.testing.assert_array_equal(segment_labels(served)[[12, 15]], painted[[12, 15]])
+
+        page.locator(".guidino-run").click()  # the active model (the field is empty), on the slices not reviewed
+        expect(page.locator(".guidino-status")).to_contain_text("slices segmented in", timeout=120000)
+        assert served.call(lambda: session.error) == ""
+        np.testing.assert_array_equal(segment_labels(served)[[12, 15]], painted[[12, 15]])
         assert "Traceback" not in page.content()
 
     browse(served, script)
