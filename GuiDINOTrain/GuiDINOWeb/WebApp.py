@@ -132,10 +132,7 @@ class GuiDINOWebApp(TrameApp):
             return
         state.guidino_status = session.status
         state.guidino_error = session.error
-        corrections = self._safe(session.corrections, {"axis": "axial", "slices": []})
-        state.guidino_corrections = (f"Corrected {corrections['axis']} slices: "
-                                     + (", ".join(str(s) for s in corrections["slices"]) or "none yet"))
-        state.guidino_corrected_count = len(corrections["slices"])
+        state.guidino_corrections = self._safe(session.correctionsText, "")
         suggested = session.suggestedSlice()
         state.guidino_suggested = -1 if suggested is None else int(suggested)
         state.guidino_active_model = session.activeModel() or ""

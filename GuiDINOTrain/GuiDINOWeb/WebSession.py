@@ -14,6 +14,7 @@ from pathlib import Path
 
 import slicer
 
+from guidino.axes import AXES
 from guidino.bundlefiles import untrained_guide
 from guidino.errors import InputError
 from guidino.training.settings import RefineSettings
@@ -228,6 +229,17 @@ class WebSession:
         if self.segmentation is None or not self.segmentId:
             return {"axis": "axial", "slices": []}
         return self.trainLogic.corrections(self.segmentation, self.segmentId, volume=self.volume)
+
+    def correctionsText(self):
+        """The user's slices as the page lists them: those along Refine's axis first ("Corrected axial slices: 12,
+        15"), then those along the other axes (a stroke on another view protects its slice there too)."""
+        if self.segmentation is None or not self.segmentId:
+            return "Corrected slices: none yet"
+        state = self.segmentLogic.reviewState(self.segmentation, self.segmentId, self.volume)
+        others = [f"{axis}: {', '.join(map(str, state.user_slices(axis)))}" for axis in AXES
+                  if axis != state.axis and state.user_slices(axis)]
+        return (f"Corrected {state.axis} slices: {', '.join(map(str, state.user_slices(state.axis))) or 'none yet'}"
+                + (f" (also {'; '.join(others)})" if others else ""))
 
     def suggestedSlice(self):
         """The slice to correct next (its index along the array axis of ``fusion``), or None."""

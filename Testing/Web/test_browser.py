@@ -399,6 +399,8 @@ def test_erase_and_a_stroke_on_the_coronal_view_are_the_users(served):
         stroke(page, *screen_point(page, served, (centre[0], shown, 14), view="coronal"))
         wait_for(page, served, lambda: state().edited.get("coronal") == [shown], "the coronal stroke")
         assert served.call(lambda: state().edited["axial"]) == [12]
+        expect(page.locator(".guidino-corrections")).to_have_text(
+            f"Corrected axial slices: 12 (also coronal: {shown})")
         shoot(page, "07-erase-and-coronal")
 
     browse(served, script)
