@@ -82,18 +82,20 @@ def findVolume(folder, name):
     raise InputError(f"{name!r} is not a volume of {folder} (volumes there: {offered})")
 
 
+def _numberedSaves(folder, volume):
+    """[(n, path)] of the page's saves ``<stem>.GuiDINO-<n>.seg.nrrd`` of ``volume`` in ``folder``, by n."""
+    pattern = re.compile(re.escape(volume.stem + SAVED_MARK) + r"-(\d+)" + re.escape(SEGMENTATION_SUFFIX) + "$")
+    return sorted((int(m.group(1)), path) for path in Path(folder).iterdir() if (m := pattern.match(path.name)))
+
+
 def savedSegmentations(folder, volume):
     """The segmentations the page saved for ``volume`` (a VolumeEntry) in ``folder``, oldest first."""
-    pattern = re.compile(re.escape(volume.stem + SAVED_MARK) + r"-(\d+)" + re.escape(SEGMENTATION_SUFFIX) + "$")
-    found = [(int(m.group(1)), path) for path in Path(folder).iterdir() if (m := pattern.match(path.name))]
-    return [path for _, path in sorted(found)]
+    return [path for _, path in _numberedSaves(folder, volume)]
 
 
 def newSegmentationPath(folder, volume):
     """A file name no file of ``folder`` has yet, for the next save of ``volume``'s segmentation."""
-    saved = savedSegmentations(folder, volume)
-    number = 1 + max((int(p.name[len(volume.stem + SAVED_MARK) + 1: -len(SEGMENTATION_SUFFIX)]) for p in saved),
-                     default=0)
+    number = 1 + max((n for n, _ in _numberedSaves(folder, volume)), default=0)
     while True:
         path = Path(folder) / f"{volume.stem}{SAVED_MARK}-{number}{SEGMENTATION_SUFFIX}"
         if not path.exists():

@@ -179,36 +179,36 @@ class GuiDINOWebApp(TrameApp):
         display.show_volume_in_slice_background(volume)
         display.show_volume_in_slice_foreground(None)
         display.reset_views()
-        editor = self.slicerApp.segmentation_editor
-        editor.set_active_segmentation(segmentation, volume)
-        editor.set_active_segment_id(self.session.segmentId)
+        self._editInEditor(segmentation, volume)
         self.editorLogic.on_volume_changed(volume)
         self.volumePropertyLogic.on_volume_changed(volume)
 
-    def _onActiveSegment(self, *_):
-        self._act(self._syncSegment)
+    def _editInEditor(self, segmentation, volume):
+        """trame-slicer's editor edits ``segmentation`` on ``volume``, the session's segment selected."""
+        editor = self.slicerApp.segmentation_editor
+        editor.set_active_segmentation(segmentation, volume)
+        editor.set_active_segment_id(self.session.segmentId)
 
-    def _syncSegment(self):
+    def _onActiveSegment(self, *_):
         """The segment selected in the editor is the one Run, Refine and the corrections act on."""
-        segmentId = self.slicerApp.segmentation_editor.get_active_segment_id()
-        if segmentId and segmentId != self.session.segmentId:
-            self.session.selectSegment(segmentId)
+        def select():
+            segmentId = self.slicerApp.segmentation_editor.get_active_segment_id()
+            if segmentId and segmentId != self.session.segmentId:
+                self.session.selectSegment(segmentId)
+        self._act(select)
 
     def run(self):
-        def start():
-            self._syncSegment()
-            self.session.run(self.state.guidino_model.strip() or None)
-        self._act(start)
+        self._act(lambda: self.session.run(self.state.guidino_model.strip() or None))
 
     def refine(self):
-        def start():
-            self._syncSegment()
-            self.session.refine()
-        self._act(start)
+        self._act(self.session.refine)
 
     def rollback(self):
-        self._act(lambda: self.session.rollback(self.state.guidino_selected_version)
-                  if self.state.guidino_selected_version else self._refuse("choose a version to roll back to"))
+        def rollback():
+            if not self.state.guidino_selected_version:
+                raise ValueError("choose a version to roll back to")
+            self.session.rollback(self.state.guidino_selected_version)
+        self._act(rollback)
 
     def cancel(self):
         self._act(self.session.cancel)
@@ -222,9 +222,7 @@ class GuiDINOWebApp(TrameApp):
                 raise ValueError("choose a saved segmentation to reload")
             segmentation = self.session.reload(self.state.guidino_selected_saved, discard=self.state.guidino_discard)
             self.state.guidino_discard = False
-            editor = self.slicerApp.segmentation_editor
-            editor.set_active_segmentation(segmentation, self.session.volume)
-            editor.set_active_segment_id(self.session.segmentId)
+            self._editInEditor(segmentation, self.session.volume)
         self._act(reload)
 
     def goToSuggested(self):
@@ -233,10 +231,6 @@ class GuiDINOWebApp(TrameApp):
     def guideDisplay(self, **_):
         self._act(self.session.setGuideShown, bool(self.state.guidino_show_guide),
                   float(self.state.guidino_guide_opacity))
-
-    @staticmethod
-    def _refuse(message):
-        raise ValueError(message)
 
     def _onExit(self, **_):
         from GuiDINOSegmentLib.WorkerClient import closeSharedWorker
