@@ -6,6 +6,7 @@ import pytest
 
 from guidino.fusion import fuse_prediction, model_weight, suggest_slice
 from guidino.interpolation import interpolate_shape, signed_distance
+from guidino.review import merge_prediction_explained, slice_mask
 from guidino.training.protocols import spread_slices, with_corrections
 
 UNIT = (1.0, 1.0, 1.0)
@@ -165,10 +166,10 @@ def test_the_suggested_slice_is_the_one_with_the_largest_true_error():
     slices = [1, 9]
     probability = np.where(tube(radii) > 0, 0.9, 0.1).astype(np.float32)
     probability[5] = np.where(disc((48, 48), (24, 24), 8), 0.5, 0.1)  # the model unsure there
-    fused = fuse_prediction(probability, truth, slices, 0, UNIT)
-    error = [int(np.count_nonzero((fused.labels[k] > 0) != (truth[k] > 0))) for k in range(len(radii))]
-    assert suggest_slice(fused) == 5 == int(np.argmax(error))
-    assert suggest_slice(fused, exclude=[5]) not in (1, 5, 9)
+    written, fused = written_and_fused(truth, probability, slices)
+    error = [int(np.count_nonzero((written[k] > 0) != (truth[k] > 0))) for k in range(len(radii))]
+    assert suggest_slice(fused, written) == 5 == int(np.argmax(error))
+    assert suggest_slice(fused, written, exclude=[5]) not in (1, 5, 9)
 
 
 def test_interior_placement_puts_slices_in_the_middle_of_equal_parts():
@@ -183,9 +184,35 @@ def test_with_one_corrected_slice_the_suggestion_is_the_far_end_of_what_was_foun
     radii = [0, 0, 4, 6, 8, 9, 9, 9, 9, 9, 8, 6, 3, 0, 0]
     truth = tube(radii)
     probability = np.where(truth > 0, 0.99, 0.01).astype(np.float32)
-    fused = fuse_prediction(probability, truth, [7], 0, UNIT)
-    first = suggest_slice(fused)  # 3 slices from slice 7, radius 8: more at stake than radius 6 at 4 slices
-    assert first in (4, 10) and suggest_slice(fused, exclude=[first]) == 14 - first
+    written, fused = written_and_fused(truth, probability, [7])
+    first = suggest_slice(fused, written)  # 3 slices from slice 7, radius 8: more at stake than radius 6 at 4
+    assert first in (4, 10) and suggest_slice(fused, written, exclude=[first]) == 14 - first
+
+
+def test_the_suggestion_judges_what_is_written_not_what_the_write_dropped():
+    """Far beyond the structure's end the model finds a look-alike that nothing connects to the user's slices: the
+    write drops it, the slice shows nothing, and correcting it would teach nothing. The suggestion is the slice
+    whose written result rests on the least evidence, where the true error is largest."""
+    radii = [0, 6, 7, 8, 8, 8, 8, 8, 7, 6, 0, 0, 0, 0, 0, 0]
+    truth = tube(radii)
+    slices = [4, 6]
+    probability = np.where(truth > 0, 0.97, 0.03).astype(np.float32)
+    probability[1] = np.where(disc((48, 48), (24, 24), 6), 0.55, 0.03)  # unsure of the first slice
+    for k in (13, 14, 15):
+        probability[k] = np.where(disc((48, 48), (6, 40), 5), 0.97, 0.03)  # a look-alike in a corner, far away
+    written, fused = written_and_fused(truth, probability, slices)
+    assert not written[13:].any() and (fused.labels[13:] > 0).any()  # the write drops it
+    error = [int(np.count_nonzero((written[k] > 0) != (truth[k] > 0))) for k in range(len(radii))]
+    suggested = suggest_slice(fused, written)
+    assert suggested not in (13, 14, 15) and error[suggested] == max(error)
+    assert suggest_slice(fused, fused.labels) in (13, 14, 15)  # scored before the write, it would be sent there
+
+
+def written_and_fused(truth, probability, slices):
+    """What the write leaves (the user's ``slices`` of ``truth`` kept) and its ``FusedPrediction``."""
+    writable = ~slice_mask(truth.shape, 0, slices)
+    return merge_prediction_explained(truth, (probability >= 0.5).astype(np.uint8), writable, evidence_axis=0,
+                                      spacing=UNIT, probability=probability, user_slices=slices)
 
 
 def test_the_level_holds_exactly_the_area_asked_for():

@@ -70,13 +70,15 @@ class ProcessResult:
     fusion: Optional[dict] = None  # a region model's: slices by source, the slice suggested next (fusionReport)
 
 
-def fusionReport(fused, region):
+def fusionReport(fused, region, written):
     """What the Train panel and the effect show of a region model's write (a ``FusedPrediction``; None: nothing to
     show): its ``report()``, the ``axis`` of its slices (anatomical name and ``arrayAxis``, from the model's
-    ``region``) and ``suggested``, the slice along it to correct next (or None)."""
+    ``region``) and ``suggested``, the slice along it to correct next (or None), judged on ``written``: the
+    segment as the write leaves it (the volume's array order)."""
     if fused is None:
         return None
-    return {**fused.report(), "axis": region["axis"], "arrayAxis": int(fused.axis), "suggested": suggest_slice(fused)}
+    return {**fused.report(), "axis": region["axis"], "arrayAxis": int(fused.axis),
+            "suggested": suggest_slice(fused, written)}
 
 
 ACTIVE_MODEL_ATTRIBUTE = "GuiDINO.Model"
@@ -240,7 +242,7 @@ class GuiDINOSegmentLogic(GuideOverlay):
         guide = self.showPredictionGuide(job, prediction) if job.settings.showGuide else None
         written = np.moveaxis(write, prediction.axis, 0).reshape(write.shape[prediction.axis], -1).any(axis=1)
         return ProcessResult(job.segmentId, guide, int(written.sum()), time.perf_counter() - job.started,
-                             prediction.cancelled, prediction, fusionReport(fused, prediction.region))
+                             prediction.cancelled, prediction, fusionReport(fused, prediction.region, current))
 
     def previewLabels(self, job, prediction):
         """What Apply would leave in the segment (0/1 uint8, the volume's grid): the prediction where the write
@@ -249,7 +251,7 @@ class GuiDINOSegmentLogic(GuideOverlay):
         state, current = (recordEdits(job.segmentation, job.segmentId, job.inputVolume) if job.segmentId
                           else (None, self._segmentArray(job)))
         labels, fused = self._merge(current, prediction, self._writable(job, prediction, state), state)
-        return labels, fusionReport(fused, prediction.region)
+        return labels, fusionReport(fused, prediction.region, labels)
 
     @staticmethod
     def _merge(current, prediction, writable, state=None):

@@ -134,15 +134,21 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
     return FusedPrediction(np.moveaxis(labels, 0, array_axis), source, array_axis, weight, uncertainty, distance)
 
 
-def suggest_slice(fused, exclude=()):
-    """The slice to correct next: where the result rests on the least evidence. Each slice scores its unsure
-    voxels (``FusedPrediction.uncertainty``) plus the voxels it labels, times its distance in slices to the
-    nearest user's slice: a large section far from every corrected slice, or a doubtful one, comes first.
-    Never a user's slice nor one in ``exclude``; None when no slice holds anything or anything unsure.
+def suggest_slice(fused, written, exclude=()):
+    """The slice to correct next: where the result the user sees rests on the least evidence. Each slice scores
+    its unsure voxels (``FusedPrediction.uncertainty``) plus the voxels the write left on it (``written``), times
+    its distance in slices to the nearest user's slice: a large section far from every corrected slice, or a
+    doubtful one, comes first. Never a user's slice nor one in ``exclude``; None when no slice holds anything or
+    anything unsure.
+
+    ``written`` is the segment after the write (``review.merge_prediction_explained``), not ``fused.labels``: a
+    piece of the model's labels that the write drops (nothing connects it to the user's slices, or it does not
+    continue them) is not shown, and sending the user to a slice that shows it correctly empty asks for work
+    that teaches nothing (BENCHMARKS.md section 3 compares the robots that follow either).
 
     A confidently empty slice scores nothing: where the model misses a structure without doubt, nothing says so.
     """
-    moved = np.moveaxis(np.asarray(fused.labels) > 0, fused.axis, 0)
+    moved = np.moveaxis(np.asarray(written) > 0, fused.axis, 0)
     area = moved.reshape(moved.shape[0], -1).sum(axis=1)
     scores = (np.asarray(fused.uncertainty, float) + area) * np.asarray(fused.distance, float)
     for k, name in enumerate(fused.source):

@@ -27,7 +27,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
     Args:
         robot: which slice it corrects: ``"largest-error"``, the unreviewed slice where what the segmentation holds
             differs most from the truth (an oracle); ``"suggested"``, the slice GuiDINO suggests
-            (``fusion.suggest_slice``: the most voxels expected wrong), as a user following the suggestion would.
+            (``fusion.suggest_slice`` on what the round wrote: the most voxels expected wrong), as a user following the suggestion would.
             Starting from nothing (``model`` None), both label the slice with the largest true area first.
 
     Returns:
@@ -69,7 +69,7 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
         seg = segment_volume(model, image, axis=axis, device=device)
         current, fused = with_corrections_explained(seg.labels, truth, reviewed, axis_index,
                                                     image.geometry.spacing[::-1], seg.probability, seg.processed)
-        suggested = suggest_slice(fused)
+        suggested = suggest_slice(fused, current)
         predicted_unreviewed = np.moveaxis(current, axis_index, 0)[todo]
         entry = {"round": number, "corrected_slices": sorted(reviewed),
                  "dice_all": dice_score(current, truth),
