@@ -35,7 +35,7 @@ def test_results_are_rebuilt_from_the_answer_and_its_arrays():
         (1, True, 3, {"array_axis": 0}, None)
     from guidino.jobs import RefineResult
 
-    refined = RefineResult(object(), [2, 9], None, 60, 20.1, None, "time budget")
+    refined = RefineResult(object(), [2, 9], 60, 20.1, "time budget")
     back = refine_from_answer(json.loads(json.dumps(refine_answer(refined, "/models/brain1-v2"))))
     assert back.model is None and str(back.bundle) == "/models/brain1-v2" and back.steps == 60
 

@@ -46,7 +46,7 @@ def test_each_refine_is_a_new_version_with_its_parent(volume, tiny_guide_dir, tm
     image, labels = volume
     first = refine_model(image, labels, [3, 4, 6, 8, 9], guide=str(tiny_guide_dir), settings=_settings())
     # every corrected slice is trained on: none is kept aside for an early stop decided on one slice
-    assert first.held_out is None and first.steps == _settings().steps and first.stopped != "early stopping"
+    assert first.steps == _settings().steps and first.stopped != "early stopping"
     v1 = save_refined(first, next_version_path(tmp_path, "volume"), volume="volume.nrrd")
     assert v1.name == "volume-v001"
 
@@ -152,7 +152,7 @@ def _save_versions(folder, guide_dir, count, queue):
 
     model = build_model(ModelConfig(**LIGHT), guide_dir)
     for _ in range(count):
-        result = RefineResult(model, [1], None, 0, 0.0, None, "finished")
+        result = RefineResult(model, [1], 0, 0.0, "finished")
         queue.put(str(save_version(result, folder, "volume")))
 
 

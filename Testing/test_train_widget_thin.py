@@ -172,7 +172,7 @@ def test_progress_bar_shows_step_and_loss():
 
 
 def _result(**kw):
-    values = {"bundle": Path("/m/liver-v003"), "slices": [3, 6, 8], "steps": 150, "seconds": 42.4, "valDice": 0.87,
+    values = {"bundle": Path("/m/liver-v003"), "slices": [3, 6, 8], "steps": 150, "seconds": 42.4,
               "stopped": "finished", "voxelsChanged": 0}
     return SimpleNamespace(**{**values, **kw})
 

@@ -41,11 +41,9 @@ class RefineResult:
 
     model: object  # the refined GuiDINOModel (None when a cancelled round was discarded, or from the worker)
     slices: list
-    held_out: Optional[int]  # the corrected slice kept aside for early stopping
     steps: int
     seconds: float
-    val_dice: Optional[float]
-    stopped: str
+    stopped: str  # why training stopped: "time budget", "finished" or "cancelled"
     bundle: Optional[Path] = None
     settings: dict = field(default_factory=dict)
 
@@ -125,12 +123,10 @@ def segmentation_from_answer(answer, arrays, geometry, is_2d):
 def refine_answer(result, bundle):
     """The worker's answer for a RefineResult whose model it saved as ``bundle`` (None: nothing saved)."""
     return {"bundle": None if bundle is None else str(bundle), "slices": list(result.slices),
-            "held_out": result.held_out, "steps": int(result.steps), "seconds": float(result.seconds),
-            "val_dice": result.val_dice, "stopped": result.stopped}
+            "steps": int(result.steps), "seconds": float(result.seconds), "stopped": result.stopped}
 
 
 def refine_from_answer(answer):
     """Rebuild a RefineResult (no model: the worker saved it as ``bundle``) from the worker's answer."""
-    return RefineResult(None, answer["slices"], answer["held_out"], answer["steps"], answer["seconds"],
-                        answer["val_dice"], answer["stopped"],
+    return RefineResult(None, answer["slices"], answer["steps"], answer["seconds"], answer["stopped"],
                         bundle=Path(answer["bundle"]) if answer["bundle"] else None)

@@ -47,7 +47,6 @@ class RefineFromCorrectionsResult:
     slices: list
     steps: int
     seconds: float
-    valDice: Optional[float]
     stopped: str
     voxelsChanged: int  # by the re-segmentation of the slices the user has not reviewed
 
@@ -139,8 +138,7 @@ class GuiDINOTrainLogic:
         user has not reviewed."""
         if result.model is None and result.bundle is None:  # a cancelled round, discarded
             return RefineFromCorrectionsResult(None, result.slices, result.steps,
-                                               time.perf_counter() - prepared.started, result.val_dice,
-                                               result.stopped, 0)
+                                               time.perf_counter() - prepared.started, result.stopped, 0)
         name, axis = prepared.inputVolume.GetName(), prepared.corrections["axis"]
         if result.bundle is None:  # refined in this process (runRefine)
             from guidino.training.refine import save_version
@@ -150,7 +148,7 @@ class GuiDINOTrainLogic:
         changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
                                   axis) if prepared.resegment else 0
         return RefineFromCorrectionsResult(bundle, result.slices, result.steps, time.perf_counter() - prepared.started,
-                                           result.val_dice, result.stopped, changed)
+                                           result.stopped, changed)
 
     def versions(self):
         """The bundles in the models folder, oldest first (path, created, parent, slices)."""

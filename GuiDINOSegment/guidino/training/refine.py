@@ -109,8 +109,8 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
     if result.stopped == "cancelled" and not settings.keep_on_cancel:
         model.load_state_dict(before, strict=False)
         kept = None
-    return RefineResult(kept, slices, None, result.steps, time.perf_counter() - start, result.best_val_dice,
-                        result.stopped, settings=asdict(settings))
+    return RefineResult(kept, slices, result.steps, time.perf_counter() - start, result.stopped,
+                        settings=asdict(settings))
 
 
 def next_version_path(folder, stem):
@@ -124,11 +124,10 @@ def next_version_path(folder, stem):
 def save_refined(result, out, parent=None, volume=None, axis="axial"):
     """Save a refine result as a new bundle recording its parent, the volume, slices, settings and time."""
     provenance = {"kind": "refine", "parent": None if parent is None else str(Path(parent).resolve()),
-                  "volume": volume, "axis": axis, "slices": result.slices, "held_out": result.held_out,
+                  "volume": volume, "axis": axis, "slices": result.slices,
                   "settings": result.settings, "steps": result.steps, "seconds": round(result.seconds, 3),
                   "stopped": result.stopped}
-    metrics = {"held_out_dice_at_model_size": result.val_dice}
-    result.bundle = save_bundle(result.model, out, metrics=metrics, provenance=provenance)
+    result.bundle = save_bundle(result.model, out, provenance=provenance)
     return result.bundle
 
 
