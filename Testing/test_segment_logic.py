@@ -1,6 +1,5 @@
 """GuiDINOSegmentLogic on a real headless MRML scene with an oblique volume."""
 
-import json
 import os
 import subprocess
 import sys

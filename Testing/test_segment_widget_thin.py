@@ -8,8 +8,6 @@ real segment editor logic, and static checks that the GUI files only call what t
 import ast
 import math
 import re
-import threading
-import time
 import tomllib
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -17,11 +15,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import slicer
 import slicer.util
 import vtk
-from conftest import synthetic_volume
 
 from GuiDINOSegmentLib import DependencyLogic as deps
 from guidino.geometry import Geometry

@@ -9,7 +9,7 @@ import ``slicer``/``vtk`` when called; the rest need numpy only. Nothing here im
 import math
 import numpy as np
 
-from guidino.axes import AXES, AXIS_NORMAL, check_axis
+from guidino.axes import AXES, AXIS_NORMAL, check_axis  # noqa: F401  (AXES: the widgets read it from here)
 
 from .SegmentSettings import DEFAULT_SEGMENT_NAME, SegmentSettings
 

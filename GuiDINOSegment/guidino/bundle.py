@@ -85,7 +85,7 @@ def save_bundle(model: GuiDINOModel, out_dir, metrics: Optional[dict] = None,
         (partial / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
         try:
             os.rename(partial, out)  # atomic, and refused when the name was taken meanwhile
-        except OSError as error:
+        except OSError:
             if out.exists():
                 raise BundleExistsError(f"{out} already exists: a saved model is never replaced; choose a new "
                                         "folder") from None
