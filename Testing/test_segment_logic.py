@@ -523,6 +523,29 @@ def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scen
     assert result.slicesProcessed == len(prediction.processed) - 1
 
 
+def test_the_suggested_slice_is_judged_on_what_the_write_left(scene, logic, model):
+    """Go to suggested slice (the Train panel, the effect's Preview) sends the user where what the segment shows
+    rests on the least evidence: not to a slice whose only piece of prediction the write dropped (it shows
+    nothing there, rightly), however large that piece."""
+    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
+    user = segment_array(scene, segment_id).copy()
+    user[5] = 0
+    user[5, 10:20, 10:20] = 1
+    set_segment_array(scene, segment_id, user)
+    job = logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
+    prediction = logic.computeSegmentation(job)
+    labels = np.zeros_like(prediction.labels)
+    labels[4, 11:19, 11:19] = labels[6, 12:18, 12:18] = 1  # touches the correction
+    labels[9, 24:36, 20:32] = 1  # far from it, and larger: 144 voxels four slices away
+    prediction.labels, prediction.probability = labels, labels.astype(np.float32)
+    prediction.region = {"axis": "axial", "array_axis": prediction.axis}
+    preview, report = logic.previewLabels(job, prediction)
+    assert preview[9].sum() == 0 and report["suggested"] is not None and preview[report["suggested"]].any()
+    result = logic.applySegmentation(job, prediction)
+    assert result.fusion["suggested"] == report["suggested"] != 9
+    assert segment_array(scene, segment_id)[result.fusion["suggested"]].any()
+
+
 def test_strokes_on_a_reloaded_seg_nrrd_are_each_given_to_the_slice_they_were_drawn_on(scene, logic, model, tmp_path):
     """A .seg.nrrd loaded after GuiDINO ran (a new segmentation node: its baseline labelmap is not with it) is
     watched from the moment it is added, so each stroke is found on its own. All together, a one-row stroke on a
