@@ -6,8 +6,7 @@ import pytest
 
 from guidino.fusion import fuse_prediction, model_weight, suggest_slice
 from guidino.interpolation import interpolate_shape, signed_distance
-from guidino.review import merge_prediction_explained, slice_mask
-from guidino.training.protocols import spread_slices, with_corrections
+from guidino.training.protocols import spread_slices, with_corrections, with_corrections_explained
 
 UNIT = (1.0, 1.0, 1.0)
 
@@ -210,9 +209,7 @@ def test_the_suggestion_judges_what_is_written_not_what_the_write_dropped():
 
 def written_and_fused(truth, probability, slices):
     """What the write leaves (the user's ``slices`` of ``truth`` kept) and its ``FusedPrediction``."""
-    writable = ~slice_mask(truth.shape, 0, slices)
-    return merge_prediction_explained(truth, (probability >= 0.5).astype(np.uint8), writable, evidence_axis=0,
-                                      spacing=UNIT, probability=probability, user_slices=slices)
+    return with_corrections_explained((probability >= 0.5).astype(np.uint8), truth, slices, 0, UNIT, probability)
 
 
 def test_the_level_holds_exactly_the_area_asked_for():

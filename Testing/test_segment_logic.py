@@ -491,22 +491,31 @@ def test_a_new_scene_at_a_deleted_scenes_address_is_watched(monkeypatch):
     assert removed == [True, True]
 
 
-def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scene, logic, model):
-    """A region model (refined from a few corrected slices) knows nothing beyond them: a predicted piece that no
-    corrected slice connects to is not written, and the slices it would have touched do not become the user's."""
+def region_prediction_beside_a_correction(scene, logic, model, far):
+    """The user corrects slice 5 of a segment; a region model's prediction touches the correction on slices 4 and 6
+    and holds a piece ``far`` (a slice-9 index box) that nothing connects to it. Returns (segment id, the user's
+    segment, the prepared job, that prediction)."""
     segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
     user = segment_array(scene, segment_id).copy()
     user[5] = 0
     user[5, 10:20, 10:20] = 1
     set_segment_array(scene, segment_id, user)  # the user's correction of slice 5 (now an edited slice)
-    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [5]
     job = logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
     prediction = logic.computeSegmentation(job)
     labels = np.zeros_like(prediction.labels)
     labels[4, 11:19, 11:19] = labels[6, 12:18, 12:18] = 1  # touches the correction
-    labels[9, 30:34, 25:29] = 1  # far from it
+    labels[far] = 1
     prediction.labels, prediction.probability = labels, labels.astype(np.float32)
     prediction.region = {"axis": "axial", "array_axis": prediction.axis}  # as segment_volume reports a region model
+    return segment_id, user, job, prediction
+
+
+def test_a_model_refined_from_corrections_writes_only_what_connects_to_them(scene, logic, model):
+    """A region model (refined from a few corrected slices) knows nothing beyond them: a predicted piece that no
+    corrected slice connects to is not written, and the slices it would have touched do not become the user's."""
+    segment_id, user, job, prediction = region_prediction_beside_a_correction(
+        scene, logic, model, np.s_[9, 30:34, 25:29])
+    assert logic.reviewedSlices(scene.segmentation, segment_id)["slices"] == [5]
     assert logic.previewLabels(job, prediction)[0][9].sum() == 0
     assert logic.applySegmentation(job, prediction).slicesProcessed == np.count_nonzero(prediction.processed)
     written = segment_array(scene, segment_id)
@@ -527,18 +536,8 @@ def test_the_suggested_slice_is_judged_on_what_the_write_left(scene, logic, mode
     """Go to suggested slice (the Train panel, the effect's Preview) sends the user where what the segment shows
     rests on the least evidence: not to a slice whose only piece of prediction the write dropped (it shows
     nothing there, rightly), however large that piece."""
-    segment_id = logic.process(scene.volume, scene.segmentation, model=model).segmentId
-    user = segment_array(scene, segment_id).copy()
-    user[5] = 0
-    user[5, 10:20, 10:20] = 1
-    set_segment_array(scene, segment_id, user)
-    job = logic.prepareSegmentation(scene.volume, scene.segmentation, model=model, segmentId=segment_id)
-    prediction = logic.computeSegmentation(job)
-    labels = np.zeros_like(prediction.labels)
-    labels[4, 11:19, 11:19] = labels[6, 12:18, 12:18] = 1  # touches the correction
-    labels[9, 24:36, 20:32] = 1  # far from it, and larger: 144 voxels four slices away
-    prediction.labels, prediction.probability = labels, labels.astype(np.float32)
-    prediction.region = {"axis": "axial", "array_axis": prediction.axis}
+    segment_id, _, job, prediction = region_prediction_beside_a_correction(
+        scene, logic, model, np.s_[9, 24:36, 20:32])  # the far piece larger: 144 voxels four slices away
     preview, report = logic.previewLabels(job, prediction)
     assert preview[9].sum() == 0 and report["suggested"] is not None and preview[report["suggested"]].any()
     result = logic.applySegmentation(job, prediction)

@@ -27,7 +27,8 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
     Args:
         robot: which slice it corrects: ``"largest-error"``, the unreviewed slice where what the segmentation holds
             differs most from the truth (an oracle); ``"suggested"``, the slice GuiDINO suggests
-            (``fusion.suggest_slice`` on what the round wrote: the most voxels expected wrong), as a user following the suggestion would.
+            (``fusion.suggest_slice`` on what the round wrote: the most voxels expected wrong), as a user following
+            the suggestion would.
             Starting from nothing (``model`` None), both label the slice with the largest true area first.
 
     Returns:
