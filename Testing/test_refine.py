@@ -16,7 +16,7 @@ from guidino.errors import InputError
 from guidino.imageio import image_data_from_sitk
 from guidino.bundlefiles import list_versions
 from guidino.training.protocols import simulate
-from guidino.training.refine import next_version_path, refine_model, save_refined
+from guidino.training.refine import interpolated_neighbours, next_version_path, refine_model, save_refined
 from guidino.training.settings import REFINE_TIME_BUDGET, RefineSettings, TrainConfig
 
 LIGHT = {"network": "unet", "input_size": 64, "widths": [8, 16, 32, 64, 128]}
@@ -189,3 +189,32 @@ def test_what_a_killed_save_left_is_no_version_and_is_cleaned_up(tmp_path, tiny_
     assert [v["path"] for v in list_versions(tmp_path)] == [first]
     save_bundle(model, tmp_path / "volume-v002")
     assert not leftover.exists() and [v["path"].name for v in list_versions(tmp_path)] == ["volume-v001", "volume-v002"]
+
+
+def test_the_slices_beside_the_corrections_are_labelled_with_the_interpolated_shape():
+    """The neighbours trained on besides the corrected slices lie within the reach of one and strictly between two
+    that hold the structure (nothing bounds the shape beyond the first or the last), and their labels are the
+    interpolated shape."""
+    from guidino.interpolation import interpolate_shape
+
+    labels = np.zeros((16, 20, 24), np.uint8)
+    labels[2, 5:11, 6:14] = 1
+    labels[6, 4:12, 8:18] = 1
+    labels[12, 6:9, 10:13] = 1
+    spacing = (2.0, 0.8, 0.8)
+    indices, shape = interpolated_neighbours(labels, [12, 2, 6], 0, spacing, reach=1)
+    assert indices == [3, 5, 7, 11]
+    assert np.array_equal(shape.astype(bool), interpolate_shape(labels, [2, 6, 12], 0, spacing, extrapolate=False).mask())
+    assert all(shape[k].sum() > 0 for k in indices) and not shape[[0, 1, 13, 14, 15]].any()
+    assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=2)[0] == [3, 4, 5, 7, 8, 10, 11]
+    assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=0) == ([], None)  # the rule off
+    assert interpolated_neighbours(labels, [6], 0, spacing, reach=1) == ([], None)  # one slice bounds nothing
+    assert interpolated_neighbours(labels, [5, 6], 0, spacing, reach=1)[0] == []  # adjacent: nothing between
+    # a corrected slice without the structure bounds no neighbour: the taper toward it is a guess, not evidence
+    assert interpolated_neighbours(labels, [2, 6, 12, 14], 0, spacing, reach=1)[0] == [3, 5, 7, 11]
+    assert interpolated_neighbours(labels, [0, 2, 6], 0, spacing, reach=1)[0] == [3, 5]
+    assert interpolated_neighbours(labels, [0, 6, 9], 0, spacing, reach=1) == ([], None)
+    # along another array axis: the same slices, moved
+    moved, _ = interpolated_neighbours(np.moveaxis(labels, 0, 2), [2, 6, 12], 2, spacing[1:] + spacing[:1], reach=1)
+    assert moved == [3, 5, 7, 11]
+

@@ -151,7 +151,8 @@ def _refine_settings(args):
     new_model = dict(DEFAULT_NEW_MODEL, input_size=args.size, **({"widths": args.widths} if args.widths else {}))
     return RefineSettings(train=args.train, lora=args.lora, steps=args.steps, time_budget=args.time_budget,
                           min_steps=args.min_steps, batch_size=args.batch_size, photometric=args.photometric,
-                          device=args.device, seed=args.seed, new_model=new_model)
+                          interpolated_reach=args.interpolated_reach, device=args.device, seed=args.seed,
+                          new_model=new_model)
 
 
 def _refine(args):
@@ -402,6 +403,11 @@ def build_parser():
         cmd.add_argument("--photometric", action="store_true",
                          help="augment intensities too (brightness/contrast, noise, blur), as guidino train does; "
                               "off by default: the corrections and the rest come from one volume")
+        cmd.add_argument("--interpolated-reach", type=_checked(whole_number, "interpolated reach", minimum=0),
+                         default=RefineSettings.interpolated_reach,
+                         help="also train on the slices this close to a corrected one (between two of them), labelled "
+                              f"with the shape interpolated between the corrections (default "
+                              f"{RefineSettings.interpolated_reach}; 0: only the corrected slices)")
         cmd.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=RefineSettings.seed,
                          help="seeds the new model's weights and the training's order and augmentation")
         cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32),

@@ -19,11 +19,12 @@ from ..corrections import evidence_region
 from ..errors import BundleError, InputError
 from ..guides import load_guide
 from ..imageio import image_slice_axis
+from ..interpolation import interpolate_shape
 from ..jobs import RefineResult
 from ..lora import add_lora, has_lora
 from ..model import ModelConfig
 from ..runtime import seed_everything
-from .datasets import slices_of
+from .datasets import SliceSet, slices_of
 from .settings import RefineSettings
 from .trainer import learned_state, seed_tokenbook, train
 
@@ -41,14 +42,46 @@ def corrections_check(labels, slices, axis_index, starting_fresh):
         raise InputError("the corrected slices are all foreground: label the background too")
 
 
+def interpolated_neighbours(labels, slices, axis_index, spacing, reach):
+    """The slices beside the corrected ones, labelled with the shape interpolated between the corrections.
+
+    Args:
+        labels: the user's label volume (> 0: the structure), array order; only ``slices`` are read.
+        slices: the corrected slice indices along ``axis_index``.
+        axis_index: the array axis of the slices.
+        spacing: voxel spacing in array order (mm).
+        reach: how far (slices) from a corrected slice a neighbour may be; 0: none.
+
+    Returns:
+        ``(indices, shape)``: the sorted indices of the slices within ``reach`` of a corrected slice and strictly
+        between two corrected slices that both hold the structure, and the interpolated structure (uint8, the
+        labels' grid; read only on ``indices``). Beyond the first or the last corrected slice nothing bounds the
+        shape; toward a corrected slice without the structure its taper is a guess of how the structure ends (a
+        tube cut short ends at full width), not evidence: neither is labelled so. ``([], None)`` when none.
+    """
+    corrected = sorted({int(s) for s in slices})
+    if reach <= 0 or len(corrected) < 2:
+        return [], None
+    holding = {s for s in corrected if np.take(labels, s, axis=axis_index).any()}
+    spans = [(low, high) for low, high in zip(corrected, corrected[1:]) if low in holding and high in holding]
+    indices = sorted({k for low, high in spans for k in range(low + 1, high) if min(k - low, high - k) <= reach})
+    if not indices:
+        return [], None
+    shape = interpolate_shape(labels, corrected, axis_index, spacing, extrapolate=False)
+    return indices, shape.mask().astype(np.uint8)
+
+
 def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axial",
                  settings: Optional[RefineSettings] = None, progress=None, cancel=None) -> RefineResult:
     """Fine-tune a model on the slices a user corrected; the input model is not modified.
 
     Every corrected slice is trained on: none is held out for early stopping (one slice's Dice is noise, and a stop
     kept on it can restore a model that has found nothing yet); what the corrections say about this volume is
-    weighed when the result is written (``guidino.fusion``). A new model learns and segments only the evidence
-    region of the corrections (``guidino.corrections``), starting quiet.
+    weighed when the result is written (``guidino.fusion``). The slices beside the corrected ones are trained on
+    too, labelled with the shape interpolated between the corrections (``interpolated_neighbours``;
+    ``RefineSettings.interpolated_reach``), the corrected slices drawn ``corrected_weight`` times as often. A new
+    model learns and segments only the evidence region of the corrections (``guidino.corrections``), starting
+    quiet.
 
     Args:
         image: the ImageData the corrections were made on.
@@ -99,6 +132,11 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
         add_lora(model.guide, rank=8)
         model.config.lora_rank = 8
     train_set = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
+    beside, shape = interpolated_neighbours(labels, slices, axis_index, image.geometry.spacing[::-1],
+                                            settings.interpolated_reach)
+    if beside:
+        interpolated = slices_of(image, shape, model.config, axis=axis, indices=beside, name="interpolated")
+        train_set = SliceSet.concat([train_set] * settings.corrected_weight + [interpolated])
     if fresh:
         model.set_output_prior(float((train_set.labels > 0).float().mean()))  # quiet where it has learned nothing
         seed_tokenbook(model, train_set)

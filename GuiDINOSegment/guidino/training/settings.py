@@ -98,6 +98,15 @@ class RefineSettings:
     photometric: bool = False
     device: str = "auto"
     seed: int = 0
+    # Slices beside a corrected one (within this many, between two corrected slices holding the structure) are
+    # trained on too, labelled with the shape interpolated between the corrections, the corrected slices drawn
+    # ``corrected_weight`` times as often. An end slice holding a speck otherwise teaches the 2D model that the
+    # structure's look is background, and it under-segments between the user's slices where the interpolated
+    # shape is close to the truth (BENCHMARKS section 3, per case with and without). The interpolated labels err
+    # too (a bulging section is interpolated smaller): drawn as often as the corrections, they cost a model that
+    # reads the image well (MNI white matter, a synthetic tube) more than at a quarter. 0: off.
+    interpolated_reach: int = 1
+    corrected_weight: int = 4
     keep_on_cancel: bool = True  # cancelled: keep the model as trained so far (True) or discard the round (False)
     new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
 
@@ -109,6 +118,8 @@ class RefineSettings:
         self.lora_lr = positive_number(self.lora_lr, "LoRA learning rate")
         self.time_budget = time_limit(self.time_budget, "time budget")
         self.min_steps = whole_number(self.min_steps, "minimum steps", minimum=0)
+        self.interpolated_reach = whole_number(self.interpolated_reach, "interpolated reach", minimum=0)
+        self.corrected_weight = whole_number(self.corrected_weight, "corrected weight")
 
     def parts(self):
         parts = tuple(p.strip() for p in self.train.split("+") if p.strip())
