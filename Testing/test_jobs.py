@@ -35,9 +35,10 @@ def test_results_are_rebuilt_from_the_answer_and_its_arrays():
         (1, True, 3, {"array_axis": 0}, None)
     from guidino.jobs import RefineResult
 
-    refined = RefineResult(object(), [2, 9], 60, 20.1, "time budget")
+    refined = RefineResult(object(), [2, 9], 60, 20.1, "time budget", interpolated=[3, 8])
     back = refine_from_answer(json.loads(json.dumps(refine_answer(refined, "/models/brain1-v2"))))
     assert back.model is None and str(back.bundle) == "/models/brain1-v2" and back.steps == 60
+    assert back.interpolated == [3, 8]
 
 
 def test_the_protocol_imports_no_torch():

@@ -56,6 +56,12 @@ def test_each_refine_is_a_new_version_with_its_parent(volume, tiny_guide_dir, tm
     assert v2.name == "volume-v002"
     provenance = read_bundle_config(v2)["provenance"]
     assert provenance["parent"] == str(v1.resolve()) and provenance["slices"] == [4, 6, 8, 10]
+    # the slices between the corrected ones were trained on too, labelled by interpolation, and recorded
+    beside = interpolated_neighbours(labels, [4, 6, 8, 10], 0, image.geometry.spacing[::-1], 1)[0]
+    assert beside and second.interpolated == beside == provenance["interpolated"]
+    alone = refine_model(image, labels, [4, 6, 8, 10], model=load_bundle(v1), settings=_settings(
+        steps=2, interpolated_reach=0))
+    assert alone.interpolated == []
     assert [v["path"] for v in list_versions(tmp_path)] == [v1, v2]
     # the parent model in memory and on disk is untouched by the second round
     for k, v in load_bundle(v1).learned_state_dict().items():

@@ -173,13 +173,16 @@ def test_progress_bar_shows_step_and_loss():
 
 def _result(**kw):
     values = {"bundle": Path("/m/liver-v003"), "slices": [3, 6, 8], "steps": 150, "seconds": 42.4,
-              "stopped": "finished", "voxelsChanged": 0}
+              "stopped": "finished", "voxelsChanged": 0, "interpolated": []}
     return SimpleNamespace(**{**values, **kw})
 
 
 def test_status_after_refine():
     assert panel.refineSummary(_result()) == (
         "Saved liver-v003 and made it the active model: 150 steps in 42 s on 3 corrected slices.")
+    assert panel.refineSummary(_result(interpolated=[4, 5, 7])) == (
+        "Saved liver-v003 and made it the active model: 150 steps in 42 s on 3 corrected slices and 3 beside them "
+        "labelled by interpolation.")
     assert "time budget ran out" in panel.refineSummary(_result(stopped="time budget"))
     assert "discarded" in panel.refineSummary(_result(bundle=None))
     assert panel.resegmentAfterTraining(_result(), cancelRequested=False) == (True, "")

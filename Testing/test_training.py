@@ -237,3 +237,25 @@ def test_early_stopping_waits_until_the_model_has_found_something(tiny_guide):
     zeros = [h["step"] for h in result.history if h["val_dice"] == 0]
     assert zeros and len(zeros) >= 3  # it scored nothing for several validations and went on
     assert result.best_val_dice > 0
+
+
+def test_an_epoch_draws_each_slice_as_often_as_its_draws_say(tiny_guide):
+    """``SliceSet.draws`` weighs slices by how often training draws them: the same discs labelled twice, once
+    right and once empty, teach whichever copy is drawn."""
+    images, labels = synthetic_slices(count=4, size=64)
+    right = SliceSet(images.half(), labels, [f"disc{i}" for i in range(4)])
+    empty = SliceSet(images.half(), torch.zeros_like(labels), [f"empty{i}" for i in range(4)])
+    both = SliceSet.concat([right, empty])
+    assert both.draws is None and list(both.epoch()) == list(range(8))
+    weighted = SliceSet.concat([SliceSet(right.images, right.labels, right.names, [3, 1, 0, 2]), empty])
+    assert weighted.draws == [3, 1, 0, 2, 1, 1, 1, 1]
+    assert list(weighted.epoch()) == [0, 0, 0, 1, 3, 3, 4, 5, 6, 7]
+    assert weighted.subset([3, 4]).draws == [2, 1] and both.subset([0]).draws is None
+    scores = []
+    for draws in ([1] * 4 + [0] * 4, [0] * 4 + [1] * 4):
+        both.draws = draws
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(network="unet", input_size=64, widths=SMALL), tiny_guide)
+        train(model, both, None, TrainConfig(steps=60, batch_size=4, lr=3e-3, augment=False, device="cpu"))
+        scores.append(validation_dice(model, right, torch.device("cpu")))
+    assert scores[0] > 0.8 > 0.2 > scores[1], scores

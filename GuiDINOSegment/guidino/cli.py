@@ -174,8 +174,8 @@ def _refine(args):
         bar.close()
     parent = None if model is None else args.model
     bundle = save_refined(result, args.out, parent=parent, volume=str(Path(args.volume).resolve()), axis=args.axis)
-    print(f"saved {bundle} (slices {result.slices}, {result.steps} steps, {result.seconds:.1f} s, stopped: "
-          f"{result.stopped})")
+    print(f"saved {bundle} (slices {result.slices}, beside them by interpolation {result.interpolated}, "
+          f"{result.steps} steps, {result.seconds:.1f} s, stopped: {result.stopped})")
     return 0
 
 

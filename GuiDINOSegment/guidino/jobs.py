@@ -46,6 +46,7 @@ class RefineResult:
     stopped: str  # why training stopped: "time budget", "finished" or "cancelled"
     bundle: Optional[Path] = None
     settings: dict = field(default_factory=dict)
+    interpolated: list = field(default_factory=list)  # slices trained on with the interpolated shape as label
 
 
 @dataclass
@@ -123,10 +124,11 @@ def segmentation_from_answer(answer, arrays, geometry, is_2d):
 def refine_answer(result, bundle):
     """The worker's answer for a RefineResult whose model it saved as ``bundle`` (None: nothing saved)."""
     return {"bundle": None if bundle is None else str(bundle), "slices": list(result.slices),
-            "steps": int(result.steps), "seconds": float(result.seconds), "stopped": result.stopped}
+            "steps": int(result.steps), "seconds": float(result.seconds), "stopped": result.stopped,
+            "interpolated": [int(k) for k in result.interpolated]}
 
 
 def refine_from_answer(answer):
     """Rebuild a RefineResult (no model: the worker saved it as ``bundle``) from the worker's answer."""
     return RefineResult(None, answer["slices"], answer["steps"], answer["seconds"], answer["stopped"],
-                        bundle=Path(answer["bundle"]) if answer["bundle"] else None)
+                        bundle=Path(answer["bundle"]) if answer["bundle"] else None, interpolated=answer["interpolated"])

@@ -3,7 +3,7 @@
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -49,6 +49,7 @@ class RefineFromCorrectionsResult:
     seconds: float
     stopped: str
     voxelsChanged: int  # by the re-segmentation of the slices the user has not reviewed
+    interpolated: list = field(default_factory=list)  # slices trained on with the interpolated shape as label
 
 
 class GuiDINOTrainLogic:
@@ -148,7 +149,7 @@ class GuiDINOTrainLogic:
         changed = self._resegment(prepared.inputVolume, prepared.segmentation, prepared.segmentId, bundle,
                                   axis) if prepared.resegment else 0
         return RefineFromCorrectionsResult(bundle, result.slices, result.steps, time.perf_counter() - prepared.started,
-                                           result.stopped, changed)
+                                           result.stopped, changed, list(result.interpolated))
 
     def versions(self):
         """The bundles in the models folder, oldest first (path, created, parent, slices)."""

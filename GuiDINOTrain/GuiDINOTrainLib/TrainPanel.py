@@ -149,6 +149,8 @@ def refineSummary(result):
         return "Cancelled: this round was discarded; the active model is unchanged."
     text = (f"Saved {Path(result.bundle).name} and made it the active model: {result.steps} steps in "
             f"{helpers.formatDuration(result.seconds)} on {len(result.slices)} corrected slices")
+    if result.interpolated:
+        text += f" and {len(result.interpolated)} beside them labelled by interpolation"
     if result.stopped in STOP_REASONS:
         text += f"; stopped: {STOP_REASONS[result.stopped]}"
     return text + "."

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,23 +19,31 @@ PHOTO_NORMALIZATION = {"mode": "fixed", "low": 0.0, "high": 255.0}
 
 @dataclass
 class SliceSet:
-    """N slices at the model size: images (N, C, S, S) float16 in [0, 1], labels (N, S, S) uint8."""
+    """N slices at the model size: images (N, C, S, S) float16 in [0, 1], labels (N, S, S) uint8; ``draws``: how
+    many times each training epoch draws each slice (None: once each)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     names: list
+    draws: Optional[list] = None
 
     def __len__(self):
         return len(self.names)
 
+    def epoch(self):
+        """The slice indices one training epoch draws (each ``draws`` times), in order."""
+        return np.repeat(np.arange(len(self)), 1 if self.draws is None else self.draws)
+
     def subset(self, index):
         index = list(index)
-        return SliceSet(self.images[index], self.labels[index], [self.names[i] for i in index])
+        return SliceSet(self.images[index], self.labels[index], [self.names[i] for i in index],
+                        None if self.draws is None else [self.draws[i] for i in index])
 
     @classmethod
     def concat(cls, sets):
+        draws = None if all(s.draws is None for s in sets) else [d for s in sets for d in (s.draws or [1] * len(s))]
         return cls(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
-                   [n for s in sets for n in s.names])
+                   [n for s in sets for n in s.names], draws)
 
 
 def check_labels(labels, name="labels", allow_empty=False):

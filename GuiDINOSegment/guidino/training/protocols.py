@@ -33,9 +33,11 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
 
     Returns:
         ``{"robot", "rounds": [{"round", "corrected_slices", "dice_all", "dice_unreviewed", "refine_seconds",
-        "segment_seconds", "steps", "suggested", ...``FusedPrediction.report()``}, ...], "guide_pretrained",
+        "segment_seconds", "steps", "interpolated_slices", "suggested", ...``FusedPrediction.report()``}, ...],
+        "guide_pretrained",
         "warm_up_seconds"}``: Dice over the whole volume (corrected slices hold the truth) and over the slices the
-        robot has not corrected; ``suggested``: the slice suggested next. The rounds run as in a warm worker: MONAI
+        robot has not corrected; ``interpolated_slices``: the slices refine trained on with the interpolated shape
+        as their label; ``suggested``: the slice suggested next. The rounds run as in a warm worker: MONAI
         is imported first (``warm_up_seconds``), off every round's clock. ``on_round(entry, segmentation,
         current)``, when given, receives each round's SegmentationResult and what the user's segmentation then holds
         (``with_corrections``), in the image's array order.
@@ -76,7 +78,8 @@ def simulate(image, truth, rounds, model=None, guide=None, axis="axial", setting
                  "dice_all": dice_score(current, truth),
                  "dice_unreviewed": dice_score(predicted_unreviewed, truth_slices[todo]) if todo else None,
                  "refine_seconds": round(refined.seconds, 3), "segment_seconds": round(seg.seconds, 3),
-                 "steps": refined.steps, "suggested": suggested, **fused.report()}
+                 "steps": refined.steps, "interpolated_slices": refined.interpolated, "suggested": suggested,
+                 **fused.report()}
         history.append(entry)
         if on_round is not None:
             on_round(entry, seg, current)
@@ -158,7 +161,8 @@ def spread_protocol(image, truth, count, guide=None, axis="axial", settings=None
     slices = spread_slices(truth, axis_index, count, placement)
     refined, seg, current, rest, fused = refine_and_segment(image, truth, slices, guide, axis, settings, device)
     moved, moved_truth = np.moveaxis(current, axis_index, 0), np.moveaxis(truth, axis_index, 0)
-    summary = {"protocol": "spread", "placement": placement, "count": count, "slices": slices, "steps": refined.steps,
+    summary = {"protocol": "spread", "placement": placement, "count": count, "slices": slices,
+               "interpolated_slices": refined.interpolated, "steps": refined.steps,
                "stopped": refined.stopped, "dice_not_labelled": dice_score(moved[rest], moved_truth[rest]),
                "dice_all": dice_score(current, truth), "refine_seconds": round(refined.seconds, 3),
                "segment_seconds": round(seg.seconds, 3), "region": refined.model.config.region,

@@ -95,8 +95,8 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
         cancel: a ``threading.Event``; set, training stops after the current step.
 
     Returns:
-        A RefineResult: the refined model (None when a cancelled round is discarded), the slices, steps, seconds
-        and why training stopped.
+        A RefineResult: the refined model (None when a cancelled round is discarded), the slices, steps, seconds,
+        why training stopped and the slices trained on with the interpolated shape as their label.
 
     Raises:
         InputError: no corrected slice, no structure on them for a new model, only foreground, labels on another
@@ -132,14 +132,15 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
         add_lora(model.guide, rank=8)
         model.config.lora_rank = 8
     train_set = slices_of(image, labels, model.config, axis=axis, indices=slices, name="correction")
+    if fresh:
+        model.set_output_prior(float((train_set.labels > 0).float().mean()))  # quiet where it has learned nothing
+        seed_tokenbook(model, train_set)
     beside, shape = interpolated_neighbours(labels, slices, axis_index, image.geometry.spacing[::-1],
                                             settings.interpolated_reach)
     if beside:
         interpolated = slices_of(image, shape, model.config, axis=axis, indices=beside, name="interpolated")
-        train_set = SliceSet.concat([train_set] * settings.corrected_weight + [interpolated])
-    if fresh:
-        model.set_output_prior(float((train_set.labels > 0).float().mean()))  # quiet where it has learned nothing
-        seed_tokenbook(model, train_set)
+        train_set = SliceSet.concat([train_set, interpolated])
+        train_set.draws = [settings.corrected_weight] * len(slices) + [1] * len(beside)
     before = learned_state(model)
     config = settings.train_config(batch_size=min(settings.batch_size, max(1, len(train_set))))
     result = train(model, train_set, None, config, progress=progress, cancel=cancel)
@@ -148,7 +149,7 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
         model.load_state_dict(before, strict=False)
         kept = None
     return RefineResult(kept, slices, result.steps, time.perf_counter() - start, result.stopped,
-                        settings=asdict(settings))
+                        settings=asdict(settings), interpolated=beside)
 
 
 def next_version_path(folder, stem):
@@ -164,7 +165,7 @@ def save_refined(result, out, parent=None, volume=None, axis="axial"):
     provenance = {"kind": "refine", "parent": None if parent is None else str(Path(parent).resolve()),
                   "volume": volume, "axis": axis, "slices": result.slices,
                   "settings": result.settings, "steps": result.steps, "seconds": round(result.seconds, 3),
-                  "stopped": result.stopped}
+                  "stopped": result.stopped, "interpolated": result.interpolated}
     result.bundle = save_bundle(result.model, out, provenance=provenance)
     return result.bundle
 

@@ -136,7 +136,8 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
     model.to(device, memory_format=torch.channels_last)  # faster convolutions (a third, 2-core CPU, 128 px)
     _set_trainable(model, config.parts)
     optimizer = _optimizer(model, config)
-    steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
+    epoch = train_set.epoch()
+    steps_per_epoch = max(1, math.ceil(len(epoch) / config.batch_size))
     total = config.steps or config.epochs * steps_per_epoch
     budget, floor = config.time_budget, min(config.min_steps, total)
 
@@ -178,7 +179,7 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
             stopped = "cancelled"
             break
         if len(order) < config.batch_size:
-            order = np.concatenate([order, order_rng.permutation(len(train_set))])
+            order = np.concatenate([order, epoch[order_rng.permutation(len(epoch))]])
         index, order = order[:config.batch_size], order[config.batch_size:]
         images = train_set.images[index].to(device).float()
         labels = train_set.labels[index].to(device).long()
@@ -233,8 +234,9 @@ def train(model, train_set, val_set=None, config=None, progress=None, cancel=Non
 def _run_identity(config, train_set, val_set, total):
     """What a checkpoint must match to be resumed: the settings that shape the steps, and the data."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("device", "time_budget")}
-    return {"settings": settings, "total": total, "train": list(train_set.names),
-            "val": list(val_set.names) if val_set is not None else []}
+    identity = {"settings": settings, "total": total, "train": list(train_set.names),
+                "val": list(val_set.names) if val_set is not None else []}
+    return identity if train_set.draws is None else {**identity, "draws": list(train_set.draws)}
 
 
 def _save_checkpoint(path, content):
