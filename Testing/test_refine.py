@@ -51,7 +51,8 @@ def test_each_refine_is_a_new_version_with_its_parent(volume, tiny_guide_dir, tm
     assert v1.name == "volume-v001"
 
     parent_state = {k: v.clone() for k, v in first.model.learned_state_dict().items()}
-    second = refine_model(image, labels, [4, 6, 8, 10], model=load_bundle(v1), settings=_settings(steps=10))
+    second = refine_model(image, labels, [4, 6, 8, 10], model=load_bundle(v1),
+                          settings=_settings(steps=10, interpolated_reach=1))
     v2 = save_refined(second, next_version_path(tmp_path, v1.name), parent=v1, volume="volume.nrrd")
     assert v2.name == "volume-v002"
     provenance = read_bundle_config(v2)["provenance"]
@@ -59,9 +60,8 @@ def test_each_refine_is_a_new_version_with_its_parent(volume, tiny_guide_dir, tm
     # the slices between the corrected ones were trained on too, labelled by interpolation, and recorded
     beside = interpolated_neighbours(labels, [4, 6, 8, 10], 0, image.geometry.spacing[::-1], 1)[0]
     assert beside and second.interpolated == beside == provenance["interpolated"]
-    alone = refine_model(image, labels, [4, 6, 8, 10], model=load_bundle(v1), settings=_settings(
-        steps=2, interpolated_reach=0))
-    assert alone.interpolated == []
+    alone = refine_model(image, labels, [4, 6, 8, 10], model=load_bundle(v1), settings=_settings(steps=2))
+    assert alone.interpolated == []  # off by default
     assert [v["path"] for v in list_versions(tmp_path)] == [v1, v2]
     # the parent model in memory and on disk is untouched by the second round
     for k, v in load_bundle(v1).learned_state_dict().items():

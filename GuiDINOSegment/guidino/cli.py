@@ -407,7 +407,8 @@ def build_parser():
                          default=RefineSettings.interpolated_reach,
                          help="also train on the slices this close to a corrected one (between two of them), labelled "
                               f"with the shape interpolated between the corrections (default "
-                              f"{RefineSettings.interpolated_reach}; 0: only the corrected slices)")
+                              f"{RefineSettings.interpolated_reach}: only the corrected slices; BENCHMARKS.md "
+                              "section 3 says where it helps and where it hurts)")
         cmd.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=RefineSettings.seed,
                          help="seeds the new model's weights and the training's order and augmentation")
         cmd.add_argument("--size", type=_checked(whole_number, "size", minimum=32),

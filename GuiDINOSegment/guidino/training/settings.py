@@ -100,12 +100,11 @@ class RefineSettings:
     seed: int = 0
     # Slices beside a corrected one (within this many, between two corrected slices holding the structure) are
     # trained on too, labelled with the shape interpolated between the corrections, the corrected slices drawn
-    # ``corrected_weight`` times as often. An end slice holding a speck otherwise teaches the 2D model that the
-    # structure's look is background, and it under-segments between the user's slices where the interpolated
-    # shape is close to the truth (BENCHMARKS section 3, per case with and without). The interpolated labels err
-    # too (a bulging section is interpolated smaller): drawn as often as the corrections, they cost a model that
-    # reads the image well (MNI white matter, a synthetic tube) more than at a quarter. 0: off.
-    interpolated_reach: int = 1
+    # ``corrected_weight`` times as often. Off by default (0): with slices placed as a user places them it fixes
+    # the MR pancreas and lifts the adrenals, but with slices at the structure's ends the interpolated labels are
+    # poor and the model learns them (brain1 from 3 slices −0.26, the prostate from 2 −0.18: BENCHMARKS section 3,
+    # per case with and without). Drawn as often as the corrections, they cost more than at a quarter.
+    interpolated_reach: int = 0
     corrected_weight: int = 4
     keep_on_cancel: bool = True  # cancelled: keep the model as trained so far (True) or discard the round (False)
     new_model: dict = field(default_factory=lambda: dict(DEFAULT_NEW_MODEL))  # ModelConfig of a model made from nothing
