@@ -77,11 +77,11 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
 
     Every corrected slice is trained on: none is held out for early stopping (one slice's Dice is noise, and a stop
     kept on it can restore a model that has found nothing yet); what the corrections say about this volume is
-    weighed when the result is written (``guidino.fusion``). The slices beside the corrected ones are trained on
-    too, labelled with the shape interpolated between the corrections (``interpolated_neighbours``;
-    ``RefineSettings.interpolated_reach``), the corrected slices drawn ``corrected_weight`` times as often. A new
-    model learns and segments only the evidence region of the corrections (``guidino.corrections``), starting
-    quiet.
+    weighed when the result is written (``guidino.fusion``). With ``RefineSettings.interpolated_reach`` > 0 (off by
+    default: it hurts slices placed at a structure's ends, BENCHMARKS section 3) the slices beside the corrected ones
+    are trained on too, labelled with the shape interpolated between the corrections (``interpolated_neighbours``),
+    the corrected slices drawn ``corrected_weight`` times as often. A new model learns and segments only the
+    evidence region of the corrections (``guidino.corrections``), starting quiet.
 
     Args:
         image: the ImageData the corrections were made on.
