@@ -210,7 +210,8 @@ def test_the_slices_beside_the_corrections_are_labelled_with_the_interpolated_sh
     spacing = (2.0, 0.8, 0.8)
     indices, shape = interpolated_neighbours(labels, [12, 2, 6], 0, spacing, reach=1)
     assert indices == [3, 5, 7, 11]
-    assert np.array_equal(shape.astype(bool), interpolate_shape(labels, [2, 6, 12], 0, spacing, extrapolate=False).mask())
+    expected = interpolate_shape(labels, [2, 6, 12], 0, spacing, extrapolate=False).mask()
+    assert np.array_equal(shape.astype(bool), expected)
     assert all(shape[k].sum() > 0 for k in indices) and not shape[[0, 1, 13, 14, 15]].any()
     assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=2)[0] == [3, 4, 5, 7, 8, 10, 11]
     assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=0) == ([], None)  # the rule off

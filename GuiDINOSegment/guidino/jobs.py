@@ -131,4 +131,5 @@ def refine_answer(result, bundle):
 def refine_from_answer(answer):
     """Rebuild a RefineResult (no model: the worker saved it as ``bundle``) from the worker's answer."""
     return RefineResult(None, answer["slices"], answer["steps"], answer["seconds"], answer["stopped"],
-                        bundle=Path(answer["bundle"]) if answer["bundle"] else None, interpolated=answer["interpolated"])
+                        bundle=Path(answer["bundle"]) if answer["bundle"] else None,
+                        interpolated=answer["interpolated"])
