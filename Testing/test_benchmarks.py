@@ -85,7 +85,8 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     benchmark("fusion_rules.py", "--data", tmp_path, "--out", out, "--markdown", rules)
     table = rules.read_text().splitlines()
     assert table[0] == ("| case | placement | K | seed | Fill | default | model alone | interpolation alone "
-                        "| unweighted model | no taper beyond | path only when apart |")
+                        "| unweighted model | no taper beyond | path only when apart | nothing beyond | clip 3 "
+                        "| tolerance 0.25/mm |")
     ends = next(line for line in table if line.startswith("| brain1 | ends | 3 | 0 |"))
     assert float(ends.split("|")[6]) == pytest.approx(spread[0]["dice_not_labelled"], abs=5e-4)  # default = the run
     assert sum(line.startswith("| brain1 |") for line in table) == 4  # 2 placements x 2 seeds, not the ablation
@@ -120,6 +121,19 @@ def test_worker_speed_runs_the_slicer_path_and_the_command(tmp_path):
     assert [job["worker"] for job in result["worker"]] == ["cold", "warm"]
     for job in result["worker"]:
         assert job["slices"] == 6 and job["seconds_run_to_written"] >= job["segmenting_seconds"] > 0
+
+
+def test_the_rule_nothing_beyond_writes_only_between_the_first_and_the_last_labelled_slice():
+    sys.path.insert(0, str(BENCHMARKS))
+    from fusion_rules import RULES, written
+
+    truth = np.zeros((12, 32, 32), np.uint8)
+    truth[2:10, 8:24, 8:24] = 1  # a box on slices 2-9, labelled on 4 and 7: it goes on beyond both
+    probability = truth.astype(np.float32) * 0.9 + 0.05  # a model that sees it everywhere
+    default = written(truth, probability, [4, 7], (3.0, 1.0, 1.0), RULES["default"])
+    cut = written(truth, probability, [4, 7], (3.0, 1.0, 1.0), RULES["nothing beyond"])
+    assert default[[3, 8]].any() and not cut[:4].any() and not cut[8:].any()
+    np.testing.assert_array_equal(cut[4:8], default[4:8])
 
 
 def test_fill_between_slices_peer_is_slicers_interpolator():

@@ -11,7 +11,12 @@ Reads the spread runs ``interactive.py`` saved (``--out``: each run's JSON and, 
 - ``unweighted model``: the model counts fully whatever its Dice on the labelled slices;
 - ``no taper beyond``: nothing interpolated beyond the first and the last labelled slice;
 - ``path only when apart``: between sections that do not overlap, only the path between them (not also each
-  section tapering toward the other).
+  section tapering toward the other);
+- ``nothing beyond``: nothing written beyond the first and the last labelled slice holding the structure (as Fill
+  between slices): what carrying the structure on beyond the user's slices gains and costs;
+- ``clip 3``: the model's log-odds clipped at 3 instead of ``fusion.CLIP``;
+- ``tolerance 0.25/mm``: the interpolated contour's tolerance grows by 0.25 mm per mm to the nearer labelled slice
+  instead of ``fusion.TOLERANCE_PER_MM``.
 
     python benchmarks/fusion_rules.py --data ../shared/data/volumes --out runs/interactive --markdown rules.md
 """
@@ -38,6 +43,9 @@ RULES = {
     "unweighted model": {"weight": 1.0},
     "no taper beyond": {"extrapolate": False},
     "path only when apart": {"apart": "path"},
+    "nothing beyond": {"beyond": False},
+    "clip 3": {"clip": 3.0},
+    "tolerance 0.25/mm": {"tolerance_per_mm": 0.25},
 }
 
 
@@ -47,8 +55,14 @@ def written(truth, probability, slices, spacing, rule):
     if rule is None:
         return merge_prediction(truth, (probability >= 0.5).astype(np.uint8), writable, evidence_axis=0,
                                 spacing=spacing)
+    rule = dict(rule)
+    beyond = rule.pop("beyond", True)
     fused = fuse_prediction(probability, truth, slices, 0, spacing, **rule)
-    return merge_prediction(truth, fused.labels, writable, evidence_axis=0, spacing=spacing)
+    result = merge_prediction(truth, fused.labels, writable, evidence_axis=0, spacing=spacing)
+    if not beyond:
+        holding = [k for k in slices if truth[k].any()]
+        result[:holding[0]], result[holding[-1] + 1:] = 0, 0
+    return result
 
 
 def main():
