@@ -61,29 +61,6 @@ def test_beyond_the_labelled_slices_the_shape_tapers_within_the_structure_radius
     assert not bounded.mask()[13:].any()
 
 
-def test_beyond_a_shrinking_end_the_shape_shrinks_at_the_user_rate_and_then_has_ended():
-    truth = tube([0] * 4 + [10, 10, 10, 8, 6, 4, 2] + [0] * 9)  # shrinking from slice 6 to its end at slice 10
-    shape = interpolate_shape(truth, [4, 6, 8], 0, UNIT)  # 314 pixels on 6, 113 on 8: 100 fewer a slice
-    areas = [int(shape.mask()[k].sum()) for k in range(20)]
-    assert 0 < areas[9] <= 13 + 1  # the trend: 113 - 100
-    assert np.isposinf(shape.distance[10:12]).all()  # spent: the structure has ended
-    assert not np.isinf(shape.distance[:4]).any() and areas[3] > 250  # slices 4 and 6 alike: the radius taper
-    growing = interpolate_shape(truth, [8, 10], 0, UNIT)  # toward slice 8 it grows (13 -> 113): no trend there
-    assert not np.isinf(growing.distance[:8]).any() and growing.mask()[7].sum() > 80
-    alone = interpolate_shape(truth, [8], 0, UNIT)  # one labelled slice: no trend, the radius taper only
-    assert not np.isinf(alone.distance).any() and alone.mask()[9:14].any()
-
-
-def test_a_false_continuation_beyond_a_shrinking_end_is_not_written():
-    truth = tube([0] * 4 + [10, 10, 10, 8, 6, 4, 2] + [0] * 9)
-    probability = np.full(truth.shape, 0.02, np.float32)
-    probability[4:18] = np.where(tube([0] * 4 + [9] * 14 + [0] * 2)[4:18] > 0, 0.97, 0.02)  # it goes on and on
-    written, fused = written_and_fused(truth, probability, [4, 6, 8])
-    assert written[9].any()  # next to the user's last slice the model still writes, within the trend
-    assert not written[10:].any()  # where the user's slices say the structure has ended: nothing
-    assert fused.source[11] == "model and interpolation"
-
-
 def travelling_and_branching():
     """Two structures labelled on slices 0 and 8, whose sections there do not overlap: one travels from the first
     section to the second (the pancreas), the other is two lobes, one ending as the other begins (brain1's

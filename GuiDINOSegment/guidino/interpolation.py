@@ -9,9 +9,7 @@ across them (the pancreas) from one that ends while another begins (a lobe, a br
 both, the blend of the maps moved along the path of the section's centre and each section tapering to nothing
 toward the other slice; the image (the model, in ``fusion``) decides between them. A labelled slice without the
 structure says it has ended: its map is the other slice's deepest inside distance everywhere, so the shape shrinks
-to nothing on the way. Beyond the first and the last labelled slice the shape may taper the same way; where the
-user's sections shrink toward that end, it shrinks at least as fast as they do, and where that reaches nothing the
-structure has ended (``ShapeInterpolation.distance`` is +inf there: nothing is written).
+to nothing on the way. Beyond the first and the last labelled slice the shape may taper the same way.
 
 No torch, no VTK: the Slicer process may call it.
 """
@@ -67,8 +65,7 @@ class ShapeInterpolation:
     """The interpolated shape through the volume, in the array order of the labels.
 
     ``distance``: signed distance (mm) of the interpolated contour on each slice between two labelled slices
-    (``inside``); +inf on a slice beyond the labelled ones where the shape has ended (``interpolate_shape``'s
-    ``extrapolate``); NaN elsewhere. ``gap``: on those slices, the distance (mm, along the slice axis) to the nearer
+    (``inside``); NaN elsewhere. ``gap``: on those slices, the distance (mm, along the slice axis) to the nearer
     labelled slice. ``axis``: the array axis of the labelled slices.
     """
 
@@ -99,10 +96,7 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
         spacing: voxel spacing in array order (mm).
         extrapolate: beyond the first and the last labelled slice holding the structure (when no labelled slice
             without it bounds them), let the shape taper to nothing over the structure's largest radius, as
-            between a labelled section and a labelled empty slice; where the two labelled sections nearest that end
-            shrink toward it, the shape's area goes on shrinking at their rate (per slice) when that is smaller,
-            and the slices where it reaches nothing hold an ended shape (``distance`` +inf): the user's own slices
-            say how fast the structure is ending (BENCHMARKS.md section 3 gives the rule's effect per case).
+            between a labelled section and a labelled empty slice.
         apart: between two sections that do not overlap, ``"both"`` candidates (the path between them, and each
             tapering toward the other slice) or only the ``"path"`` (BENCHMARKS.md section 3 compares them).
 
@@ -153,25 +147,4 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
                     _blend(below, ending_above, area_low, 0, weight, np.zeros(2)),
                     _blend(ending_below, above, 0, area_high, weight, np.zeros(2))))
             gap[k] = step * min(k - low if low in areas else np.inf, high - k if high in areas else np.inf)
-    if extrapolate and len(holding) >= 2:
-        for end, inner in ((holding[-1], holding[-2]), (holding[0], holding[1])):
-            if end in (slices[0], slices[-1]):  # no labelled empty slice bounds this end
-                _shrink_beyond(distance, gap, areas[end], areas[inner], end, inner)
     return ShapeInterpolation(np.moveaxis(distance, 0, array_axis), gap, array_axis)
-
-
-def _shrink_beyond(distance, gap, area_end, area_inner, end, inner):
-    """Beyond the labelled slice ``end`` (away from ``inner``, the labelled slice holding the structure nearest to
-    it), where the taper has a shape: no more area than the sections' linear trend, and +inf where it is spent."""
-    if area_end >= area_inner:
-        return  # not shrinking toward this end: the structure's radius bounds it
-    rate = (area_inner - area_end) / abs(end - inner)  # pixels per slice
-    direction = 1 if end > inner else -1
-    k = end + direction
-    while 0 <= k < distance.shape[0] and np.isfinite(gap[k]) and gap[k] > 0:
-        trend = int(round(area_end - rate * abs(k - end)))
-        if trend <= 0:
-            distance[k] = np.inf
-        elif trend < np.count_nonzero(distance[k] < 0):
-            distance[k] = distance[k] - _level(distance[k], trend)
-        k += direction
