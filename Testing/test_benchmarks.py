@@ -85,8 +85,8 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     benchmark("fusion_rules.py", "--data", tmp_path, "--out", out, "--markdown", rules)
     table = rules.read_text().splitlines()
     assert table[0] == ("| case | placement | K | seed | Fill | default | model alone | interpolation alone "
-                        "| unweighted model | no taper beyond | path only when apart | nothing beyond | clip 3 "
-                        "| tolerance 0.25/mm |")
+                        "| unweighted model | no taper beyond | no trend beyond | path only when apart "
+                        "| nothing beyond | clip 3 | tolerance 0.25/mm |")
     ends = next(line for line in table if line.startswith("| brain1 | ends | 3 | 0 |"))
     assert float(ends.split("|")[6]) == pytest.approx(spread[0]["dice_not_labelled"], abs=5e-4)  # default = the run
     assert sum(line.startswith("| brain1 |") for line in table) == 4  # 2 placements x 2 seeds, not the ablation

@@ -61,6 +61,37 @@ def test_beyond_the_labelled_slices_the_shape_tapers_within_the_structure_radius
     assert not bounded.mask()[13:].any()
 
 
+SHRINKING = [0] * 4 + [12, 11, 10, 9, 8, 6, 4, 2] + [0] * 8  # radii: the structure narrows from slice 4 to 11
+
+
+def test_beyond_sections_shrinking_three_in_a_row_the_shape_shrinks_at_their_rate_and_then_has_ended():
+    truth = tube(SHRINKING)
+    areas = [int(truth[k].sum()) for k in range(len(SHRINKING))]
+    shape = interpolate_shape(truth, [4, 6, 8], 0, UNIT)  # sections shrinking toward slice 8, three in a row
+    rate = (areas[6] - areas[8]) / 2  # the two nearest sections' loss per slice
+    written = [int(shape.mask()[k].sum()) for k in range(len(SHRINKING))]
+    assert 0 < written[9] <= round(areas[8] - rate) and 0 < written[11] <= round(areas[8] - 3 * rate)
+    assert np.isposinf(shape.distance[12:]).all()  # the trend is spent: the structure has ended
+    assert not np.isinf(shape.distance[:4]).any() and written[3] > 0  # toward slice 4 it grows: the radius taper
+    assert not np.isinf(interpolate_shape(truth, [4, 6, 8], 0, UNIT, trend=False).distance).any()
+    pair = interpolate_shape(truth, [6, 8], 0, UNIT)  # two sections are not a trend (a waist would be cut)
+    assert not np.isinf(pair.distance).any() and pair.mask()[12].any()
+    bounded = interpolate_shape(truth, [4, 6, 8, 12], 0, UNIT)  # a labelled empty slice ends it: no trend needed
+    assert not np.isinf(bounded.distance).any() and not bounded.mask()[12:].any()
+
+
+def test_a_false_continuation_beyond_sections_shrinking_three_in_a_row_is_not_written():
+    truth = tube(SHRINKING)
+    probability = np.full(truth.shape, 0.02, np.float32)
+    probability[4:18] = np.where(tube([0] * 4 + [9] * 14 + [0] * 2)[4:18] > 0, 0.97, 0.02)  # it goes on and on
+    written, fused = written_and_fused(truth, probability, [4, 6, 8])
+    assert written[9].any()  # next to the user's last slice the model still writes, within the trend
+    assert not written[12:].any()  # where the user's slices say the structure has ended: nothing
+    assert fused.source[13] == "model and interpolation"
+    written_pair, _ = written_and_fused(truth, probability, [6, 8])  # two sections: the model's continuation stays
+    assert written_pair[12:16].any()
+
+
 def travelling_and_branching():
     """Two structures labelled on slices 0 and 8, whose sections there do not overlap: one travels from the first
     section to the second (the pancreas), the other is two lobes, one ending as the other begins (brain1's

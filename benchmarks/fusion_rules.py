@@ -10,6 +10,8 @@ Reads the spread runs ``interactive.py`` saved (``--out``: each run's JSON and, 
 - ``interpolation alone``: the model has no weight between and beyond the labelled slices;
 - ``unweighted model``: the model counts fully whatever its Dice on the labelled slices;
 - ``no taper beyond``: nothing interpolated beyond the first and the last labelled slice;
+- ``no trend beyond``: beyond the first and the last labelled slice, the shape tapers over the structure's radius
+  even where the user's sections shrink toward that end three in a row (``interpolate_shape``'s ``trend``);
 - ``path only when apart``: between sections that do not overlap, only the path between them (not also each
   section tapering toward the other);
 - ``nothing beyond``: nothing written beyond the first and the last labelled slice holding the structure (as Fill
@@ -42,6 +44,7 @@ RULES = {
     "interpolation alone": {"weight": 0.0},
     "unweighted model": {"weight": 1.0},
     "no taper beyond": {"extrapolate": False},
+    "no trend beyond": {"trend": False},
     "path only when apart": {"apart": "path"},
     "nothing beyond": {"beyond": False},
     "clip 3": {"clip": 3.0},

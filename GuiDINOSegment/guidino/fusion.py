@@ -81,7 +81,8 @@ def _unsure(log_odds):
 
 
 def fuse_prediction(probability, user, user_slices, array_axis, spacing, processed=None, weight=None,
-                    tolerance=TOLERANCE, tolerance_per_mm=TOLERANCE_PER_MM, clip=CLIP, extrapolate=True, apart="both"):
+                    tolerance=TOLERANCE, tolerance_per_mm=TOLERANCE_PER_MM, clip=CLIP, extrapolate=True, apart="both",
+                    trend=True):
     """Combine a region model's ``probability`` with the shape interpolated between the user's slices.
 
     Args:
@@ -93,15 +94,15 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
         processed: per slice along ``array_axis``, whether the model ran there (None: everywhere).
         weight: the model's weight between the user's slices; None: ``model_weight`` to the power
             ``WEIGHT_POWER`` (1 when the model was not run on the user's slices).
-        tolerance, tolerance_per_mm, clip, extrapolate, apart: the rules' settings (the defaults are the shipped
-            rule; ``benchmarks/fusion_rules.py`` changes one at a time); ``extrapolate`` and ``apart`` as in
-            ``interpolation.interpolate_shape``.
+        tolerance, tolerance_per_mm, clip, extrapolate, apart, trend: the rules' settings (the defaults are the
+            shipped rule; ``benchmarks/fusion_rules.py`` changes one at a time); ``extrapolate``, ``apart`` and
+            ``trend`` as in ``interpolation.interpolate_shape``.
 
     Returns:
         A ``FusedPrediction``; the user's slices hold the model's labels (the write rule never writes them).
     """
     probability = np.asarray(probability, np.float32)
-    shape = interpolate_shape(user, user_slices, array_axis, spacing, extrapolate, apart)
+    shape = interpolate_shape(user, user_slices, array_axis, spacing, extrapolate, apart, trend)
     if weight is None:
         fit = model_weight(probability, user, user_slices, array_axis, processed)
         weight = None if fit is None else fit ** WEIGHT_POWER

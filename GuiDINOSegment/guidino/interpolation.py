@@ -9,7 +9,10 @@ across them (the pancreas) from one that ends while another begins (a lobe, a br
 both, the blend of the maps moved along the path of the section's centre and each section tapering to nothing
 toward the other slice; the image (the model, in ``fusion``) decides between them. A labelled slice without the
 structure says it has ended: its map is the other slice's deepest inside distance everywhere, so the shape shrinks
-to nothing on the way. Beyond the first and the last labelled slice the shape may taper the same way.
+to nothing on the way. Beyond the first and the last labelled slice the shape may taper the same way; where the
+user's sections shrink toward that end over three labelled slices in a row, it shrinks at least as fast as the two
+nearest do, and where that reaches nothing the structure has ended (``ShapeInterpolation.distance`` is +inf there:
+nothing is written).
 
 No torch, no VTK: the Slicer process may call it.
 """
@@ -65,7 +68,8 @@ class ShapeInterpolation:
     """The interpolated shape through the volume, in the array order of the labels.
 
     ``distance``: signed distance (mm) of the interpolated contour on each slice between two labelled slices
-    (``inside``); NaN elsewhere. ``gap``: on those slices, the distance (mm, along the slice axis) to the nearer
+    (``inside``); +inf on a slice beyond the labelled ones where the shape has ended (``interpolate_shape``'s
+    ``trend``); NaN elsewhere. ``gap``: on those slices, the distance (mm, along the slice axis) to the nearer
     labelled slice. ``axis``: the array axis of the labelled slices.
     """
 
@@ -86,7 +90,7 @@ class ShapeInterpolation:
 APART = ("both", "path")  # what the shape holds between sections that do not overlap (``interpolate_shape``)
 
 
-def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apart="both"):
+def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apart="both", trend=True):
     """The signed-distance interpolation of the structure between labelled ``slices``.
 
     Args:
@@ -99,6 +103,10 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
             between a labelled section and a labelled empty slice.
         apart: between two sections that do not overlap, ``"both"`` candidates (the path between them, and each
             tapering toward the other slice) or only the ``"path"`` (BENCHMARKS.md section 3 compares them).
+        trend: with ``extrapolate``, where the sections of the three labelled slices nearest an end shrink toward
+            it, the tapering shape's area is at most their trend beyond it (the two nearest sections' loss per
+            slice, carried on), and where the trend reaches nothing the structure has ended (``distance`` +inf).
+            Two sections are not a trend: a structure with a waist would be cut there (BENCHMARKS.md section 3).
 
     Returns:
         A ``ShapeInterpolation``.
@@ -147,4 +155,24 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
                     _blend(below, ending_above, area_low, 0, weight, np.zeros(2)),
                     _blend(ending_below, above, 0, area_high, weight, np.zeros(2))))
             gap[k] = step * min(k - low if low in areas else np.inf, high - k if high in areas else np.inf)
+    if extrapolate and trend and len(holding) >= 3:
+        for end, inner, outer in ((holding[-1], holding[-2], holding[-3]), (holding[0], holding[1], holding[2])):
+            if end in (slices[0], slices[-1]) and areas[outer] > areas[inner] > areas[end]:
+                _shrink_beyond(distance, gap, areas[end], areas[inner], end, inner)
     return ShapeInterpolation(np.moveaxis(distance, 0, array_axis), gap, array_axis)
+
+
+def _shrink_beyond(distance, gap, area_end, area_inner, end, inner):
+    """Beyond the labelled slice ``end``, away from ``inner`` (the nearest labelled slice holding the structure),
+    on the slices the taper reaches: no more area than the sections' loss per slice carried on, and +inf (ended)
+    where that is spent. ``distance`` is changed in place, slices first."""
+    rate = (area_inner - area_end) / abs(end - inner)  # pixels per slice
+    direction = 1 if end > inner else -1
+    k = end + direction
+    while 0 <= k < distance.shape[0] and np.isfinite(gap[k]) and gap[k] > 0:
+        allowed = int(round(area_end - rate * abs(k - end)))
+        if allowed <= 0:
+            distance[k] = np.inf
+        elif allowed < np.count_nonzero(distance[k] < 0):
+            distance[k] = distance[k] - _level(distance[k], allowed)
+        k += direction
