@@ -125,7 +125,8 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
                 evidence = evidence + counted * np.clip(_logit(moved_p[k]), -clip, clip)
             labels[k] = evidence > 0
             uncertainty[k] = _unsure(evidence)
-            source.append("model and interpolation" if ran and counted > 0 else "interpolation")
+            ended = bool(np.isposinf(distance[k]).all())  # the user's sections say it has ended: the model had no say
+            source.append("model and interpolation" if ran and counted > 0 and not ended else "interpolation")
         else:
             uncertainty[k] = _unsure(_logit(moved_p[k])) if ran else 0.0
             source.append("model" if ran else "none")
