@@ -89,7 +89,12 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
                         "| nothing beyond | clip 3 | tolerance 0.25/mm |")
     ends = next(line for line in table if line.startswith("| brain1 | ends | 3 | 0 |"))
     assert float(ends.split("|")[6]) == pytest.approx(spread[0]["dice_not_labelled"], abs=5e-4)  # default = the run
-    assert sum(line.startswith("| brain1 |") for line in table) == 4  # 2 placements x 2 seeds, not the ablation
+    assert sum(line.startswith("| brain1 | ends |") or line.startswith("| brain1 | interior |") for line in table) == 4
+    robot = json.loads((out / "brain1-robot-largest-error2.json").read_text())["rounds"]
+    for entry in robot:  # the robot rounds written again: by the default rule, the run's own result
+        row = next(line for line in table if line.startswith(f"| brain1 | largest-error | {entry['round']} | "))
+        assert float(row.split("|")[5]) == pytest.approx(entry["dice_all"], abs=5e-4)
+    assert sum(line.startswith("| brain1 | suggested | ") for line in table) == 2
 
     saved = json.loads((out / "brain1-interior3-seed0.json").read_text())  # written again by the same rule: the same
     benchmark("interactive.py", "--data", tmp_path, "--guide", tiny_guide_dir, "--out", out, "--cases", "brain1",

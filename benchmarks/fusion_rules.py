@@ -20,6 +20,10 @@ Reads the spread runs ``interactive.py`` saved (``--out``: each run's JSON and, 
 - ``tolerance 0.25/mm``: the interpolated contour's tolerance grows by 0.25 mm per mm to the nearer labelled slice
   instead of ``fusion.TOLERANCE_PER_MM``.
 
+The robot runs' rounds (``round-N-probability.nrrd`` beside each robot JSON) are written again the same way, each
+round from its own corrected slices: whole-volume Dice per round and rule. The robot chose its slices from what the
+shipped write left, so a rule's column is its effect on each round, not a robot run with that rule.
+
     python benchmarks/fusion_rules.py --data ../shared/data/volumes --out runs/interactive --markdown rules.md
 """
 
@@ -68,6 +72,26 @@ def written(truth, probability, slices, spacing, rule):
     return result
 
 
+def robot_rounds(out, data, files):
+    """The markdown table of every saved robot round in ``out`` written by each rule (whole-volume Dice)."""
+    lines = ["Robot rounds (whole-volume Dice, each round's saved probability written again):", "",
+             "| case | robot | round | corrected | " + " | ".join(RULES) + " |", "|---" * (4 + len(RULES)) + "|"]
+    for report in sorted(out.glob("*.json")):
+        match = re.fullmatch(r"(.+)-robot-(.+?)(\d+)", report.stem)
+        if match is None or match.group(1) not in files:
+            continue
+        truth, spacing = read_truth(data / CASES[files[match.group(1)]][1])
+        for entry in json.loads(report.read_text())["rounds"]:
+            image = report.with_suffix("") / f"round-{entry['round']}-probability.nrrd"
+            probability = sitk.GetArrayFromImage(sitk.ReadImage(str(image)))
+            slices = entry["corrected_slices"]
+            scores = [dice_score(written(truth, probability, slices, spacing, rule), truth) for rule in RULES.values()]
+            lines.append(f"| {files[match.group(1)]} | {match.group(2)} | {entry['round']} | {len(slices)} | "
+                         + " | ".join(f"{score:.3f}" for score in scores) + " |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding the cases' volumes and labels")
@@ -101,6 +125,7 @@ def main():
         if values:
             lines.append(f"- {rule}: {statistics.median(values):+.3f} / {min(values):+.3f} / "
                          f"{sum(v < -0.03 for v in values)} of {len(values)}")
+    lines += ["", *robot_rounds(Path(args.out), Path(args.data), files)]
     text = "\n".join(lines)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
