@@ -129,13 +129,17 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
     areas = {s: int(moved[s].sum()) for s in slices}
     spans = list(zip(slices, slices[1:]))
     holding = [s for s in slices if maps[s] is not None]
-    if extrapolate and holding:
+    # Each end that no labelled empty slice bounds: its direction (-1 the first, +1 the last) and the labelled
+    # sections holding the structure from that end inwards.
+    open_ends = [] if not (extrapolate and holding) else [
+        (direction, inwards) for direction, inwards, bound in ((-1, holding, slices[0]), (1, holding[::-1], slices[-1]))
+        if inwards[0] == bound]
+    if open_ends:
         largest = max(areas[s] for s in holding) * plane[0] * plane[1]
         reach = int(math.ceil(math.sqrt(largest / math.pi) / step))  # a structure ends within its largest radius
-        if holding[0] == slices[0]:
-            spans.insert(0, (holding[0] - reach - 1, holding[0]))
-        if holding[-1] == slices[-1]:
-            spans.append((holding[-1], holding[-1] + reach + 1))
+        for direction, inwards in open_ends:
+            spans.append(tuple(sorted((inwards[0], inwards[0] + direction * (reach + 1)))))
+        spans.sort()
     for low, high in spans:
         below, above = maps.get(low), maps.get(high)
         if high - low < 2 or (below is None and above is None):
@@ -155,10 +159,9 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
                     _blend(below, ending_above, area_low, 0, weight, np.zeros(2)),
                     _blend(ending_below, above, 0, area_high, weight, np.zeros(2))))
             gap[k] = step * min(k - low if low in areas else np.inf, high - k if high in areas else np.inf)
-    if extrapolate and trend and len(holding) >= 3:
-        for end, inner, outer in ((holding[-1], holding[-2], holding[-3]), (holding[0], holding[1], holding[2])):
-            if end in (slices[0], slices[-1]) and areas[outer] > areas[inner] > areas[end]:
-                _shrink_beyond(distance, gap, areas[end], areas[inner], end, inner)
+    for _, inwards in open_ends if trend else ():
+        if len(inwards) >= 3 and areas[inwards[2]] > areas[inwards[1]] > areas[inwards[0]]:
+            _shrink_beyond(distance, gap, areas[inwards[0]], areas[inwards[1]], inwards[0], inwards[1])
     return ShapeInterpolation(np.moveaxis(distance, 0, array_axis), gap, array_axis)
 
 
