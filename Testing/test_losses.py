@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from guidino.training.losses import (
+    IGNORE,
     GuiDINOLoss,
     boundary_hinge_loss,
     deep_supervision_loss,
@@ -27,6 +28,29 @@ def test_binary_seg_loss_perfect_and_wrong():
     assert segmentation_loss(20 * signed, target[:, None]) < 1e-3  # (B, 1, H, W) target too
     assert segmentation_loss(-20 * signed, target) > 5
     assert segmentation_loss(torch.full_like(signed, -20), torch.zeros_like(target)) < 1e-3  # empty target
+
+
+def test_unlabelled_pixels_count_in_no_term_of_the_loss():
+    """A target whose right half is IGNORE costs what its left half alone costs, whatever the logits there; a
+    foreground core next to unlabelled pixels has no boundary there."""
+    torch.manual_seed(0)
+    target = _disc(size=32)
+    logits = torch.randn(2, 1, 32, 32)
+    partial = target.clone()
+    partial[..., 16:] = IGNORE
+    left = segmentation_loss(logits[..., :16], target[..., :16])
+    torch.testing.assert_close(segmentation_loss(logits, partial), left)
+    changed = logits.clone()
+    changed[..., 16:] = 20 * torch.randn(2, 1, 32, 16)
+    torch.testing.assert_close(segmentation_loss(changed, partial), left)
+    guide_logits = torch.randn(2, 1, 4, 4)  # cells of 8 x 8 pixels: the right two columns of cells are unlabelled
+    torch.testing.assert_close(guide_loss(guide_logits, partial), guide_loss(guide_logits[..., :2], target[..., :16]))
+    torch.testing.assert_close(guide_target(partial, (4, 4))[..., :2], guide_target(target, (4, 4))[..., :2])
+    core = torch.full((1, 16, 16), float(IGNORE))
+    core[:, 4:12, 4:12] = 1
+    assert boundary_hinge_loss(torch.zeros(1, 1, 16, 16), core) == 0
+    with pytest.raises(ValueError, match="binary"):
+        segmentation_loss(torch.randn(2, 3, 32, 32), partial.long())
 
 
 def test_multiclass_seg_loss():

@@ -197,10 +197,11 @@ def test_what_a_killed_save_left_is_no_version_and_is_cleaned_up(tmp_path, tiny_
     assert not leftover.exists() and [v["path"].name for v in list_versions(tmp_path)] == ["volume-v001", "volume-v002"]
 
 
-def test_the_slices_beside_the_corrections_are_labelled_with_the_interpolated_shape():
+def test_the_slices_beside_the_corrections_are_labelled_where_the_interpolated_shape_is_sure():
     """The neighbours trained on besides the corrected slices lie within the reach of one and strictly between two
-    that hold the structure (nothing bounds the shape beyond the first or the last), and their labels are the
-    interpolated shape."""
+    that hold the structure (nothing bounds the shape beyond the first or the last), and what is known of them is
+    the interpolated shape deeper inside than the write's tolerance there: a core of it, nothing outside it."""
+    from guidino.fusion import TOLERANCE, TOLERANCE_PER_MM
     from guidino.interpolation import interpolate_shape
 
     labels = np.zeros((16, 20, 24), np.uint8)
@@ -210,9 +211,14 @@ def test_the_slices_beside_the_corrections_are_labelled_with_the_interpolated_sh
     spacing = (2.0, 0.8, 0.8)
     indices, shape = interpolated_neighbours(labels, [12, 2, 6], 0, spacing, reach=1)
     assert indices == [3, 5, 7, 11]
-    expected = interpolate_shape(labels, [2, 6, 12], 0, spacing, extrapolate=False).mask()
-    assert np.array_equal(shape.astype(bool), expected)
-    assert all(shape[k].sum() > 0 for k in indices) and not shape[[0, 1, 13, 14, 15]].any()
+    interpolated = interpolate_shape(labels, [2, 6, 12], 0, spacing, extrapolate=False)
+    for k in indices:  # one slice (2 mm) from a corrected slice: 1 + 0.5 * 2 = 2 mm deep
+        assert TOLERANCE + TOLERANCE_PER_MM * 2.0 == 2.0
+        assert np.array_equal(shape[k], interpolated.distance[k] < -2.0)
+        assert shape[k].sum() < interpolated.mask()[k].sum()  # a core: the contour's band is not known
+    assert all(shape[k].any() for k in (3, 5, 7))
+    assert not shape[11].any()  # next to slice 12's 3 x 3 pixels (2.4 mm) nothing lies 2 mm inside the contour
+    assert not shape[[0, 1, 13, 14, 15]].any()
     assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=2)[0] == [3, 4, 5, 7, 8, 10, 11]
     assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=0) == ([], None)  # the rule off
     assert interpolated_neighbours(labels, [6], 0, spacing, reach=1) == ([], None)  # one slice bounds nothing

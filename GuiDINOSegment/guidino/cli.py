@@ -406,7 +406,8 @@ def build_parser():
         cmd.add_argument("--interpolated-reach", type=_checked(whole_number, "interpolated reach", minimum=0),
                          default=RefineSettings.interpolated_reach,
                          help="also train on the slices this close to a corrected one (between two of them), labelled "
-                              f"with the shape interpolated between the corrections (default "
+                              "where the shape interpolated between the corrections surely holds the structure, "
+                              f"unlabelled elsewhere (default "
                               f"{RefineSettings.interpolated_reach}: only the corrected slices; BENCHMARKS.md "
                               "section 3 says where it helps and where it hurts)")
         cmd.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=RefineSettings.seed,

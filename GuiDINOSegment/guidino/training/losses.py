@@ -5,6 +5,9 @@ nnU-Net does), binary (sigmoid + BCE-with-logits) for one output channel and mul
 (softmax + CE, Dice over the foreground classes) for more. ``L_guide`` is BCE-with-logits
 against the foreground fraction of the ground truth at the guide's grid (the paper's BCE, not
 the reference code's MSE). Losses are computed in float32 even under autocast.
+
+A binary target may leave pixels unlabelled (``IGNORE``): no term of the loss reads them (a slice labelled only
+where the interpolation between the user's slices is sure, ``training.refine``).
 """
 
 import functools
@@ -16,17 +19,18 @@ from ..networks import deep_supervision_weights
 # smooth = 1 keeps Dice near 0 for a confident all-background prediction of an empty batch
 # (MONAI's 1e-5 turns the 1e-9 residual probabilities into a loss of ~0.1) and is negligible otherwise.
 _DICE_KW = {"batch": True, "smooth_nr": 1.0, "smooth_dr": 1.0}
+IGNORE = 255  # a binary target's unlabelled pixels
 
 
 @functools.cache
-def _dice_ce(binary):
-    from monai.losses import DiceCELoss  # imported on first use: monai takes seconds to import
+def _dice(binary):
+    from monai.losses import DiceCELoss, MaskedDiceLoss  # imported on first use: monai takes seconds to import
 
     if binary:
-        return DiceCELoss(sigmoid=True, **_DICE_KW)
+        return MaskedDiceLoss(sigmoid=True, **_DICE_KW)
     return DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, **_DICE_KW)
 
-_BOUNDARY_KERNEL = 3  # the boundary band: pixels whose 3x3 neighbourhood holds both classes
+_BOUNDARY_KERNEL = 3  # the boundary band: labelled pixels whose 3x3 neighbourhood holds both classes
 
 
 def _with_channel(target):
@@ -38,12 +42,23 @@ def _with_channel(target):
     raise ValueError(f"expected a target of shape (B, H, W) or (B, 1, H, W), got {tuple(target.shape)}")
 
 
+def _known(target):
+    """``(foreground, known)`` of a ``(B, 1, H, W)`` target as float maps: label > 0, and not ``IGNORE``."""
+    known = target != IGNORE
+    return ((target > 0) & known).float(), known.float()
+
+
 def segmentation_loss(logits, target):
-    """Dice + CE of logits ``(B, C, H, W)``: binary for C == 1 (target in {0, 1}), else integer labels."""
+    """Dice + CE of logits ``(B, C, H, W)``: binary for C == 1 (target in {0, 1}, ``IGNORE`` where unlabelled:
+    the Dice and the mean CE over the labelled pixels only), else integer labels (no ``IGNORE``)."""
     target = _with_channel(target)
     if logits.shape[1] == 1:
-        return _dice_ce(True)(logits.float(), target.float())
-    return _dice_ce(False)(logits.float(), target.long())
+        foreground, known = _known(target)
+        cross_entropy = F.binary_cross_entropy_with_logits(logits.float(), foreground, weight=known, reduction="sum")
+        return _dice(True)(logits.float(), foreground, mask=known) + cross_entropy / known.sum().clamp_min(1.0)
+    if (target == IGNORE).any():
+        raise ValueError(f"unlabelled pixels ({IGNORE}) are for binary targets only")
+    return _dice(False)(logits.float(), target.long())
 
 
 def _resize_target(target, size):
@@ -62,15 +77,25 @@ def deep_supervision_loss(outputs, target, weights=None):
     return sum(w * segmentation_loss(out, _resize_target(target, out.shape[-2:])) for w, out in zip(weights, outputs))
 
 
+def _labelled_fraction(target, grid_hw):
+    """The labelled (not ``IGNORE``) fraction of each guide cell, ``(B, 1, h, w)``."""
+    return F.adaptive_avg_pool2d(_known(_with_channel(target))[1], tuple(grid_hw))
+
+
 def guide_target(target, grid_hw):
-    """Foreground fraction (label > 0) of the ground truth in each guide cell, ``(B, 1, h, w)`` in [0, 1]."""
-    foreground = (_with_channel(target) > 0).float()
-    return F.adaptive_avg_pool2d(foreground, tuple(grid_hw))
+    """Foreground fraction (label > 0) of the labelled pixels in each guide cell, ``(B, 1, h, w)`` in [0, 1]."""
+    foreground = F.adaptive_avg_pool2d(_known(_with_channel(target))[0], tuple(grid_hw))
+    return foreground / _labelled_fraction(target, grid_hw).clamp_min(1e-6)
 
 
 def guide_loss(guide_logits, target):
-    """BCE-with-logits between guide logits ``(B, 1, h, w)`` and ``guide_target`` at that grid."""
-    return F.binary_cross_entropy_with_logits(guide_logits.float(), guide_target(target, guide_logits.shape[-2:]))
+    """BCE-with-logits between guide logits ``(B, 1, h, w)`` and ``guide_target`` at that grid, each cell weighed
+    by its labelled fraction (the plain mean without ``IGNORE``)."""
+    grid = guide_logits.shape[-2:]
+    labelled = _labelled_fraction(target, grid)
+    loss = F.binary_cross_entropy_with_logits(guide_logits.float(), guide_target(target, grid), weight=labelled,
+                                              reduction="sum")
+    return loss / labelled.sum().clamp_min(1e-6)
 
 
 def boundary_hinge_loss(logits, target, margin=1.0):
@@ -80,11 +105,11 @@ def boundary_hinge_loss(logits, target, margin=1.0):
     """
     if logits.shape[1] != 1:
         raise ValueError(f"the boundary hinge loss is binary: expected 1 logit channel, got {logits.shape[1]}")
-    t = (_with_channel(target) > 0).float()
+    t, known = _known(_with_channel(target))
     pad = _BOUNDARY_KERNEL // 2
-    dilated = F.max_pool2d(t, _BOUNDARY_KERNEL, stride=1, padding=pad)
-    eroded = -F.max_pool2d(-t, _BOUNDARY_KERNEL, stride=1, padding=pad)
-    band = dilated - eroded
+    near_foreground = F.max_pool2d(t, _BOUNDARY_KERNEL, stride=1, padding=pad)
+    near_background = F.max_pool2d((1 - t) * known, _BOUNDARY_KERNEL, stride=1, padding=pad)
+    band = near_foreground * near_background * known
     hinge = F.relu(margin - (2.0 * t - 1.0) * logits.float())
     return (hinge * band).sum() / band.sum().clamp_min(1.0)
 

@@ -17,6 +17,7 @@ from ..arguments import slice_indices
 from ..bundle import BundleExistsError, build_model, load_bundle, save_bundle
 from ..corrections import evidence_region
 from ..errors import BundleError, InputError
+from ..fusion import TOLERANCE, TOLERANCE_PER_MM
 from ..guides import load_guide
 from ..imageio import image_slice_axis
 from ..interpolation import interpolate_shape
@@ -25,6 +26,7 @@ from ..lora import add_lora, has_lora
 from ..model import ModelConfig
 from ..runtime import seed_everything
 from .datasets import SliceSet, slices_of
+from .losses import IGNORE
 from .settings import RefineSettings
 from .trainer import learned_state, seed_tokenbook, train
 
@@ -43,7 +45,8 @@ def corrections_check(labels, slices, axis_index, starting_fresh):
 
 
 def interpolated_neighbours(labels, slices, axis_index, spacing, reach):
-    """The slices beside the corrected ones, labelled with the shape interpolated between the corrections.
+    """The slices beside the corrected ones, and where the shape interpolated between the corrections surely holds
+    the structure there.
 
     Args:
         labels: the user's label volume (> 0: the structure), array order; only ``slices`` are read.
@@ -53,11 +56,16 @@ def interpolated_neighbours(labels, slices, axis_index, spacing, reach):
         reach: how far (slices) from a corrected slice a neighbour may be; 0: none.
 
     Returns:
-        ``(indices, shape)``: the sorted indices of the slices within ``reach`` of a corrected slice and strictly
-        between two corrected slices that both hold the structure, and the interpolated structure (uint8, the
-        labels' grid; read only on ``indices``). Beyond the first or the last corrected slice nothing bounds the
-        shape; toward a corrected slice without the structure its taper is a guess of how the structure ends (a
-        tube cut short ends at full width), not evidence: neither is labelled so. ``([], None)`` when none.
+        ``(indices, core)``: the sorted indices of the slices within ``reach`` of a corrected slice and strictly
+        between two corrected slices that both hold the structure, and the interpolated shape's sure inside (bool,
+        the labels' grid; read only on ``indices``): deeper inside the interpolated contour than the write's
+        tolerance there (``fusion.TOLERANCE`` + ``fusion.TOLERANCE_PER_MM`` per mm to the nearer corrected slice).
+        Nothing else on those slices is known: the interpolated contour errs by about that much (a bulging section
+        is interpolated smaller), and a section the corrections do not show (a lobe, a branch) lies outside it, so
+        the rest is left unlabelled (``losses.IGNORE``) rather than taught as background. Beyond the first or the
+        last corrected slice nothing bounds the shape; toward a corrected slice without the structure its taper is
+        a guess of how the structure ends (a tube cut short ends at full width), not evidence: neither is labelled.
+        ``([], None)`` when none.
     """
     corrected = sorted({int(s) for s in slices})
     if reach <= 0 or len(corrected) < 2:
@@ -68,7 +76,9 @@ def interpolated_neighbours(labels, slices, axis_index, spacing, reach):
     if not indices:
         return [], None
     shape = interpolate_shape(labels, corrected, axis_index, spacing, extrapolate=False)
-    return indices, shape.mask().astype(np.uint8)
+    gap = np.expand_dims(np.nan_to_num(shape.gap, posinf=0.0), tuple(a for a in range(3) if a != axis_index))
+    sure = np.nan_to_num(shape.distance, nan=0.0) < -(TOLERANCE + TOLERANCE_PER_MM * gap)
+    return indices, sure
 
 
 def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axial",
@@ -79,9 +89,10 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
     kept on it can restore a model that has found nothing yet); what the corrections say about this volume is
     weighed when the result is written (``guidino.fusion``). With ``RefineSettings.interpolated_reach`` > 0 (off by
     default: it hurts slices placed at a structure's ends, BENCHMARKS section 3) the slices beside the corrected ones
-    are trained on too, labelled with the shape interpolated between the corrections (``interpolated_neighbours``),
-    the corrected slices drawn ``corrected_weight`` times as often. A new model learns and segments only the
-    evidence region of the corrections (``guidino.corrections``), starting quiet.
+    are trained on too, labelled where the shape interpolated between the corrections surely holds the structure and
+    unlabelled elsewhere (``interpolated_neighbours``), the corrected slices drawn ``corrected_weight`` times as often.
+    A new model learns and segments only the evidence region of the corrections (``guidino.corrections``), starting
+    quiet.
 
     Args:
         image: the ImageData the corrections were made on.
@@ -135,10 +146,11 @@ def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axi
     if fresh:
         model.set_output_prior(float((train_set.labels > 0).float().mean()))  # quiet where it has learned nothing
         seed_tokenbook(model, train_set)
-    beside, shape = interpolated_neighbours(labels, slices, axis_index, image.geometry.spacing[::-1],
+    beside, core = interpolated_neighbours(labels, slices, axis_index, image.geometry.spacing[::-1],
                                             settings.interpolated_reach)
     if beside:
-        interpolated = slices_of(image, shape, model.config, axis=axis, indices=beside, name="interpolated")
+        interpolated = slices_of(image, core, model.config, axis=axis, indices=beside, name="interpolated")
+        interpolated.labels[interpolated.labels == 0] = IGNORE  # only the sure inside is known
         train_set = SliceSet.concat([train_set, interpolated])
         train_set.draws = [settings.corrected_weight] * len(slices) + [1] * len(beside)
     before = learned_state(model)
