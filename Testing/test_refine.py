@@ -201,7 +201,7 @@ def test_the_slices_beside_the_corrections_are_labelled_where_the_interpolated_s
     """The neighbours trained on besides the corrected slices lie within the reach of one and strictly between two
     that hold the structure (nothing bounds the shape beyond the first or the last), and what is known of them is
     the interpolated shape deeper inside than the write's tolerance there: a core of it, nothing outside it."""
-    from guidino.fusion import TOLERANCE, TOLERANCE_PER_MM
+    from guidino.fusion import contour_tolerance
     from guidino.interpolation import interpolate_shape
 
     labels = np.zeros((16, 20, 24), np.uint8)
@@ -210,24 +210,26 @@ def test_the_slices_beside_the_corrections_are_labelled_where_the_interpolated_s
     labels[12, 6:9, 10:13] = 1
     spacing = (2.0, 0.8, 0.8)
     indices, shape = interpolated_neighbours(labels, [12, 2, 6], 0, spacing, reach=1)
-    assert indices == [3, 5, 7, 11]
+    assert indices == [3, 5, 7]  # not 11: next to slice 12's 3 x 3 pixels (2.4 mm) nothing lies 2 mm inside
     interpolated = interpolate_shape(labels, [2, 6, 12], 0, spacing, extrapolate=False)
     for k in indices:  # one slice (2 mm) from a corrected slice: 1 + 0.5 * 2 = 2 mm deep
-        assert TOLERANCE + TOLERANCE_PER_MM * 2.0 == 2.0
+        assert contour_tolerance(2.0) == 2.0
         assert np.array_equal(shape[k], interpolated.distance[k] < -2.0)
         assert shape[k].sum() < interpolated.mask()[k].sum()  # a core: the contour's band is not known
     assert all(shape[k].any() for k in (3, 5, 7))
-    assert not shape[11].any()  # next to slice 12's 3 x 3 pixels (2.4 mm) nothing lies 2 mm inside the contour
+    assert not shape[11].any()
     assert not shape[[0, 1, 13, 14, 15]].any()
-    assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=2)[0] == [3, 4, 5, 7, 8, 10, 11]
+    assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=2)[0] == [3, 5, 7]  # 4, 8, 10: no core
+    # thinner slices (1 mm): further neighbours hold a core, but not slice 9, 3 mm from both 6 and 12 (2.5 mm deep)
+    assert interpolated_neighbours(labels, [2, 6, 12], 0, (1.0, 0.8, 0.8), reach=3)[0] == [3, 4, 5, 7, 8, 10, 11]
     assert interpolated_neighbours(labels, [2, 6, 12], 0, spacing, reach=0) == ([], None)  # the rule off
     assert interpolated_neighbours(labels, [6], 0, spacing, reach=1) == ([], None)  # one slice bounds nothing
     assert interpolated_neighbours(labels, [5, 6], 0, spacing, reach=1)[0] == []  # adjacent: nothing between
     # a corrected slice without the structure bounds no neighbour: the taper toward it is a guess, not evidence
-    assert interpolated_neighbours(labels, [2, 6, 12, 14], 0, spacing, reach=1)[0] == [3, 5, 7, 11]
+    assert interpolated_neighbours(labels, [2, 6, 12, 14], 0, spacing, reach=1)[0] == [3, 5, 7]
     assert interpolated_neighbours(labels, [0, 2, 6], 0, spacing, reach=1)[0] == [3, 5]
     assert interpolated_neighbours(labels, [0, 6, 9], 0, spacing, reach=1) == ([], None)
     # along another array axis: the same slices, moved
     moved, _ = interpolated_neighbours(np.moveaxis(labels, 0, 2), [2, 6, 12], 2, spacing[1:] + spacing[:1], reach=1)
-    assert moved == [3, 5, 7, 11]
+    assert moved == [3, 5, 7]
 

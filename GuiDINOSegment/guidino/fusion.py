@@ -58,6 +58,12 @@ class FusedPrediction:
                 "model_weight": None if self.model_weight is None else round(float(self.model_weight), 4)}
 
 
+def contour_tolerance(gap, tolerance=TOLERANCE, tolerance_per_mm=TOLERANCE_PER_MM):
+    """How far (mm) the interpolated contour may be off at ``gap`` mm from the nearer labelled slice: the write
+    weighs the interpolation's distance against it, and refine trusts only what lies deeper inside."""
+    return tolerance + tolerance_per_mm * gap
+
+
 def model_weight(probability, user, user_slices, array_axis, processed=None):
     """The model's Dice on the user's slices holding the structure (0..1), or None when it was not run there.
     (``metrics.dice_score`` is MONAI's, on torch: this runs in Slicer's process too.)"""
@@ -119,7 +125,7 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
             continue
         ran = processed is None or bool(processed[k])
         if shape.inside[k]:
-            tolerance_k = tolerance + tolerance_per_mm * shape.gap[k]
+            tolerance_k = contour_tolerance(shape.gap[k], tolerance, tolerance_per_mm)
             evidence = -distance[k] / tolerance_k
             if ran:
                 evidence = evidence + counted * np.clip(_logit(moved_p[k]), -clip, clip)

@@ -77,24 +77,24 @@ def deep_supervision_loss(outputs, target, weights=None):
     return sum(w * segmentation_loss(out, _resize_target(target, out.shape[-2:])) for w, out in zip(weights, outputs))
 
 
-def _labelled_fraction(target, grid_hw):
-    """The labelled (not ``IGNORE``) fraction of each guide cell, ``(B, 1, h, w)``."""
-    return F.adaptive_avg_pool2d(_known(_with_channel(target))[1], tuple(grid_hw))
+def _cell_fractions(target, grid_hw):
+    """Per guide cell, ``(B, 1, h, w)`` each: the foreground fraction of its labelled pixels and its labelled (not
+    ``IGNORE``) fraction."""
+    foreground, known = _known(_with_channel(target))
+    labelled = F.adaptive_avg_pool2d(known, tuple(grid_hw))
+    return F.adaptive_avg_pool2d(foreground, tuple(grid_hw)) / labelled.clamp_min(1e-6), labelled
 
 
 def guide_target(target, grid_hw):
     """Foreground fraction (label > 0) of the labelled pixels in each guide cell, ``(B, 1, h, w)`` in [0, 1]."""
-    foreground = F.adaptive_avg_pool2d(_known(_with_channel(target))[0], tuple(grid_hw))
-    return foreground / _labelled_fraction(target, grid_hw).clamp_min(1e-6)
+    return _cell_fractions(target, grid_hw)[0]
 
 
 def guide_loss(guide_logits, target):
     """BCE-with-logits between guide logits ``(B, 1, h, w)`` and ``guide_target`` at that grid, each cell weighed
     by its labelled fraction (the plain mean without ``IGNORE``)."""
-    grid = guide_logits.shape[-2:]
-    labelled = _labelled_fraction(target, grid)
-    loss = F.binary_cross_entropy_with_logits(guide_logits.float(), guide_target(target, grid), weight=labelled,
-                                              reduction="sum")
+    wanted, labelled = _cell_fractions(target, guide_logits.shape[-2:])
+    loss = F.binary_cross_entropy_with_logits(guide_logits.float(), wanted, weight=labelled, reduction="sum")
     return loss / labelled.sum().clamp_min(1e-6)
 
 

@@ -17,7 +17,7 @@ from ..arguments import slice_indices
 from ..bundle import BundleExistsError, build_model, load_bundle, save_bundle
 from ..corrections import evidence_region
 from ..errors import BundleError, InputError
-from ..fusion import TOLERANCE, TOLERANCE_PER_MM
+from ..fusion import contour_tolerance
 from ..guides import load_guide
 from ..imageio import image_slice_axis
 from ..interpolation import interpolate_shape
@@ -59,13 +59,14 @@ def interpolated_neighbours(labels, slices, axis_index, spacing, reach):
         ``(indices, core)``: the sorted indices of the slices within ``reach`` of a corrected slice and strictly
         between two corrected slices that both hold the structure, and the interpolated shape's sure inside (bool,
         the labels' grid; read only on ``indices``): deeper inside the interpolated contour than the write's
-        tolerance there (``fusion.TOLERANCE`` + ``fusion.TOLERANCE_PER_MM`` per mm to the nearer corrected slice).
+        tolerance there (``fusion.contour_tolerance`` at its distance to the nearer corrected slice).
         Nothing else on those slices is known: the interpolated contour errs by about that much (a bulging section
         is interpolated smaller), and a section the corrections do not show (a lobe, a branch) lies outside it, so
         the rest is left unlabelled (``losses.IGNORE``) rather than taught as background. Beyond the first or the
         last corrected slice nothing bounds the shape; toward a corrected slice without the structure its taper is
         a guess of how the structure ends (a tube cut short ends at full width), not evidence: neither is labelled.
-        ``([], None)`` when none.
+        A neighbour with no sure inside (next to a small section) is left out: trained on with nothing labelled, it
+        only dilutes the corrected slices' draws. ``([], None)`` when none.
     """
     corrected = sorted({int(s) for s in slices})
     if reach <= 0 or len(corrected) < 2:
@@ -77,8 +78,9 @@ def interpolated_neighbours(labels, slices, axis_index, spacing, reach):
         return [], None
     shape = interpolate_shape(labels, corrected, axis_index, spacing, extrapolate=False)
     gap = np.expand_dims(np.nan_to_num(shape.gap, posinf=0.0), tuple(a for a in range(3) if a != axis_index))
-    sure = np.nan_to_num(shape.distance, nan=0.0) < -(TOLERANCE + TOLERANCE_PER_MM * gap)
-    return indices, sure
+    sure = np.nan_to_num(shape.distance, nan=0.0) < -contour_tolerance(gap)
+    indices = [k for k in indices if np.take(sure, k, axis=axis_index).any()]
+    return (indices, sure) if indices else ([], None)
 
 
 def refine_model(image, labels, slices, model=None, guide=None, axis: str = "axial",
