@@ -407,7 +407,7 @@ def build_parser():
                          default=RefineSettings.interpolated_reach,
                          help="also train on the slices this close to a corrected one (between two of them), labelled "
                               "where the shape interpolated between the corrections surely holds the structure, "
-                              f"unlabelled elsewhere (default "
+                              f"unlabelled elsewhere, a slice with no such place left out (default "
                               f"{RefineSettings.interpolated_reach}: only the corrected slices; BENCHMARKS.md "
                               "section 3 says where it helps and where it hurts)")
         cmd.add_argument("--seed", type=_checked(whole_number, "seed", minimum=0), default=RefineSettings.seed,
