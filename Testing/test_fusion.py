@@ -4,7 +4,7 @@ guidino.fusion), on synthetic volumes built so that the right answer is known.""
 import numpy as np
 import pytest
 
-from guidino.fusion import fuse_prediction, model_weight, suggest_slice
+from guidino.fusion import SURE_DEPTH, contour_tolerance, fuse_prediction, model_weight, suggest_slice
 from guidino.interpolation import interpolate_shape, signed_distance
 from guidino.training.protocols import spread_slices, with_corrections, with_corrections_explained
 
@@ -171,6 +171,45 @@ def test_where_the_shape_changes_between_the_labelled_slices_the_result_follows_
     rest = [2, 3, 4, 5, 6]
     assert fused.model_weight == pytest.approx(1.0)
     assert dice(fused.labels[rest], truth[rest]) > 0.95 > dice(interpolated[rest], truth[rest]) + 0.1
+
+
+def test_a_model_that_does_not_reproduce_the_user_slices_cannot_carve_into_the_shape_between_overlapping_sections():
+    """Between two overlapping sections of the user's, the shape is their blend: a model that misses the structure
+    there with confidence, and reproduces the user's own slices only in part, removes no more than a band along
+    the interpolated contour. Between sections apart the shape holds candidates, not a blend: nothing is forced
+    there. A model that reproduces the user's slices keeps its full say."""
+    truth = tube([0, 8, 8, 8, 8, 8, 8, 8, 0])
+    slices = [1, 7]
+    probability = np.where(truth > 0, 0.97, 0.03).astype(np.float32)
+    probability[slices] = np.where(disc((48, 48), (24, 24), 6), 0.97, 0.03)  # the user's sections only in part
+    probability[3:6] = 0.03  # confidently nothing where the structure is
+    fused = fuse_prediction(probability, truth, slices, 0, UNIT)
+    without = fuse_prediction(probability, truth, slices, 0, UNIT, sure_depth=None)
+    shape = interpolate_shape(truth, slices, 0, UNIT)
+    assert 0 < fused.model_weight < 1
+    assert list(np.flatnonzero(shape.blended)) == [2, 3, 4, 5, 6]
+    for k in (3, 4, 5):
+        sure = shape.distance[k] < -contour_tolerance(shape.gap[k]) * SURE_DEPTH / (1 - fused.model_weight)
+        assert sure.any() and np.array_equal(fused.labels[k] > 0, sure | (without.labels[k] > 0)), k
+        assert dice(fused.labels[k], truth[k]) > dice(without.labels[k], truth[k]) + 0.15, k
+    assert np.array_equal(fused.labels[[0, 8]], without.labels[[0, 8]])
+    # sections apart: the path and the tapers are candidates, none is sure
+    for apart in travelling_and_branching():
+        partial = np.where(apart > 0, 0.97, 0.03).astype(np.float32)
+        partial[0] = 0.03  # the first user's section missed: a weight below 1
+        partial[2:7] = 0.03
+        assert not interpolate_shape(apart, [0, 8], 0, UNIT).blended.any()
+        assert 0 < model_weight(partial, apart, [0, 8], 0) < 1
+        assert np.array_equal(fuse_prediction(partial, apart, [0, 8], 0, UNIT).labels,
+                              fuse_prediction(partial, apart, [0, 8], 0, UNIT, sure_depth=None).labels)
+    # a labelled empty slice ends the structure: the taper toward it is not a blend
+    assert list(np.flatnonzero(interpolate_shape(tube([8, 8, 8, 6, 4, 0, 0]), [0, 6], 0, UNIT).blended)) == []
+    # a model that reproduces the user's slices: its say is whole
+    right = np.where(truth > 0, 0.97, 0.03).astype(np.float32)
+    right[3:6] = 0.03
+    assert fuse_prediction(right, truth, slices, 0, UNIT).model_weight == pytest.approx(1.0)
+    assert np.array_equal(fuse_prediction(right, truth, slices, 0, UNIT).labels,
+                          fuse_prediction(right, truth, slices, 0, UNIT, sure_depth=None).labels)
 
 
 def test_a_model_that_cannot_reproduce_the_user_slices_counts_less():

@@ -18,7 +18,10 @@ Reads the spread runs ``interactive.py`` saved (``--out``: each run's JSON and, 
   between slices): what carrying the structure on beyond the user's slices gains and costs;
 - ``clip 3``: the model's log-odds clipped at 3 instead of ``fusion.CLIP``;
 - ``tolerance 0.25/mm``: the interpolated contour's tolerance grows by 0.25 mm per mm to the nearer labelled slice
-  instead of ``fusion.TOLERANCE_PER_MM``.
+  instead of ``fusion.TOLERANCE_PER_MM``;
+- ``no sure inside``: a model that does not reproduce the user's slices may carve into the shape blended between
+  two overlapping sections as deep as its log-odds reach (``fusion.SURE_DEPTH`` off); ``sure depth 0.1`` and
+  ``sure depth 0.3``: half and one and a half times the shipped ``SURE_DEPTH``.
 
 The robot runs' rounds (``round-N-probability.nrrd`` beside each robot JSON) are written again the same way, each
 round from its own corrected slices: whole-volume Dice per round and rule. The robot chose its slices from what the
@@ -53,6 +56,9 @@ RULES = {
     "nothing beyond": {"beyond": False},
     "clip 3": {"clip": 3.0},
     "tolerance 0.25/mm": {"tolerance_per_mm": 0.25},
+    "no sure inside": {"sure_depth": None},
+    "sure depth 0.1": {"sure_depth": 0.1},
+    "sure depth 0.3": {"sure_depth": 0.3},
 }
 
 

@@ -6,7 +6,9 @@ and how large; the model says where the image's boundary runs. Each voxel's deci
 the model's (clipped), weighted by how well it reproduces the user's own slices (a model that has not learned the
 structure has little say), and the interpolation's, the signed distance to the interpolated contour over a
 tolerance that grows with the distance to the nearer labelled slice (far from the user's slices the contour is
-less sure). Beyond the first and the last labelled slice there is nothing to interpolate: the model alone
+less sure). Between two of the user's sections that overlap the shape is their blend, not a guess: a model that
+does not reproduce the user's slices may move its contour there, but not carve deep inside it (``SURE_DEPTH``).
+Beyond the first and the last labelled slice there is nothing to interpolate: the model alone
 writes, within what continues the user's structure (``corrections.continuing``).
 
 No torch, no VTK: the Slicer process applies it to the worker's probabilities.
@@ -29,6 +31,10 @@ TOLERANCE_PER_MM = 0.5
 # pixels a slice: weight 0.33) has little to add to the interpolated shape.
 WEIGHT_POWER = 4
 CLIP = 6.0
+# Where the shape is the blend of two overlapping sections of the user's (``ShapeInterpolation.blended``), a model of
+# weight w < 1 may carve into it only ``SURE_DEPTH / (1 - w)`` tolerances deep: deeper inside, the interpolated
+# shape holds. A model that reproduces the user's slices (w = 1) keeps its full say.
+SURE_DEPTH = 0.2
 UNSURE = float(np.log(0.8 / 0.2))  # log-odds: a decision closer than this (probability 0.2 to 0.8) is unsure
 
 
@@ -88,7 +94,7 @@ def _unsure(log_odds):
 
 def fuse_prediction(probability, user, user_slices, array_axis, spacing, processed=None, weight=None,
                     tolerance=TOLERANCE, tolerance_per_mm=TOLERANCE_PER_MM, clip=CLIP, extrapolate=True, apart="both",
-                    trend=True):
+                    trend=True, sure_depth=SURE_DEPTH):
     """Combine a region model's ``probability`` with the shape interpolated between the user's slices.
 
     Args:
@@ -100,9 +106,10 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
         processed: per slice along ``array_axis``, whether the model ran there (None: everywhere).
         weight: the model's weight between the user's slices; None: ``model_weight`` to the power
             ``WEIGHT_POWER`` (1 when the model was not run on the user's slices).
-        tolerance, tolerance_per_mm, clip, extrapolate, apart, trend: the rules' settings (the defaults are the
-            shipped rule; ``benchmarks/fusion_rules.py`` changes one at a time); ``extrapolate``, ``apart`` and
-            ``trend`` as in ``interpolation.interpolate_shape``.
+        tolerance, tolerance_per_mm, clip, extrapolate, apart, trend, sure_depth: the rules' settings (the defaults
+            are the shipped rule; ``benchmarks/fusion_rules.py`` changes one at a time); ``extrapolate``, ``apart``
+            and ``trend`` as in ``interpolation.interpolate_shape``; ``sure_depth`` None: the model may carve into
+            the blended shape as deep as its log-odds reach.
 
     Returns:
         A ``FusedPrediction``; the user's slices hold the model's labels (the write rule never writes them).
@@ -129,6 +136,8 @@ def fuse_prediction(probability, user, user_slices, array_axis, spacing, process
             evidence = -distance[k] / tolerance_k
             if ran:
                 evidence = evidence + counted * np.clip(_logit(moved_p[k]), -clip, clip)
+                if sure_depth is not None and shape.blended[k] and counted < 1:
+                    evidence[distance[k] < -tolerance_k * sure_depth / (1 - counted)] = np.inf  # the sure inside
             labels[k] = evidence > 0
             uncertainty[k] = _unsure(evidence)
             ended = bool(np.isposinf(distance[k]).all())  # the user's sections say it has ended: the model had no say

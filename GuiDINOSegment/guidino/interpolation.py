@@ -70,12 +70,15 @@ class ShapeInterpolation:
     ``distance``: signed distance (mm) of the interpolated contour on each slice between two labelled slices
     (``inside``); +inf on a slice beyond the labelled ones where the shape has ended (``interpolate_shape``'s
     ``trend``); NaN elsewhere. ``gap``: on those slices, the distance (mm, along the slice axis) to the nearer
-    labelled slice. ``axis``: the array axis of the labelled slices.
+    labelled slice. ``axis``: the array axis of the labelled slices. ``blended``: per slice, whether it lies
+    between two labelled sections that overlap, where the shape is the blend of both: not one of the candidates
+    between sections apart, nor a taper toward a labelled empty slice or beyond the labelled ones.
     """
 
     distance: np.ndarray
     gap: np.ndarray  # per slice along ``axis``: mm to the nearer labelled slice (0 on them, inf outside the range)
     axis: int
+    blended: np.ndarray
 
     @property
     def inside(self):
@@ -125,6 +128,7 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
     distance = np.full(moved.shape, np.nan, np.float32)
     gap = np.full(moved.shape[0], np.inf)
     gap[slices] = 0.0
+    blended = np.zeros(moved.shape[0], bool)
     maps = {s: signed_distance(moved[s], plane) for s in slices}
     areas = {s: int(moved[s].sum()) for s in slices}
     spans = list(zip(slices, slices[1:]))
@@ -159,10 +163,11 @@ def interpolate_shape(labels, slices, array_axis, spacing, extrapolate=True, apa
                     _blend(below, ending_above, area_low, 0, weight, np.zeros(2)),
                     _blend(ending_below, above, 0, area_high, weight, np.zeros(2))))
             gap[k] = step * min(k - low if low in areas else np.inf, high - k if high in areas else np.inf)
+            blended[k] = below is not None and above is not None and not separate
     for _, inwards in open_ends if trend else ():
         if len(inwards) >= 3 and areas[inwards[2]] > areas[inwards[1]] > areas[inwards[0]]:
             _shrink_beyond(distance, gap, areas[inwards[0]], areas[inwards[1]], inwards[0], inwards[1])
-    return ShapeInterpolation(np.moveaxis(distance, 0, array_axis), gap, array_axis)
+    return ShapeInterpolation(np.moveaxis(distance, 0, array_axis), gap, array_axis, blended)
 
 
 def _shrink_beyond(distance, gap, area_end, area_inner, end, inner):
