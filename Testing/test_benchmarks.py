@@ -86,7 +86,7 @@ def test_interactive_benchmark_runs_both_protocols_beside_the_peers(tmp_path, ti
     table = rules.read_text().splitlines()
     assert table[0] == ("| case | placement | K | seed | Fill | default | model alone | interpolation alone "
                         "| unweighted model | no taper beyond | no trend beyond | path only when apart "
-                        "| nothing beyond | clip 3 | tolerance 0.25/mm |")
+                        "| nothing beyond | clip 3 | tolerance 0.25/mm | no sure inside | sure depth 0.1 | sure depth 0.3 |")
     ends = next(line for line in table if line.startswith("| brain1 | ends | 3 | 0 |"))
     assert float(ends.split("|")[6]) == pytest.approx(spread[0]["dice_not_labelled"], abs=5e-4)  # default = the run
     assert sum(line.startswith("| brain1 | ends |") or line.startswith("| brain1 | interior |") for line in table) == 4
